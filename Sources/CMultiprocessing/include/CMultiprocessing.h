@@ -1,0 +1,83 @@
+#ifndef C_MULTIPROCESSING_H
+#define C_MULTIPROCESSING_H
+
+#include <sys/types.h>
+#include <stdint.h>
+
+/// Environment variable that marks a re-executed image as a spawned worker;
+/// its value is the descriptor number of the bootstrap channel.
+#define CMP_BOOTSTRAP_ENV "SWIFT_MULTIPROCESSING_BOOTSTRAP"
+
+/// The bootstrap channel's descriptor number in a spawned child.
+#define CMP_BOOTSTRAP_FD 3
+
+/// `pidfd_open(2)`: returns a close-on-exec pidfd or -1 with errno set.
+int cmp_pidfd_open(pid_t pid);
+
+/// `pidfd_send_signal(2)`.
+int cmp_pidfd_send_signal(int pidfd, int sig);
+
+/// `waitid(P_PIDFD, ...)`, converted to Python's exit-code convention.
+/// Returns 1 and stores the exit code (negative signal number when killed) if
+/// the process has ended and was reaped, 0 if it is still running (only when
+/// `nohang` is set), and -1 with errno set on failure.
+int cmp_waitid_pidfd(int pidfd, int nohang, int *exit_code);
+
+/// `waitpid(pid, ..., WNOHANG)` for any child; returns the pid reaped (with its
+/// exit code in Python's convention), 0 if none, -1 with errno set.
+pid_t cmp_reap_any(int *exit_code);
+
+/// `fork(2)` after flushing every stdio stream. In the child, sets
+/// `PR_SET_PDEATHSIG` to `death_signal` and exits at once if the parent is
+/// already gone. Returns like `fork`.
+pid_t cmp_fork(int death_signal);
+
+/// Forks and executes `path` with `argv` and `envp`. In the child, the
+/// descriptors in `fds` become 3, 4, … (all others close on exec), the signal
+/// mask is cleared and `PR_SET_PDEATHSIG` is set. Returns the child's pid, or
+/// -1 with errno set (including the child's `execve` errno).
+pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
+                    const int *fds, int nfds, int death_signal);
+
+/// In a forked child: moves `keep_fd` to `target_fd` and closes every other
+/// descriptor from 3 on. Returns 0, or -1 with errno set.
+int cmp_isolate_descriptors(int keep_fd, int target_fd);
+
+/// Sends `len` bytes with `MSG_NOSIGNAL` and the descriptors in `fds` as
+/// `SCM_RIGHTS`. Returns bytes sent or -1 with errno set.
+ssize_t cmp_send_with_fds(int socket, const void *buf, size_t len,
+                          const int *fds, int nfds);
+
+/// Receives up to `len` bytes and up to `max_fds` descriptors (made
+/// close-on-exec). Stores the number of descriptors received in `nfds`.
+ssize_t cmp_recv_with_fds(int socket, void *buf, size_t len, int *fds,
+                          int max_fds, int *nfds);
+
+/// `prctl(PR_SET_PDEATHSIG, sig)`.
+int cmp_set_parent_death_signal(int sig);
+
+/// Flushes stdio and leaves with `_exit(code)`: no atexit handlers run.
+void cmp_exit_now(int code) __attribute__((noreturn));
+
+/// `fflush(NULL)`.
+void cmp_flush_stdio(void);
+
+/// Number of CPUs in this process's affinity mask, or -1.
+int cmp_affinity_cpu_count(void);
+
+/// Memory barrier-free `raise` used by tests to crash on purpose.
+void cmp_segfault(void) __attribute__((noreturn));
+
+/// `epoll_create1(EPOLL_CLOEXEC)`.
+int cmp_epoll_create(void);
+
+/// Adds `fd` to `epfd` for one-shot readability, tagged with `token`.
+int cmp_epoll_add_readable(int epfd, int fd, uint64_t token);
+
+/// `EPOLL_CTL_DEL`.
+int cmp_epoll_remove(int epfd, int fd);
+
+/// `epoll_wait`, returning the tokens of ready descriptors in `tokens`.
+int cmp_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout);
+
+#endif

@@ -1,0 +1,232 @@
+#define _GNU_SOURCE
+#include "CMultiprocessing.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+int cmp_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int cmp_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+static int exit_code_of(const siginfo_t *info) {
+    switch (info->si_code) {
+    case CLD_EXITED: return info->si_status;
+    case CLD_KILLED:
+    case CLD_DUMPED: return -info->si_status;
+    default: return info->si_status;
+    }
+}
+
+int cmp_waitid_pidfd(int pidfd, int nohang, int *exit_code) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    int rc = waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | (nohang ? WNOHANG : 0));
+    if (rc == -1) return -1;
+    if (info.si_pid == 0) return 0;
+    *exit_code = exit_code_of(&info);
+    return 1;
+}
+
+pid_t cmp_reap_any(int *exit_code) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid > 0) {
+        if (WIFEXITED(status)) *exit_code = WEXITSTATUS(status);
+        else if (WIFSIGNALED(status)) *exit_code = -WTERMSIG(status);
+        else *exit_code = 0;
+    }
+    return pid;
+}
+
+int cmp_set_parent_death_signal(int sig) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0);
+}
+
+pid_t cmp_fork(int death_signal) {
+    fflush(NULL);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0 && death_signal != 0) {
+        prctl(PR_SET_PDEATHSIG, (unsigned long)death_signal, 0, 0, 0);
+        if (getppid() != parent) _exit(1);
+    }
+    return pid;
+}
+
+/* Only async-signal-safe calls between fork and execve. */
+pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
+                    const int *fds, int nfds, int death_signal) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) == -1) return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == -1) {
+        int saved = errno;
+        close(report[0]);
+        close(report[1]);
+        errno = saved;
+        return -1;
+    }
+    if (pid == 0) {
+        int err = 0;
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (death_signal != 0) {
+            prctl(PR_SET_PDEATHSIG, (unsigned long)death_signal, 0, 0, 0);
+            if (getppid() != parent) _exit(127);
+        }
+        /* Lift the descriptors above every target slot first, so that moving
+           them down cannot overwrite one that is still to be moved. */
+        int lifted[64];
+        if (nfds > 64) { err = EINVAL; goto fail; }
+        int floor = 3 + nfds;
+        if (floor <= report[1]) floor = report[1] + 1;
+        for (int i = 0; i < nfds; i++) {
+            lifted[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, floor);
+            if (lifted[i] == -1) { err = errno; goto fail; }
+        }
+        for (int i = 0; i < nfds; i++) {
+            if (dup2(lifted[i], 3 + i) == -1) { err = errno; goto fail; }
+        }
+        execve(path, argv, envp);
+        err = errno;
+    fail:
+        while (write(report[1], &err, sizeof err) == -1 && errno == EINTR) {}
+        _exit(127);
+    }
+    close(report[1]);
+    int child_errno = 0;
+    ssize_t n;
+    do {
+        n = read(report[0], &child_errno, sizeof child_errno);
+    } while (n == -1 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof child_errno) {
+        int status;
+        while (waitpid(pid, &status, 0) == -1 && errno == EINTR) {}
+        errno = child_errno;
+        return -1;
+    }
+    return pid;
+}
+
+int cmp_isolate_descriptors(int keep_fd, int target_fd) {
+    if (keep_fd != target_fd) {
+        if (dup2(keep_fd, target_fd) == -1) return -1;
+    } else {
+        int flags = fcntl(target_fd, F_GETFD);
+        if (flags == -1 || fcntl(target_fd, F_SETFD, flags & ~FD_CLOEXEC) == -1) return -1;
+    }
+    return (int)syscall(SYS_close_range, (unsigned)target_fd + 1, ~0U, 0);
+}
+
+ssize_t cmp_send_with_fds(int socket, const void *buf, size_t len,
+                          const int *fds, int nfds) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    if (nfds > 16) { errno = EINVAL; return -1; }
+    if (nfds > 0) {
+        memset(control, 0, sizeof control);
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
+    }
+    return sendmsg(socket, &msg, MSG_NOSIGNAL);
+}
+
+ssize_t cmp_recv_with_fds(int socket, void *buf, size_t len, int *fds,
+                          int max_fds, int *nfds) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
+    *nfds = 0;
+    if (n == -1) return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *received = (int *)CMSG_DATA(c);
+            for (int i = 0; i < count; i++) {
+                if (*nfds < max_fds) fds[(*nfds)++] = received[i];
+                else close(received[i]);
+            }
+        }
+    }
+    return n;
+}
+
+void cmp_exit_now(int code) {
+    fflush(NULL);
+    _exit(code);
+}
+
+void cmp_flush_stdio(void) { fflush(NULL); }
+
+int cmp_affinity_cpu_count(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == -1) return -1;
+    return CPU_COUNT(&set);
+}
+
+void cmp_segfault(void) {
+    volatile int *nowhere = (volatile int *)(uintptr_t)8;
+    *nowhere = 1;
+    __builtin_trap();
+}
+
+#include <sys/epoll.h>
+
+int cmp_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int cmp_epoll_add_readable(int epfd, int fd, uint64_t token) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof event);
+    event.events = EPOLLIN | EPOLLONESHOT;
+    event.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+}
+
+int cmp_epoll_remove(int epfd, int fd) {
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+int cmp_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout) {
+    struct epoll_event events[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, events, max, timeout);
+    for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
+    return n;
+}

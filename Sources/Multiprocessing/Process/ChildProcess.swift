@@ -1,0 +1,378 @@
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// A child process, Python's `multiprocessing.Process`.
+///
+/// Create one from a closure (run in a forked copy of this process), from a
+/// ``ProcessJob`` value (any ``StartMethod``), or subclass it and override
+/// ``run()``. `pid` is nil until ``start()``; ``join(timeout:)`` waits for the
+/// child, and ``exitCode`` then holds its exit status, negative for the signal
+/// that killed it.
+///
+/// Every child dies with its parent and is reaped; a child that is never
+/// joined is reaped at the next `start()` or ``activeChildren()`` call, and
+/// children still running when the program exits are joined (daemons are
+/// terminated first).
+open class ChildProcess: @unchecked Sendable {  // all mutable state is in `state`, behind a mutex
+    private enum Work {
+        case closure
+        case job(typeName: String, payload: [UInt8])
+    }
+
+    private enum Phase {
+        case created
+        case starting
+        case running(any ChildHandle, report: FileDescriptor)
+        case exited(Int32)
+        case closed
+    }
+
+    private struct State {
+        var phase: Phase = .created
+        var pid: pid_t?
+        var reportBuffer = FrameBuffer()
+        var result: Result<[UInt8], ProcessError>?
+        var exitCode: Int32?
+    }
+
+    /// The name, for messages and ``currentProcess()`` in the child.
+    public let name: String
+    /// Whether the child is ended (not joined) when the program exits.
+    public let daemon: Bool
+    /// How the child is started.
+    public let startMethod: StartMethod
+
+    // Runs only in the forked child, a copy of this process, never
+    // concurrently with anything here; so it need not be Sendable.
+    nonisolated(unsafe) private let target: (() throws -> Void)?
+    // A job run by fork: it runs in the child only, like `target`.
+    nonisolated(unsafe) private var forkedJob: (() -> Result<[UInt8], ProcessError>)? = nil
+    private let work: Work
+    private let state = Mutex(State())
+
+    private static let counter = Atomic<Int>(0)
+
+    private static func defaultName() -> String {
+        "ChildProcess-\(counter.add(1, ordering: .relaxed).newValue)"
+    }
+
+    /// A process that runs `target` in a forked child.
+    ///
+    /// The closure may capture anything: the child is a copy of this process.
+    /// It must be synchronous. If it throws, ``failure`` holds the error and
+    /// the exit code is 1.
+    public init(name: String? = nil, daemon: Bool = false, target: @escaping () throws -> Void) {
+        self.name = name ?? Self.defaultName()
+        self.daemon = daemon
+        self.startMethod = .fork
+        self.target = target
+        self.work = .closure
+    }
+
+    /// A process for a subclass that overrides ``run()``; it starts by fork.
+    public init(name: String? = nil, daemon: Bool = false) {
+        self.name = name ?? Self.defaultName()
+        self.daemon = daemon
+        self.startMethod = .fork
+        self.target = nil
+        self.work = .closure
+    }
+
+    /// A process that runs `job` in a child started by `startMethod`.
+    ///
+    /// Its output is read with ``output(as:)`` after ``join(timeout:)``.
+    /// - Throws: an encoding error if the job cannot be encoded.
+    public init<Job: ProcessJob>(job: Job, startMethod: StartMethod = .forkserver, name: String? = nil, daemon: Bool = false) throws {
+        self.name = name ?? Self.defaultName()
+        self.daemon = daemon
+        self.startMethod = startMethod
+        self.target = nil
+        self.forkedJob = startMethod == .fork ? { job.runAndEncode() } : nil
+        self.work = .job(typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job))
+    }
+
+    /// For tests: a process asked to run whatever `typeName` and `payload` say.
+    internal init(rawTypeName typeName: String, payload: [UInt8], startMethod: StartMethod) {
+        self.name = Self.defaultName()
+        self.daemon = false
+        self.startMethod = startMethod
+        self.target = nil
+        self.work = .job(typeName: typeName, payload: payload)
+    }
+
+    deinit {
+        if case let .running(handle, report) = state.withLock({ $0.phase }) {
+            handle.release()
+            Syscall.close(report)
+        }
+    }
+
+    /// The work of the child. Runs the target by default; override it in a
+    /// subclass (fork start method) to do the work there.
+    open func run() throws {
+        try target?()
+    }
+
+    // MARK: - Starting
+
+    /// Starts the child.
+    ///
+    /// - Throws: ``ProcessError/alreadyStarted`` if called twice,
+    ///   ``ProcessError/unsupportedStartMethod(_:)``, or a system error.
+    public func start() throws {
+        try state.withLock { state throws(ProcessError) in
+            guard case .created = state.phase else { throw .alreadyStarted }
+            state.phase = .starting
+        }
+        _ = ChildRegistry.shared.reapFinished()
+        let started: (any ChildHandle, FileDescriptor)
+        do {
+            started = try launch()
+        } catch {
+            state.withLock { $0.phase = .created }
+            throw error
+        }
+        state.withLock { state in
+            state.pid = started.0.pid
+            state.phase = .running(started.0, report: started.1)
+        }
+        ChildRegistry.shared.add(self)
+    }
+
+    private func launch() throws -> (any ChildHandle, FileDescriptor) {
+        let (here, there) = try Syscall.socketPair()
+        defer { Syscall.close(there) }
+        do {
+            let handle: any ChildHandle
+            switch (startMethod, work) {
+            case (.fork, .closure), (.fork, .job):
+                handle = try Spawner.fork(name: name, report: (here, there)) { [self] in
+                    if let forkedJob { return forkedJob() }
+                    do {
+                        try run()
+                        return .success([])
+                    } catch let error as ProcessError {
+                        return .failure(error)
+                    } catch {
+                        return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
+                    }
+                }
+            case let (.spawn, .job(typeName, payload)):
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current)
+                handle = try Spawner.spawn(request, payload: payload, report: (here, there))
+            case let (.forkserver, .job(typeName, payload)):
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current)
+                handle = try ForkServerClient.shared.start(request, payload: payload, report: there)
+            case (.spawn, .closure), (.forkserver, .closure):
+                throw ProcessError.unsupportedStartMethod(startMethod)
+            }
+            try Syscall.setNonBlocking(here, true)
+            return (handle, here)
+        } catch {
+            Syscall.close(here)
+            throw error
+        }
+    }
+
+    // MARK: - Observing
+
+    /// The child's process identifier; nil before ``start()``.
+    public var pid: Int32? {
+        state.withLock(\.pid)
+    }
+
+    /// The exit code once the child has ended, negative for the signal that
+    /// killed it (as in Python); nil while it runs or before it starts.
+    public var exitCode: Int32? {
+        (try? poll()) ?? nil
+    }
+
+    /// Whether the child has started and not yet ended.
+    public var isAlive: Bool {
+        guard pid != nil else { return false }
+        return exitCode == nil && !isClosed
+    }
+
+    private var isClosed: Bool {
+        state.withLock { if case .closed = $0.phase { true } else { false } }
+    }
+
+    /// Why the child did not succeed, once it has ended: the error its work
+    /// threw, the job type it could not resolve, or the signal that killed it.
+    /// nil while it runs, and after a clean exit.
+    public var failure: ProcessError? {
+        guard exitCode != nil else { return nil }
+        return state.withLock { state in
+            if case let .failure(error) = state.result { return error }
+            return nil
+        }
+    }
+
+    /// The output of a job process, decoded as `type`.
+    ///
+    /// - Throws: ``ProcessError/stillRunning`` if it has not ended, or the
+    ///   child's ``failure``.
+    public func output<Output: Decodable>(as type: Output.Type = Output.self) throws -> Output {
+        guard exitCode != nil else { throw ProcessError.stillRunning }
+        let result = state.withLock(\.result)
+        switch result {
+        case let .success(bytes)?: return try ValueCodec.decode(Output.self, from: bytes)
+        case let .failure(error)?: throw error
+        case nil: throw ProcessError.closed
+        }
+    }
+
+    /// Makes whatever progress can be made without blocking; returns the exit
+    /// code once the child has ended.
+    private func poll() throws -> Int32? {
+        let finished: Bool
+        let code: Int32?
+        (finished, code) = try state.withLock { state throws -> (Bool, Int32?) in
+            switch state.phase {
+            case .created, .starting: return (false, nil)
+            case .closed: return (false, state.exitCode)
+            case let .exited(code): return (false, code)
+            case let .running(handle, report):
+                if !state.reportBuffer.reachedEnd { try state.reportBuffer.drain(report) }
+                guard let code = try handle.reap() else { return (false, nil) }
+                // Everything the child wrote is in the socket now.
+                if !state.reportBuffer.reachedEnd { try state.reportBuffer.drain(report) }
+                handle.release()
+                Syscall.close(report)
+                state.phase = .exited(code)
+                state.exitCode = code
+                state.result = Self.outcome(code: code, report: &state.reportBuffer)
+                return (true, code)
+            }
+        }
+        if finished { ChildRegistry.shared.remove(self) }
+        return code
+    }
+
+    private static func outcome(code: Int32, report: inout FrameBuffer) -> Result<[UInt8], ProcessError> {
+        let reported: Result<[UInt8], ProcessError>? = {
+            guard let frame = try? report.nextFrame() else { return nil }
+            return try? ChildReport.decode(frame)
+        }()
+        if code < 0 { return .failure(.crashed(signal: -code)) }
+        if let reported { return reported }
+        return code == 0 ? .success([]) : .failure(.exited(status: code))
+    }
+
+    private var waitDescriptors: [FileDescriptor]? {
+        state.withLock { state in
+            guard case let .running(handle, report) = state.phase else { return nil }
+            return state.reportBuffer.reachedEnd ? [handle.exitDescriptor] : [handle.exitDescriptor, report]
+        }
+    }
+
+    // MARK: - Waiting
+
+    /// Waits for the child to end, at most `timeout` (forever if nil).
+    ///
+    /// - Returns: the exit code, or nil if the timeout passed first.
+    /// - Throws: ``ProcessError/notStarted`` if the process was never started.
+    @available(*, noasync, message: "use the async join()")
+    @discardableResult
+    public func join(timeout: Duration? = nil) throws -> Int32? {
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        while true {
+            try checkStarted()
+            if let code = try poll() { return code }
+            guard let fds = waitDescriptors else { continue }
+            var milliseconds: Int32 = -1
+            if let deadline {
+                let remaining = deadline - ContinuousClock.now
+                if remaining <= .zero { return nil }
+                let (seconds, attoseconds) = remaining.components
+                milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            _ = try Syscall.poll(fds, timeout: milliseconds)
+        }
+    }
+
+    /// Waits for the child to end without blocking a thread; returns its exit code.
+    ///
+    /// - Throws: ``ProcessError/notStarted``, or `CancellationError` if the
+    ///   task is cancelled (the child goes on).
+    @discardableResult
+    public func join() async throws -> Int32 {
+        while true {
+            try checkStarted()
+            if let code = try poll() { return code }
+            guard let fds = waitDescriptors else { continue }
+            do {
+                try await IOWatcher.shared.waitUntilReadable(fds)
+            } catch let error as Errno where error == .badFileDescriptor {
+                // Another caller reaped the child and closed the descriptors.
+            }
+        }
+    }
+
+    private func checkStarted() throws(ProcessError) {
+        try state.withLock { state throws(ProcessError) in
+            switch state.phase {
+            case .created, .starting: throw .notStarted
+            default: break
+            }
+        }
+    }
+
+    // MARK: - Ending
+
+    /// Asks the child to end (`SIGTERM`).
+    public func terminate() throws { try send(signal: SIGTERM) }
+
+    /// Ends the child at once (`SIGKILL`).
+    public func kill() throws { try send(signal: SIGKILL) }
+
+    /// Sends `signal` to the child; nothing happens once it has ended.
+    public func send(signal: Int32) throws {
+        try state.withLock { state throws in
+            switch state.phase {
+            case .created, .starting: throw ProcessError.notStarted
+            case .exited, .closed: return
+            case let .running(handle, _): try handle.send(signal: signal)
+            }
+        }
+    }
+
+    /// Releases the process's resources. The exit code stays readable.
+    ///
+    /// - Throws: ``ProcessError/stillRunning`` if the child still runs.
+    public func close() throws {
+        _ = try poll()
+        try state.withLock { state throws(ProcessError) in
+            switch state.phase {
+            case .running: throw .stillRunning
+            case .starting: throw .stillRunning
+            default: state.phase = .closed
+            }
+        }
+    }
+}
+
+extension ChildProcess {
+    /// Runs `job` in a new child process and returns its output.
+    ///
+    /// - Throws: the child's ``ProcessError`` (the job threw, the child crashed…).
+    @available(*, noasync, message: "use the async execute(_:startMethod:)")
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver) throws -> Job.Output {
+        let process = try ChildProcess(job: job, startMethod: startMethod)
+        try process.start()
+        try process.join()
+        return try process.output(as: Job.Output.self)
+    }
+
+    /// Runs `job` in a new child process and returns its output, awaiting the
+    /// child without blocking a thread.
+    ///
+    /// - Throws: the child's ``ProcessError`` (the job threw, the child crashed…).
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver) async throws -> Job.Output {
+        let process = try ChildProcess(job: job, startMethod: startMethod)
+        try process.start()
+        try await process.join()
+        return try process.output(as: Job.Output.self)
+    }
+}

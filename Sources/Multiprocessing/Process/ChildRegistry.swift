@@ -1,0 +1,72 @@
+import Glibc
+import Synchronization
+
+/// The children this process started and has not yet reaped (Python's
+/// `_children`). It keeps each alive until it ends, so none is left a zombie.
+internal final class ChildRegistry: Sendable {
+    static let shared = ChildRegistry()
+
+    private struct State {
+        var ownerPID: pid_t = 0
+        var children: [ObjectIdentifier: ChildProcess] = [:]
+        var exitHandlerInstalled = false
+    }
+
+    private let state = Mutex(State())
+
+    private init() {}
+
+    func add(_ child: ChildProcess) {
+        let install = state.withLock { state -> Bool in
+            resetIfInherited(&state)
+            state.children[ObjectIdentifier(child)] = child
+            defer { state.exitHandlerInstalled = true }
+            return !state.exitHandlerInstalled
+        }
+        if install {
+            atexit { ChildRegistry.shared.joinAllAtExit() }
+        }
+    }
+
+    func remove(_ child: ChildProcess) {
+        state.withLock { state in
+            resetIfInherited(&state)
+            state.children[ObjectIdentifier(child)] = nil
+        }
+    }
+
+    /// The children, after reaping those that have ended.
+    func reapFinished() -> [ChildProcess] {
+        let children = state.withLock { state in
+            resetIfInherited(&state)
+            return Array(state.children.values)
+        }
+        // `exitCode` reaps (and unregisters) each child that has ended.
+        return children.filter { $0.exitCode == nil }
+    }
+
+    /// A forked child inherits its parent's registry: its parent's children are not its own.
+    private func resetIfInherited(_ state: inout State) {
+        if state.ownerPID != getpid() {
+            state.ownerPID = getpid()
+            state.children = [:]
+            state.exitHandlerInstalled = false
+        }
+    }
+
+    private func joinAllAtExit() {
+        let children = reapFinished()
+        for child in children where child.daemon {
+            try? child.terminate()
+        }
+        for child in children {
+            _ = try? child.join()
+        }
+    }
+}
+
+/// The children of this process that are still running (Python's
+/// `active_children()`); those that have ended are reaped on the way.
+public func activeChildren() -> [ChildProcess] {
+    ChildRegistry.shared.reapFinished()
+}

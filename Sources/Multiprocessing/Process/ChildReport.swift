@@ -1,0 +1,48 @@
+import SystemPackage
+
+/// What a child tells its parent before it exits: the encoded output of its
+/// work, or the error that stopped it. One frame: a tag byte, then the bytes.
+internal enum ChildReport {
+    static func encode(_ result: Result<[UInt8], ProcessError>) -> [UInt8] {
+        switch result {
+        case let .success(payload):
+            return [0] + payload
+        case let .failure(error):
+            return [1] + ((try? ValueCodec.encode(error)) ?? [])
+        }
+    }
+
+    static func decode(_ frame: [UInt8]) throws(WireError) -> Result<[UInt8], ProcessError> {
+        guard let tag = frame.first else { throw .corrupt("empty child report") }
+        let rest = Array(frame.dropFirst())
+        switch tag {
+        case 0: return .success(rest)
+        case 1: return .failure(try ValueCodec.decode(ProcessError.self, from: rest))
+        default: throw .corrupt("unknown child report tag \(tag)")
+        }
+    }
+}
+
+/// What a spawned child or the forkserver is asked to do: the header frame
+/// of a request; the job's encoded value follows in a frame of its own.
+internal struct BootRequest: Codable, Sendable {
+    enum Kind: String, Codable, Sendable {
+        case job
+        case forkServer
+    }
+
+    var kind: Kind
+    var typeName: String
+    var name: String
+    var parent: ProcessDescription
+
+    static func send(_ request: BootRequest, payload: [UInt8], to fd: FileDescriptor) throws {
+        try Frame.writeAll(Frame.encode(try ValueCodec.encode(request)) + Frame.encode(payload), to: fd)
+    }
+
+    static func receive(from fd: FileDescriptor) throws -> (BootRequest, [UInt8]) {
+        let header = try ValueCodec.decode(BootRequest.self, from: try Frame.read(from: fd))
+        let payload = try Frame.read(from: fd)
+        return (header, payload)
+    }
+}

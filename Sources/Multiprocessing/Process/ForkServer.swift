@@ -1,0 +1,154 @@
+import CMultiprocessing
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// The forkserver: a clean, single-threaded process spawned once, which
+/// forks a child for every job it is sent.
+///
+/// Requests arrive on the control socket: one byte carrying two descriptors
+/// (`SCM_RIGHTS`: the child's report channel and the exit-status channel),
+/// then a ``BootRequest`` and its payload. The server answers with the
+/// child's pid, and later writes its exit code on the status channel.
+internal enum ForkServer {
+    /// The server's loop; it ends when the control socket closes.
+    static func serve(control: FileDescriptor) -> Never {
+        var children: [(pidfd: FileDescriptor, status: FileDescriptor)] = []
+        while true {
+            let fds = [control] + children.map(\.pidfd)
+            guard let events = try? Syscall.poll(fds, timeout: -1) else { cmp_exit_now(3) }
+            for index in children.indices.reversed() where events[index + 1] != 0 {
+                guard let code = try? Syscall.waitPidfd(children[index].pidfd, block: false) else { continue }
+                let bytes = withUnsafeBytes(of: code.littleEndian) { Array($0) }
+                try? Frame.write(bytes, to: children[index].status)
+                Syscall.close(children[index].status)
+                Syscall.close(children[index].pidfd)
+                children.remove(at: index)
+            }
+            if events[0] != 0 {
+                do {
+                    children.append(try serveRequest(control))
+                } catch {
+                    // The client is gone (or spoke nonsense): nobody is left to serve.
+                    cmp_exit_now(0)
+                }
+            }
+        }
+    }
+
+    private static func serveRequest(_ control: FileDescriptor) throws -> (pidfd: FileDescriptor, status: FileDescriptor) {
+        var marker: UInt8 = 0
+        let (count, received) = try withUnsafeMutableBytes(of: &marker) { buffer in
+            try Syscall.receiveWithDescriptors(control, into: buffer, maxDescriptors: 2)
+        }
+        guard count == 1, received.count == 2 else {
+            received.forEach(Syscall.close)
+            throw WireError.endOfFile
+        }
+        let (report, status) = (received[0], received[1])
+        let (request, payload) = try BootRequest.receive(from: control)
+        let pid = try Syscall.fork()
+        if pid == 0 {
+            // The child keeps its report channel as descriptor 3 and nothing else.
+            if (try? Syscall.isolateDescriptors(keeping: report, as: 3)) == nil { cmp_exit_now(4) }
+            ProcessContext.runChild(name: request.name, parent: request.parent, report: 3) {
+                JobRunner.run(typeName: request.typeName, payload: payload)
+            }
+        }
+        Syscall.close(report)
+        let pidfd = try Syscall.pidfdOpen(pid)
+        let reply = withUnsafeBytes(of: Int32(pid).littleEndian) { Array($0) }
+        try Frame.write(reply, to: control)
+        return (pidfd, status)
+    }
+}
+
+/// This process's connection to its forkserver, started on first use and
+/// again if it dies.
+internal final class ForkServerClient: Sendable {
+    static let shared = ForkServerClient()
+
+    private struct Server {
+        var ownerPID: pid_t
+        var pid: pid_t
+        var pidfd: FileDescriptor
+        var control: FileDescriptor
+    }
+
+    // Requests are serialised: each one is a short exchange on `control`.
+    private let server = Mutex<Server?>(nil)
+
+    private init() {}
+
+    /// Asks the forkserver for a child running the job; returns its handle.
+    func start(_ request: BootRequest, payload: [UInt8], report: FileDescriptor) throws -> ForkServerChild {
+        try server.withLock { server in
+            var lastError: any Error = ProcessError.forkServerDied
+            for _ in 0..<2 {
+                if let stale = server, stale.ownerPID != getpid() {
+                    Self.discard(stale)
+                    server = try Self.launch()
+                } else if server == nil {
+                    server = try Self.launch()
+                } else if try Syscall.waitPidfd(server!.pidfd, block: false) != nil {
+                    Self.discard(server!)
+                    server = try Self.launch()
+                }
+                do {
+                    return try Self.request(server!, request, payload: payload, report: report)
+                } catch {
+                    // The server died under us: start a new one and try once more.
+                    lastError = error
+                    Self.discard(server!)
+                    server = nil
+                }
+            }
+            throw lastError
+        }
+    }
+
+    private static func request(_ server: Server, _ request: BootRequest, payload: [UInt8], report: FileDescriptor) throws -> ForkServerChild {
+        let (statusHere, statusThere) = try Syscall.socketPair()
+        defer { Syscall.close(statusThere) }
+        do {
+            _ = try Syscall.sendWithDescriptors(server.control, [1], [report, statusThere])
+            try BootRequest.send(request, payload: payload, to: server.control)
+            let reply = try Frame.read(from: server.control)
+            guard reply.count == 4 else { throw WireError.corrupt("forkserver reply of \(reply.count) bytes") }
+            let pid = reply.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(as: Int32.self)) }
+            try Syscall.setNonBlocking(statusHere, true)
+            return ForkServerChild(pid: pid, status: statusHere)
+        } catch {
+            Syscall.close(statusHere)
+            throw error
+        }
+    }
+
+    private static func launch() throws -> Server {
+        let (here, there) = try Syscall.socketPair()
+        defer { Syscall.close(there) }
+        let pid: pid_t
+        do {
+            pid = try Spawner.spawnImage(channel: there)
+        } catch {
+            Syscall.close(here)
+            throw error
+        }
+        let pidfd = try Syscall.pidfdOpen(pid)
+        let request = BootRequest(kind: .forkServer, typeName: "", name: "ForkServer", parent: ProcessContext.current)
+        try BootRequest.send(request, payload: [], to: here)
+        return Server(ownerPID: getpid(), pid: pid, pidfd: pidfd, control: here)
+    }
+
+    /// Ends a server that failed (or a stale copy inherited by fork) and reaps it.
+    private static func discard(_ server: Server) {
+        Syscall.close(server.control)
+        guard server.ownerPID == getpid() else {
+            Syscall.close(server.pidfd)
+            return
+        }
+        try? Syscall.pidfdSendSignal(server.pidfd, SIGKILL)
+        _ = try? Syscall.waitPidfd(server.pidfd, block: true)
+        Syscall.close(server.pidfd)
+    }
+}

@@ -1,0 +1,81 @@
+import Glibc
+import SystemPackage
+
+/// Why a child process could not be started, joined or did not deliver.
+public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConvertible {
+    /// `start()` was called on a process that was already started.
+    case alreadyStarted
+    /// The process was never started, so it cannot be joined or signalled.
+    case notStarted
+    /// `close()` was called while the process still runs.
+    case stillRunning
+    /// The process was closed; its handle can no longer be used.
+    case closed
+    /// The work cannot run with this start method (closures need `.fork`).
+    case unsupportedStartMethod(StartMethod)
+    /// The child could not resolve the job type named by the parent.
+    case unknownJobType(String)
+    /// The name resolved to a type that is not a ``ProcessJob``: it is never run.
+    case notAJob(String)
+    /// The job's input did not decode in the child.
+    case corruptRequest(String)
+    /// The job threw: the error's type name and description, as the child saw them.
+    case jobFailed(errorType: String, description: String)
+    /// The child was ended by a signal (a trap, a segfault, `kill`).
+    case crashed(signal: Int32)
+    /// The child exited with a non-zero status and reported nothing.
+    case exited(status: Int32)
+    /// The forkserver that started the child died.
+    case forkServerDied
+    /// A system call failed.
+    case systemCall(String, errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .alreadyStarted: "the process was already started"
+        case .notStarted: "the process was never started"
+        case .stillRunning: "the process is still running"
+        case .closed: "the process handle is closed"
+        case let .unsupportedStartMethod(method): "this work cannot run with the \(method) start method"
+        case let .unknownJobType(name): "the child cannot resolve the job type '\(name)'"
+        case let .notAJob(name): "'\(name)' is not a ProcessJob type; it was not run"
+        case let .corruptRequest(reason): "the child could not decode its job: \(reason)"
+        case let .jobFailed(errorType, description): "the job threw \(errorType): \(description)"
+        case let .crashed(signal): "the child was killed by \(Signal.name(signal))"
+        case let .exited(status): "the child exited with status \(status)"
+        case .forkServerDied: "the forkserver that started the child died"
+        case let .systemCall(name, errno): "\(name) failed: \(String(cString: strerror(errno)))"
+        }
+    }
+}
+
+/// Signal numbers and their names.
+public enum Signal {
+    /// The conventional name of a signal number, such as `SIGSEGV`.
+    public static func name(_ signal: Int32) -> String {
+        switch signal {
+        case SIGHUP: "SIGHUP"
+        case SIGINT: "SIGINT"
+        case SIGQUIT: "SIGQUIT"
+        case SIGILL: "SIGILL"
+        case SIGTRAP: "SIGTRAP"
+        case SIGABRT: "SIGABRT"
+        case SIGBUS: "SIGBUS"
+        case SIGFPE: "SIGFPE"
+        case SIGKILL: "SIGKILL"
+        case SIGUSR1: "SIGUSR1"
+        case SIGSEGV: "SIGSEGV"
+        case SIGUSR2: "SIGUSR2"
+        case SIGPIPE: "SIGPIPE"
+        case SIGALRM: "SIGALRM"
+        case SIGTERM: "SIGTERM"
+        default: "signal \(signal)"
+        }
+    }
+}
+
+extension ProcessError {
+    init(_ call: String, _ error: Errno) {
+        self = .systemCall(call, errno: error.rawValue)
+    }
+}

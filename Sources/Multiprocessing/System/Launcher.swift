@@ -1,0 +1,76 @@
+import Dispatch
+import Glibc
+import Synchronization
+
+/// The one thread that forks.
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked a child ends, not
+/// the process. Swift's cooperative pool and Dispatch retire idle threads, so
+/// a child forked from one of them would be killed seconds later. Every fork
+/// therefore happens on this thread, which lives as long as the process.
+internal final class Launcher: Sendable {
+    static let shared = Launcher()
+
+    private struct Request {
+        let body: @Sendable () -> Void
+    }
+
+    private struct State {
+        /// The process that started `thread`; in a forked child it is stale.
+        var ownerPID: pid_t = 0
+        var thread: pthread_t = pthread_t()
+        var pending: [Request] = []
+        var wakeUp = DispatchSemaphore(value: 0)
+    }
+
+    // Mutable state guarded by the mutex; the thread's body only reads what
+    // it captured when it started.
+    private let state = Mutex(State())
+
+    private init() {}
+
+    /// Runs `body` on the launcher thread and returns its result; inline when
+    /// called from that thread (or its copy in a forked child).
+    func perform<T>(_ body: () throws -> T) throws -> T {
+        // On the launcher thread itself, or on its copy in a forked child.
+        let inline = state.withLock { state in
+            state.ownerPID != 0 && pthread_equal(state.thread, pthread_self()) != 0
+        }
+        if inline { return try body() }
+
+        return try withoutActuallyEscaping(body) { escapable in
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var result: Result<T, any Error>? = nil  // written by the launcher before `done` is signalled
+            nonisolated(unsafe) let work = escapable  // runs once, on the launcher thread, while this frame waits
+            let request = Request {
+                result = Result { try work() }
+                done.signal()
+            }
+            let wakeUp: DispatchSemaphore = state.withLock { state in
+                if state.ownerPID != getpid() {
+                    state.ownerPID = getpid()
+                    state.pending = []
+                    state.wakeUp = DispatchSemaphore(value: 0)
+                    let wakeUp = state.wakeUp
+                    state.thread = SystemThread.start { [self] in self.serve(wakeUp) }
+                }
+                state.pending.append(request)
+                return state.wakeUp
+            }
+            wakeUp.signal()
+            done.wait()
+            return try result!.get()
+        }
+    }
+
+    private func serve(_ wakeUp: DispatchSemaphore) {
+        while true {
+            wakeUp.wait()
+            let requests = state.withLock { state -> [Request] in
+                defer { state.pending = [] }
+                return state.pending
+            }
+            for request in requests { request.body() }
+        }
+    }
+}

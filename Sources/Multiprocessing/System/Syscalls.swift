@@ -1,0 +1,162 @@
+import CMultiprocessing
+import Glibc
+import SystemPackage
+
+// The one place where raw system calls are made. Each is wrapped once: `EINTR`
+// is retried here (never at a call site) and `errno` becomes a typed `Errno`.
+
+/// Runs `body` until it does not fail with `EINTR`; turns `-1` + `errno` into `Errno`.
+@inline(__always)
+internal func valueOrErrno<I: FixedWidthInteger>(
+    retryOnInterrupt: Bool = true,
+    _ body: () -> I
+) throws(Errno) -> I {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let error = Errno(rawValue: errno)
+        if retryOnInterrupt && error == .interrupted { continue }
+        throw error
+    }
+}
+
+internal enum Syscall {
+    /// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`: both ends close on exec.
+    static func socketPair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
+        var fds: (Int32, Int32) = (-1, -1)
+        _ = try withUnsafeMutablePointer(to: &fds) { pointer throws(Errno) in
+            try pointer.withMemoryRebound(to: Int32.self, capacity: 2) { fdPointer throws(Errno) in
+                try valueOrErrno {
+                    socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, fdPointer)
+                }
+            }
+        }
+        return (FileDescriptor(rawValue: fds.0), FileDescriptor(rawValue: fds.1))
+    }
+
+    /// `close(2)`. Not retried on `EINTR`: on Linux the descriptor is released
+    /// even when `close` is interrupted, so a retry could close another one.
+    static func close(_ fd: FileDescriptor) {
+        _ = Glibc.close(fd.rawValue)
+    }
+
+    /// `fcntl(F_SETFL, O_NONBLOCK)` on or off.
+    static func setNonBlocking(_ fd: FileDescriptor, _ on: Bool) throws(Errno) {
+        let flags = try valueOrErrno { fcntl(fd.rawValue, F_GETFL) }
+        let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        if wanted != flags { _ = try valueOrErrno { fcntl(fd.rawValue, F_SETFL, wanted) } }
+    }
+
+    /// `fcntl(F_DUPFD_CLOEXEC)`.
+    static func duplicate(_ fd: FileDescriptor) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { fcntl(fd.rawValue, F_DUPFD_CLOEXEC, 0) })
+    }
+
+    /// `send(MSG_NOSIGNAL)`: a closed peer gives `EPIPE`, never `SIGPIPE`.
+    static func send(_ fd: FileDescriptor, _ buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
+        try valueOrErrno { Glibc.send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    /// `read(2)`.
+    static func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        try valueOrErrno { Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count) }
+    }
+
+    /// `poll(2)` on `fds` for readability (or `events`). `timeout` in
+    /// milliseconds, -1 for none. Returns the `revents` of each.
+    static func poll(_ fds: [FileDescriptor], events: Int16 = Int16(POLLIN), timeout: Int32) throws(Errno) -> [Int16] {
+        var pollfds = fds.map { pollfd(fd: $0.rawValue, events: events, revents: 0) }
+        _ = try pollfds.withUnsafeMutableBufferPointer { buffer throws(Errno) in
+            try valueOrErrno { Glibc.poll(buffer.baseAddress, nfds_t(buffer.count), timeout) }
+        }
+        return pollfds.map(\.revents)
+    }
+
+    /// `kill(2)`.
+    static func kill(_ pid: pid_t, _ signal: Int32) throws(Errno) {
+        _ = try valueOrErrno { Glibc.kill(pid, signal) }
+    }
+
+    /// `pidfd_open(2)`.
+    static func pidfdOpen(_ pid: pid_t) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_pidfd_open(pid) })
+    }
+
+    /// `pidfd_send_signal(2)`.
+    static func pidfdSendSignal(_ pidfd: FileDescriptor, _ signal: Int32) throws(Errno) {
+        _ = try valueOrErrno { cmp_pidfd_send_signal(pidfd.rawValue, signal) }
+    }
+
+    /// `waitid(P_PIDFD)`: the exit code (negative signal number when killed)
+    /// once the process has ended, or nil if `block` is false and it runs on.
+    static func waitPidfd(_ pidfd: FileDescriptor, block: Bool) throws(Errno) -> Int32? {
+        var code: Int32 = 0
+        let reaped = try valueOrErrno { cmp_waitid_pidfd(pidfd.rawValue, block ? 0 : 1, &code) }
+        return reaped == 1 ? code : nil
+    }
+
+    /// `waitpid(-1, WNOHANG)`: a reaped child's pid and exit code, or nil.
+    static func reapAnyChild() throws(Errno) -> (pid: pid_t, exitCode: Int32)? {
+        var code: Int32 = 0
+        let pid = try valueOrErrno { cmp_reap_any(&code) }
+        return pid > 0 ? (pid, code) : nil
+    }
+
+    /// `fork(2)` with stdio flushed and the child bound to its parent's life.
+    static func fork() throws(Errno) -> pid_t {
+        try valueOrErrno { cmp_fork(SIGKILL) }
+    }
+
+    /// Forks and executes `path`; `descriptors` become 3, 4, … in the child.
+    static func forkExec(path: String, arguments: [String], environment: [String], descriptors: [FileDescriptor]) throws(Errno) -> pid_t {
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup($0) } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        let raw = descriptors.map(\.rawValue)
+        return try valueOrErrno {
+            raw.withUnsafeBufferPointer { fds in
+                cmp_fork_exec(path, argv, envp, fds.baseAddress, Int32(fds.count), SIGKILL)
+            }
+        }
+    }
+
+    /// Sends bytes and descriptors (`SCM_RIGHTS`) over a Unix socket.
+    static func sendWithDescriptors(_ socket: FileDescriptor, _ bytes: [UInt8], _ fds: [FileDescriptor]) throws(Errno) -> Int {
+        let raw = fds.map(\.rawValue)
+        return try valueOrErrno {
+            bytes.withUnsafeBytes { buffer in
+                raw.withUnsafeBufferPointer { fdBuffer in
+                    cmp_send_with_fds(socket.rawValue, buffer.baseAddress, buffer.count, fdBuffer.baseAddress, Int32(fdBuffer.count))
+                }
+            }
+        }
+    }
+
+    /// Receives bytes and descriptors (`SCM_RIGHTS`, made close-on-exec).
+    static func receiveWithDescriptors(_ socket: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, maxDescriptors: Int) throws(Errno) -> (count: Int, descriptors: [FileDescriptor]) {
+        var fds = [Int32](repeating: -1, count: maxDescriptors)
+        var received: Int32 = 0
+        let count = try valueOrErrno {
+            fds.withUnsafeMutableBufferPointer { fdBuffer in
+                cmp_recv_with_fds(socket.rawValue, buffer.baseAddress, buffer.count, fdBuffer.baseAddress, Int32(maxDescriptors), &received)
+            }
+        }
+        return (count, fds.prefix(Int(received)).map { FileDescriptor(rawValue: $0) })
+    }
+
+    /// Keeps only `fd` (moved to `target`) and stdio; closes every other descriptor.
+    static func isolateDescriptors(keeping fd: FileDescriptor, as target: Int32) throws(Errno) {
+        _ = try valueOrErrno { cmp_isolate_descriptors(fd.rawValue, target) }
+    }
+
+    /// `readlink("/proc/self/exe")`.
+    static func executablePath() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else { return "/proc/self/exe" }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

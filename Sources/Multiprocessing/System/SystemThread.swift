@@ -1,0 +1,25 @@
+import Dispatch
+import Glibc
+
+/// A long-lived POSIX thread of the library's own, outside the cooperative pool.
+internal enum SystemThread {
+    private final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    /// Starts a detached thread running `body`; returns its `pthread_t`.
+    /// The corresponding C function is `pthread_create`.
+    static func start(_ body: @escaping () -> Void) -> pthread_t {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+        return thread
+    }
+}

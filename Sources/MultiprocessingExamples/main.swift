@@ -1,0 +1,72 @@
+// The seed's programs, in Swift, printing what they print.
+import Multiprocessing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Seed program 1: fork. Parent and child each print their lines with real
+/// pids; the greeting before the fork is printed once, because `fork()`
+/// flushes standard output first.
+func forkExample() throws {
+    print("Hello from the main process (pid \(OSProcess.getpid()))")
+    switch try OSProcess.fork() {
+    case .child:
+        print("I am the child process, pid \(OSProcess.getpid()); my parent is \(OSProcess.getppid())")
+        OSProcess.exit(0)
+    case let .parent(child):
+        print("I am the parent process, pid \(OSProcess.getpid()); my child is \(child)")
+        let status = try OSProcess.wait(child)
+        print("child \(child) exited with status \(status)")
+    }
+}
+
+/// Seed program 2: a process whose target sleeps 2 s and prints.
+func processExample() throws {
+    let process = ChildProcess {
+        sleep(2)
+        print("hello from the child process (pid \(OSProcess.getpid()))")
+    }
+    print("pid before start: \(process.pid.map(String.init) ?? "nil")")
+    try process.start()
+    print("pid after start: \(process.pid.map(String.init) ?? "nil")")
+    try process.join()
+    print("main process finished")
+}
+
+/// The same process, written by overriding `run()`.
+final class Sleeper: ChildProcess, @unchecked Sendable {  // no state of its own
+    override func run() throws {
+        sleep(2)
+        print("hello from \(currentProcess().name) (pid \(OSProcess.getpid())), which overrides run()")
+    }
+}
+
+func subclassExample() throws {
+    let process = Sleeper(name: "Sleeper")
+    print("pid before start: \(process.pid.map(String.init) ?? "nil")")
+    try process.start()
+    print("pid after start: \(process.pid.map(String.init) ?? "nil")")
+    try process.join()
+    print("main process finished")
+}
+
+// Line-buffered even into a pipe, so parent and child lines interleave as they happen.
+setvbuf(stdout, nil, _IOLBF, 0)
+
+let examples: [(String, () throws -> Void)] = [
+    ("fork", forkExample),
+    ("process", processExample),
+    ("process subclass", subclassExample),
+]
+
+let chosen = CommandLine.arguments.dropFirst()
+for (name, example) in examples where chosen.isEmpty || chosen.contains(name) {
+    print("=== \(name) ===")
+    do {
+        try example()
+    } catch {
+        print("\(name) failed: \(error)")
+        exit(1)
+    }
+}
