@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -65,6 +66,11 @@ pid_t cmp_fork(int death_signal) {
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0 && death_signal != 0) {
+        /* The forking thread may have signals blocked (Dispatch's threads
+           do); a new child starts with none, as a spawned one does. */
+        sigset_t none;
+        sigemptyset(&none);
+        pthread_sigmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_PDEATHSIG, (unsigned long)death_signal, 0, 0, 0);
         if (getppid() != parent) _exit(1);
     }

@@ -5,19 +5,26 @@ import Multiprocessing
 import Glibc
 #endif
 
+/// Prints a line and flushes it at once, so that parent and child lines
+/// interleave as they happen even when the output is a pipe.
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
+}
+
 /// Seed program 1: fork. Parent and child each print their lines with real
 /// pids; the greeting before the fork is printed once, because `fork()`
 /// flushes standard output first.
 func forkExample() throws {
-    print("Hello from the main process (pid \(OSProcess.getpid()))")
+    say("Hello from the main process (pid \(OSProcess.getpid()))")
     switch try OSProcess.fork() {
     case .child:
-        print("I am the child process, pid \(OSProcess.getpid()); my parent is \(OSProcess.getppid())")
+        say("I am the child process, pid \(OSProcess.getpid()); my parent is \(OSProcess.getppid())")
         OSProcess.exit(0)
     case let .parent(child):
-        print("I am the parent process, pid \(OSProcess.getpid()); my child is \(child)")
+        say("I am the parent process, pid \(OSProcess.getpid()); my child is \(child)")
         let status = try OSProcess.wait(child)
-        print("child \(child) exited with status \(status)")
+        say("child \(child) exited with status \(status)")
     }
 }
 
@@ -25,34 +32,31 @@ func forkExample() throws {
 func processExample() throws {
     let process = ChildProcess {
         sleep(2)
-        print("hello from the child process (pid \(OSProcess.getpid()))")
+        say("hello from the child process (pid \(OSProcess.getpid()))")
     }
-    print("pid before start: \(process.pid.map(String.init) ?? "nil")")
+    say("pid before start: \(process.pid.map(String.init) ?? "nil")")
     try process.start()
-    print("pid after start: \(process.pid.map(String.init) ?? "nil")")
+    say("pid after start: \(process.pid.map(String.init) ?? "nil")")
     try process.join()
-    print("main process finished")
+    say("main process finished")
 }
 
 /// The same process, written by overriding `run()`.
 final class Sleeper: ChildProcess, @unchecked Sendable {  // no state of its own
     override func run() throws {
         sleep(2)
-        print("hello from \(currentProcess().name) (pid \(OSProcess.getpid())), which overrides run()")
+        say("hello from \(currentProcess().name) (pid \(OSProcess.getpid())), which overrides run()")
     }
 }
 
 func subclassExample() throws {
     let process = Sleeper(name: "Sleeper")
-    print("pid before start: \(process.pid.map(String.init) ?? "nil")")
+    say("pid before start: \(process.pid.map(String.init) ?? "nil")")
     try process.start()
-    print("pid after start: \(process.pid.map(String.init) ?? "nil")")
+    say("pid after start: \(process.pid.map(String.init) ?? "nil")")
     try process.join()
-    print("main process finished")
+    say("main process finished")
 }
-
-// Line-buffered even into a pipe, so parent and child lines interleave as they happen.
-setvbuf(stdout, nil, _IOLBF, 0)
 
 let examples: [(String, () throws -> Void)] = [
     ("fork", forkExample),
@@ -62,11 +66,11 @@ let examples: [(String, () throws -> Void)] = [
 
 let chosen = CommandLine.arguments.dropFirst()
 for (name, example) in examples where chosen.isEmpty || chosen.contains(name) {
-    print("=== \(name) ===")
+    say("=== \(name) ===")
     do {
         try example()
     } catch {
-        print("\(name) failed: \(error)")
+        say("\(name) failed: \(error)")
         exit(1)
     }
 }

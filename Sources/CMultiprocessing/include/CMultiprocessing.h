@@ -27,9 +27,9 @@ int cmp_waitid_pidfd(int pidfd, int nohang, int *exit_code);
 /// exit code in Python's convention), 0 if none, -1 with errno set.
 pid_t cmp_reap_any(int *exit_code);
 
-/// `fork(2)` after flushing every stdio stream. In the child, sets
-/// `PR_SET_PDEATHSIG` to `death_signal` and exits at once if the parent is
-/// already gone. Returns like `fork`.
+/// `fork(2)` after flushing every stdio stream. If `death_signal` is not 0,
+/// the child clears its signal mask, sets `PR_SET_PDEATHSIG` to it and exits
+/// at once if the parent is already gone. Returns like `fork`.
 pid_t cmp_fork(int death_signal);
 
 /// Forks and executes `path` with `argv` and `envp`. In the child, the

@@ -269,14 +269,27 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
 
     // MARK: - Waiting
 
-    /// Waits for the child to end, at most `timeout` (forever if nil).
+    /// Waits for the child to end; returns its exit code (negative for the
+    /// signal that killed it).
+    ///
+    /// - Throws: ``ProcessError/notStarted`` if the process was never started.
+    @available(*, noasync, message: "use the async join()")
+    @discardableResult
+    public func join() throws -> Int32 {
+        try wait(until: nil)!
+    }
+
+    /// Waits for the child to end, at most `timeout`.
     ///
     /// - Returns: the exit code, or nil if the timeout passed first.
     /// - Throws: ``ProcessError/notStarted`` if the process was never started.
     @available(*, noasync, message: "use the async join()")
     @discardableResult
-    public func join(timeout: Duration? = nil) throws -> Int32? {
-        let deadline = timeout.map { ContinuousClock.now + $0 }
+    public func join(timeout: Duration) throws -> Int32? {
+        try wait(until: ContinuousClock.now + timeout)
+    }
+
+    private func wait(until deadline: ContinuousClock.Instant?) throws -> Int32? {
         while true {
             try checkStarted()
             if let code = try poll() { return code }

@@ -31,17 +31,17 @@ internal final class Launcher: Sendable {
 
     /// Runs `body` on the launcher thread and returns its result; inline when
     /// called from that thread (or its copy in a forked child).
-    func perform<T>(_ body: () throws -> T) throws -> T {
+    func perform<T>(_ body: @escaping () throws -> T) throws -> T {
         // On the launcher thread itself, or on its copy in a forked child.
         let inline = state.withLock { state in
             state.ownerPID != 0 && pthread_equal(state.thread, pthread_self()) != 0
         }
         if inline { return try body() }
 
-        return try withoutActuallyEscaping(body) { escapable in
+        do {
             let done = DispatchSemaphore(value: 0)
             nonisolated(unsafe) var result: Result<T, any Error>? = nil  // written by the launcher before `done` is signalled
-            nonisolated(unsafe) let work = escapable  // runs once, on the launcher thread, while this frame waits
+            nonisolated(unsafe) let work = body  // runs once, on the launcher thread, while this frame waits
             let request = Request {
                 result = Result { try work() }
                 done.signal()

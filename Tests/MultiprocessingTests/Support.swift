@@ -1,0 +1,94 @@
+import CMultiprocessing
+import Foundation
+import Testing
+
+@testable import Multiprocessing
+
+// Jobs the tests send to children. They live in the test executable, which
+// is also what a spawned child runs.
+
+struct Square: ProcessJob {
+    var value: Int
+    func run() throws -> Int { value * value }
+}
+
+struct Identity: ProcessJob {
+    struct Output: Codable, Sendable {
+        var name: String
+        var pid: Int32
+        var parentPID: Int32?
+        var parentName: String?
+    }
+
+    func run() throws -> Output {
+        let me = currentProcess()
+        let parent = parentProcess()
+        return Output(name: me.name, pid: me.pid, parentPID: parent?.pid, parentName: parent?.name)
+    }
+}
+
+struct Refusal: Error, CustomStringConvertible {
+    var reason: String
+    var description: String { "refused: \(reason)" }
+}
+
+struct Throwing: ProcessJob {
+    var reason: String
+    func run() throws -> Int { throw Refusal(reason: reason) }
+}
+
+struct Crash: ProcessJob {
+    enum Kind: String, Codable { case trap, segfault, sleep, exit3 }
+    var kind: Kind
+    func run() throws -> Int {
+        switch kind {
+        case .trap: fatalError("a trap on purpose")
+        case .segfault: cmp_segfault()
+        case .sleep:
+            while true { sleep(60) }
+        case .exit3: exit(3)
+        }
+    }
+}
+
+/// Not a job: a child asked to run it must refuse.
+struct NotAJob: Codable {
+    var value = 1
+}
+
+/// Start methods that run jobs.
+let jobStartMethods: [StartMethod] = [.fork, .spawn, .forkserver]
+
+/// Open descriptors of this process.
+func openDescriptorCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+/// Direct children of this process (all threads), zombies included.
+func childPIDs() -> Set<Int32> {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    var pids: Set<Int32> = []
+    for task in tasks {
+        let text = (try? String(contentsOfFile: "/proc/self/task/\(task)/children", encoding: .utf8)) ?? ""
+        for field in text.split(separator: " ") { if let pid = Int32(field) { pids.insert(pid) } }
+    }
+    return pids
+}
+
+/// Whether `pid` names a process that has not ended (zombies count as ended).
+func isRunning(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)]
+    return state != "Z" && state != "X"
+}
+
+/// Waits until `condition` holds or `timeout` passes; returns whether it held.
+func eventually(within timeout: Duration, _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        usleep(5_000)
+    }
+    return condition()
+}
