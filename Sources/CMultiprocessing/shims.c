@@ -57,6 +57,10 @@ pid_t cmp_reap_any(int *exit_code) {
     return pid;
 }
 
+int cmp_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1UL, 0, 0, 0);
+}
+
 int cmp_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0);
 }

@@ -53,6 +53,9 @@ ssize_t cmp_send_with_fds(int socket, const void *buf, size_t len,
 ssize_t cmp_recv_with_fds(int socket, void *buf, size_t len, int *fds,
                           int max_fds, int *nfds);
 
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`: orphaned descendants come back to this process.
+int cmp_set_child_subreaper(void);
+
 /// `prctl(PR_SET_PDEATHSIG, sig)`.
 int cmp_set_parent_death_signal(int sig);
 

@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 import SystemPackage
 
 /// The parent's view of a running child, whatever started it.
@@ -44,7 +43,7 @@ internal final class ForkServerChild: ChildHandle {
     let pid: pid_t
     let status: FileDescriptor
     // The frame buffer is only touched under the owning process's lock.
-    private let buffer = Mutex(FrameBuffer())
+    private let buffer = Locked(FrameBuffer())
 
     init(pid: pid_t, status: FileDescriptor) {
         self.pid = pid

@@ -49,7 +49,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     // A job run by fork: it runs in the child only, like `target`.
     nonisolated(unsafe) private var forkedJob: (() -> Result<[UInt8], ProcessError>)? = nil
     private let work: Work
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private static let counter = Atomic<Int>(0)
 

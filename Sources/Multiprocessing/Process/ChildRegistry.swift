@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// The children this process started and has not yet reaped (Python's
 /// `_children`). It keeps each alive until it ends, so none is left a zombie.
@@ -12,7 +11,7 @@ internal final class ChildRegistry: Sendable {
         var exitHandlerInstalled = false
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private init() {}
 

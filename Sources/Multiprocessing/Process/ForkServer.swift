@@ -1,6 +1,5 @@
 import CMultiprocessing
 import Glibc
-import Synchronization
 import SystemPackage
 
 /// The forkserver: a clean, single-threaded process spawned once, which
@@ -76,7 +75,7 @@ internal final class ForkServerClient: Sendable {
     }
 
     // Requests are serialised: each one is a short exchange on `control`.
-    private let server = Mutex<Server?>(nil)
+    private let server = Locked<Server?>(nil)
 
     private init() {}
 

@@ -1,6 +1,5 @@
 import CMultiprocessing
 import Glibc
-import Synchronization
 import SystemPackage
 
 /// A process as seen from another: its name and pid.
@@ -25,7 +24,7 @@ internal enum ProcessContext {
         var parent: ProcessDescription? = nil
     }
 
-    private static let identity = Mutex(Identity())
+    private static let identity = Locked(Identity())
 
     static func enterChild(name: String, parent: ProcessDescription) {
         identity.withLock { $0 = Identity(name: name, parent: parent) }

@@ -1,6 +1,5 @@
 import CMultiprocessing
 import Glibc
-import Synchronization
 import SystemPackage
 
 /// Lets async code wait for descriptors to become readable without blocking
@@ -24,7 +23,7 @@ internal final class IOWatcher: Sendable {
         var cancelled: Set<UInt64> = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private init() {}
 

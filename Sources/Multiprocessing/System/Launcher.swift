@@ -1,6 +1,5 @@
 import Dispatch
 import Glibc
-import Synchronization
 
 /// The one thread that forks.
 ///
@@ -25,7 +24,7 @@ internal final class Launcher: Sendable {
 
     // Mutable state guarded by the mutex; the thread's body only reads what
     // it captured when it started.
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     private init() {}
 

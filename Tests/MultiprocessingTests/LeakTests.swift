@@ -1,0 +1,146 @@
+import CMultiprocessing
+import Foundation
+import Testing
+
+@testable import Multiprocessing
+
+/// Each test here runs in an exit test: a fresh copy of the test runner, so
+/// that descriptor and child counts are exact and nothing else interferes.
+@Suite("No leaks, no orphans")
+struct LeakTests {
+    @Test("200 start/join cycles leave descriptors and children where they were")
+    func startJoinCycles() async {
+        await #expect(processExitsWith: .success) {
+            exit(LeakScenarios.startJoinCycles())
+        }
+    }
+
+    @Test("a child whose parent is SIGKILLed dies within a second, by every start method")
+    func parentDeath() async {
+        await #expect(processExitsWith: .success) {
+            exit(LeakScenarios.parentDeath())
+        }
+    }
+
+    @Test("at exit, daemonic children are terminated and the others joined")
+    func exitHandling() async {
+        await #expect(processExitsWith: .success) {
+            exit(LeakScenarios.exitHandling())
+        }
+    }
+}
+
+/// The bodies of the exit tests: synchronous code, returning the exit status.
+enum LeakScenarios {
+    static func startJoinCycles() -> Int32 {
+        do {
+            // Warm up: the launcher thread, the watcher and the forkserver exist from here on.
+            _ = try ChildProcess.execute(Square(value: 1), startMethod: .forkserver)
+            try ChildProcess(target: {}).startAndJoin()
+            let descriptors = openDescriptorCount()
+            let children = childPIDs()
+            for round in 0..<200 {
+                switch round % 4 {
+                case 0: try ChildProcess(target: {}).startAndJoin()
+                case 1: _ = try ChildProcess.execute(Square(value: round), startMethod: .forkserver)
+                case 2: _ = try ChildProcess.execute(Square(value: round), startMethod: .fork)
+                default:
+                    // Spawning is slower; a quarter of the rounds is plenty.
+                    if round % 8 == 3 {
+                        _ = try ChildProcess.execute(Square(value: round), startMethod: .spawn)
+                    } else {
+                        let crashing = try ChildProcess(job: Crash(kind: .segfault), startMethod: .forkserver)
+                        try crashing.startAndJoin()
+                    }
+                }
+            }
+            guard openDescriptorCount() == descriptors else {
+                print("descriptors: \(descriptors) before, \(openDescriptorCount()) after")
+                return 1
+            }
+            guard childPIDs() == children else {
+                print("children: \(children) before, \(childPIDs()) after")
+                return 2
+            }
+            return 0
+        } catch {
+            print("error: \(error)")
+            return 99
+        }
+    }
+
+    static func parentDeath() -> Int32 {
+        do {
+            // Orphans come back to this process, which reaps them.
+            guard cmp_set_child_subreaper() == 0 else { return 3 }
+            for method in jobStartMethods {
+                var channel: [Int32] = [0, 0]
+                guard pipe(&channel) == 0 else { return 4 }
+                let middle = ChildProcess {
+                    let grandchild = try ChildProcess(job: Crash(kind: .sleep), startMethod: method)
+                    try grandchild.start()
+                    var pid = grandchild.pid!
+                    _ = write(channel[1], &pid, MemoryLayout<Int32>.size)
+                    while true { sleep(60) }
+                }
+                try middle.start()
+                var grandchild: Int32 = 0
+                guard read(channel[0], &grandchild, MemoryLayout<Int32>.size) == 4, grandchild > 0 else { return 5 }
+                close(channel[0])
+                close(channel[1])
+                try middle.kill()
+                try middle.join()
+                let died = eventually(within: .seconds(1)) { !isRunning(grandchild) }
+                guard died else {
+                    print("\(method): the grandchild \(grandchild) outlived its parent")
+                    return 6
+                }
+            }
+            // Reap the orphans (the grandchildren, and the middle's forkserver).
+            var status: Int32 = 0
+            while waitpid(-1, &status, 0) > 0 {}
+            return 0
+        } catch {
+            print("error: \(error)")
+            return 99
+        }
+    }
+
+    static func exitHandling() -> Int32 {
+        do {
+            var channel: [Int32] = [0, 0]
+            guard pipe(&channel) == 0 else { return 3 }
+            let middle = ChildProcess {
+                let daemon = try ChildProcess(job: Crash(kind: .sleep), startMethod: .fork, daemon: true)
+                try daemon.start()
+                let worker = ChildProcess {
+                    usleep(300_000)
+                    var done: UInt8 = 1
+                    _ = write(channel[1], &done, 1)
+                }
+                try worker.start()
+                // A normal exit: the exit handler joins `worker` and ends `daemon`.
+                exit(0)
+            }
+            try middle.start()
+            close(channel[1])
+            guard try middle.join() == 0 else { return 4 }
+            var done: UInt8 = 0
+            // The worker finished before its parent exited.
+            var ready = pollfd(fd: channel[0], events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 0) == 1, read(channel[0], &done, 1) == 1, done == 1 else { return 5 }
+            return 0
+        } catch {
+            print("error: \(error)")
+            return 99
+        }
+    }
+}
+
+extension ChildProcess {
+    @available(*, noasync)
+    func startAndJoin() throws {
+        try start()
+        try join()
+    }
+}
