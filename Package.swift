@@ -11,6 +11,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CMultiprocessing"),
@@ -27,9 +28,14 @@ let package = Package(
         ),
         .executableTarget(
             name: "MultiprocessingBenchmarks",
-            dependencies: ["Multiprocessing", "CMultiprocessing"],
-            resources: [.copy("python_benchmarks.py")]
+            dependencies: [
+                "Multiprocessing",
+                "CBenchmarkFloor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            exclude: ["python_benchmarks.py"]
         ),
+        .target(name: "CBenchmarkFloor"),
         .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing", "CMultiprocessing"]

@@ -1,0 +1,63 @@
+"""The Python side of multiprocessing-benchmarks.
+
+Runs one scenario with CPython's multiprocessing, several times, and prints
+the seconds each repetition took as JSON: {"seconds": [...]}. The Swift
+executable runs the same scenario with swift-multiprocessing in the same run
+and prints the ratio.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+
+def noop():
+    pass
+
+
+def process_start_join(method):
+    def run(count):
+        ctx = mp.get_context(method)
+        for _ in range(count):
+            p = ctx.Process(target=noop)
+            p.start()
+            p.join()
+    return run
+
+
+def bare_fork(count):
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
+SCENARIOS = {
+    "process.fork": process_start_join("fork"),
+    "process.spawn": process_start_join("spawn"),
+    "process.forkserver": process_start_join("forkserver"),
+    "os.fork": bare_fork,
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--repeats", type=int, required=True)
+    args = parser.parse_args()
+    run = SCENARIOS[args.scenario]
+    run(max(1, args.count // 10))  # warm up (starts the forkserver, loads modules)
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run(args.count)
+        seconds.append(time.perf_counter() - start)
+    json.dump({"seconds": seconds}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+import Foundation
+
+/// Runs the Python half of a scenario with `python3` and the script kept
+/// beside this file.
+enum Python {
+    static var scriptPath: String? {
+        let beside = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("python_benchmarks.py").path
+        let fromRoot = FileManager.default.currentDirectoryPath + "/Sources/MultiprocessingBenchmarks/python_benchmarks.py"
+        return [beside, fromRoot].first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The seconds each repetition took.
+    static func run(scenario: String, count: Int, repeats: Int) throws -> [Double] {
+        guard let script = scriptPath else { throw Failure(description: "python_benchmarks.py not found") }
+        let process = Foundation.Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--scenario", scenario, "--count", String(count), "--repeats", String(repeats)]
+        let output = Foundation.Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw Failure(description: "python3 exited with \(process.terminationStatus) for \(scenario)")
+        }
+        struct Result: Decodable { var seconds: [Double] }
+        return try JSONDecoder().decode(Result.self, from: data).seconds
+    }
+}
