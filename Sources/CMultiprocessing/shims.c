@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/close_range.h>
 #include <unistd.h>
 
 #ifndef P_PIDFD
@@ -117,6 +118,9 @@ pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
         for (int i = 0; i < nfds; i++) {
             if (dup2(lifted[i], 3 + i) == -1) { err = errno; goto fail; }
         }
+        /* Whatever else is open (a descriptor somebody opened without
+           O_CLOEXEC) closes on exec: the child inherits only what it is given. */
+        syscall(SYS_close_range, (unsigned)(3 + nfds), ~0U, CLOSE_RANGE_CLOEXEC);
         execve(path, argv, envp);
         err = errno;
     fail:

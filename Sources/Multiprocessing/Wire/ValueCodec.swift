@@ -1,29 +1,19 @@
-import Foundation
-
-/// Encodes values that cross a process boundary.
-///
-/// Stop-gap: JSON until the binary encoding of the wire issue lands; every
-/// caller goes through here, so that change is made in one place.
+/// Encodes values that cross a process boundary, in the wire format of
+/// ``WireEncoder``. Every crossing goes through here.
 internal enum ValueCodec {
-    static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
-        let encoder = JSONEncoder()
-        return Array(try encoder.encode(Outgoing(value: value)))
+    static func encode<T: Encodable>(_ value: T, attachments: DescriptorAttachments? = nil) throws -> [UInt8] {
+        try WireEncoder(attachments: attachments).encode(value)
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws(WireError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], attachments: DescriptorAttachments? = nil) throws(WireError) -> T {
         do {
-            return try JSONDecoder().decode(Incoming<T>.self, from: Data(bytes)).value
+            return try WireDecoder(attachments: attachments).decode(T.self, from: bytes)
+        } catch let error as WireError {
+            throw error
+        } catch let DecodingError.dataCorrupted(context) {
+            throw .corrupt("\(T.self) at \(context.codingPath.map(\.stringValue)): \(context.debugDescription)")
         } catch {
             throw .corrupt("\(T.self): \(error)")
         }
-    }
-
-    /// JSON needs a container at the top; a bare `Int` is not a document.
-    private struct Outgoing<Value: Encodable>: Encodable {
-        var value: Value
-    }
-
-    private struct Incoming<Value: Decodable>: Decodable {
-        var value: Value
     }
 }

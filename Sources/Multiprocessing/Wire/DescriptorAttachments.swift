@@ -1,0 +1,37 @@
+import SystemPackage
+
+/// Descriptors that travel beside the bytes of an encoded value: a
+/// `Connection` inside a job is encoded as an index into this list, and the
+/// descriptor itself crosses by inheritance or `SCM_RIGHTS`.
+internal final class DescriptorAttachments: @unchecked Sendable {  // used by one encoding or decoding at a time
+    static let userInfoKey = CodingUserInfoKey(rawValue: "swift-multiprocessing.descriptors")!
+
+    private(set) var descriptors: [FileDescriptor]
+    private var taken: Set<Int> = []
+
+    init(_ descriptors: [FileDescriptor] = []) {
+        self.descriptors = descriptors
+    }
+
+    /// Encoding: attaches a duplicate of `fd`; returns its index.
+    func attach(_ fd: FileDescriptor) throws -> Int {
+        descriptors.append(try Syscall.duplicate(fd))
+        return descriptors.count - 1
+    }
+
+    /// Decoding: takes ownership of the descriptor at `index`.
+    func take(_ index: Int) throws(WireError) -> FileDescriptor {
+        guard descriptors.indices.contains(index), taken.insert(index).inserted else {
+            throw .corrupt("no attached descriptor \(index)")
+        }
+        return descriptors[index]
+    }
+
+    /// Closes every descriptor nobody took.
+    func closeUntaken() {
+        for (index, fd) in descriptors.enumerated() where !taken.contains(index) {
+            Syscall.close(fd)
+        }
+        taken = Set(descriptors.indices)
+    }
+}
