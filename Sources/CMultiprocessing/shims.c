@@ -143,14 +143,40 @@ pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
     return pid;
 }
 
-int cmp_isolate_descriptors(int keep_fd, int target_fd) {
-    if (keep_fd != target_fd) {
-        if (dup2(keep_fd, target_fd) == -1) return -1;
-    } else {
-        int flags = fcntl(target_fd, F_GETFD);
-        if (flags == -1 || fcntl(target_fd, F_SETFD, flags & ~FD_CLOEXEC) == -1) return -1;
+int cmp_isolate_descriptors(const int *keep, int nkeep) {
+    if (nkeep > 64) { errno = EINVAL; return -1; }
+    int floor = 3 + nkeep;
+    for (int i = 0; i < nkeep; i++) if (keep[i] >= floor) floor = keep[i] + 1;
+    int lifted[64];
+    for (int i = 0; i < nkeep; i++) {
+        lifted[i] = fcntl(keep[i], F_DUPFD_CLOEXEC, floor);
+        if (lifted[i] == -1) return -1;
     }
-    return (int)syscall(SYS_close_range, (unsigned)target_fd + 1, ~0U, 0);
+    for (int i = 0; i < nkeep; i++) {
+        /* dup2 clears close-on-exec on the copy, which is what a child wants. */
+        if (dup2(lifted[i], 3 + i) == -1) return -1;
+    }
+    return (int)syscall(SYS_close_range, (unsigned)(3 + nkeep), ~0U, 0);
+}
+
+static int compare_ints(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int cmp_close_all_except(const int *keep, int nkeep) {
+    if (nkeep > 64) { errno = EINVAL; return -1; }
+    int sorted[64];
+    memcpy(sorted, keep, sizeof(int) * (size_t)nkeep);
+    qsort(sorted, (size_t)nkeep, sizeof(int), compare_ints);
+    unsigned next = 3;
+    for (int i = 0; i < nkeep; i++) {
+        if (sorted[i] < (int)next) continue;
+        if ((unsigned)sorted[i] > next &&
+            syscall(SYS_close_range, next, (unsigned)sorted[i] - 1, 0) == -1) return -1;
+        next = (unsigned)sorted[i] + 1;
+    }
+    return (int)syscall(SYS_close_range, next, ~0U, 0);
 }
 
 ssize_t cmp_send_with_fds(int socket, const void *buf, size_t len,
@@ -160,8 +186,8 @@ ssize_t cmp_send_with_fds(int socket, const void *buf, size_t len,
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    char control[CMSG_SPACE(sizeof(int) * 16)];
-    if (nfds > 16) { errno = EINVAL; return -1; }
+    char control[CMSG_SPACE(sizeof(int) * 64)];
+    if (nfds > 64) { errno = EINVAL; return -1; }
     if (nfds > 0) {
         memset(control, 0, sizeof control);
         msg.msg_control = control;
@@ -182,7 +208,7 @@ ssize_t cmp_recv_with_fds(int socket, void *buf, size_t len, int *fds,
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    char control[CMSG_SPACE(sizeof(int) * 16)];
+    char control[CMSG_SPACE(sizeof(int) * 64)];
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);

@@ -39,9 +39,13 @@ pid_t cmp_fork(int death_signal);
 pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
                     const int *fds, int nfds, int death_signal);
 
-/// In a forked child: moves `keep_fd` to `target_fd` and closes every other
-/// descriptor from 3 on. Returns 0, or -1 with errno set.
-int cmp_isolate_descriptors(int keep_fd, int target_fd);
+/// In a forked child: moves the descriptors in `keep` to 3, 4, … and closes
+/// every other descriptor from 3 on. Returns 0, or -1 with errno set.
+int cmp_isolate_descriptors(const int *keep, int nkeep);
+
+/// Closes every descriptor from 3 on except those in `keep`. Returns 0, or
+/// -1 with errno set.
+int cmp_close_all_except(const int *keep, int nkeep);
 
 /// Sends `len` bytes with `MSG_NOSIGNAL` and the descriptors in `fds` as
 /// `SCM_RIGHTS`. Returns bytes sent or -1 with errno set.

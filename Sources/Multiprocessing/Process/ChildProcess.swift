@@ -17,7 +17,8 @@ import SystemPackage
 open class ChildProcess: @unchecked Sendable {  // all mutable state is in `state`, behind a mutex
     private enum Work {
         case closure
-        case job(typeName: String, payload: [UInt8])
+        /// `attachments`: descriptors the job holds (connections), sent beside it.
+        case job(typeName: String, payload: [UInt8], attachments: [FileDescriptor], originals: [FileDescriptor])
     }
 
     private enum Phase {
@@ -34,6 +35,9 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         var reportBuffer = FrameBuffer()
         var result: Result<[UInt8], ProcessError>?
         var exitCode: Int32?
+        /// Whether the copies of the job's descriptors were closed (once the
+        /// child has its own, this process must not keep the channels open).
+        var attachmentsReleased = false
     }
 
     /// The name, for messages and ``currentProcess()`` in the child.
@@ -89,7 +93,15 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.startMethod = startMethod
         self.target = nil
         self.forkedJob = startMethod == .fork ? { job.runAndEncode() } : nil
-        self.work = .job(typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job))
+        let attachments = DescriptorAttachments()
+        let payload: [UInt8]
+        do {
+            payload = try ValueCodec.encode(job, attachments: attachments)
+        } catch {
+            attachments.closeUntaken()
+            throw error
+        }
+        self.work = .job(typeName: JobRunner.typeName(of: Job.self), payload: payload, attachments: attachments.descriptors, originals: attachments.originals)
     }
 
     /// For tests: a process asked to run whatever `typeName` and `payload` say.
@@ -98,13 +110,16 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.daemon = false
         self.startMethod = startMethod
         self.target = nil
-        self.work = .job(typeName: typeName, payload: payload)
+        self.work = .job(typeName: typeName, payload: payload, attachments: [], originals: [])
     }
 
     deinit {
         if case let .running(handle, report) = state.withLock({ $0.phase }) {
             handle.release()
             Syscall.close(report)
+        }
+        if state.withLock({ !$0.attachmentsReleased }), case let .job(_, _, attachments, _) = work {
+            attachments.forEach(Syscall.close)
         }
     }
 
@@ -136,6 +151,10 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         state.withLock { state in
             state.pid = started.0.pid
             state.phase = .running(started.0, report: started.1)
+            state.attachmentsReleased = true
+        }
+        if case let .job(_, _, attachments, _) = work {
+            attachments.forEach(Syscall.close)
         }
         ChildRegistry.shared.add(self)
     }
@@ -147,7 +166,11 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
             let handle: any ChildHandle
             switch (startMethod, work) {
             case (.fork, .closure), (.fork, .job):
-                handle = try Spawner.fork(name: name, report: (here, there)) { [self] in
+                // A job forked holds only what it was given, as by the other
+                // start methods; a closure inherits everything, as in Python.
+                var keep: [FileDescriptor]? = nil
+                if case let .job(_, _, _, originals) = work { keep = originals + [there] }
+                handle = try Spawner.fork(name: name, report: (here, there), keeping: keep) { [self] in
                     if let forkedJob { return forkedJob() }
                     do {
                         try run()
@@ -158,12 +181,12 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                         return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
                     }
                 }
-            case let (.spawn, .job(typeName, payload)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current)
-                handle = try Spawner.spawn(request, payload: payload, report: (here, there))
-            case let (.forkserver, .job(typeName, payload)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current)
-                handle = try ForkServerClient.shared.start(request, payload: payload, report: there)
+            case let (.spawn, .job(typeName, payload, attachments, _)):
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count)
+                handle = try Spawner.spawn(request, payload: payload, attachments: attachments, report: (here, there))
+            case let (.forkserver, .job(typeName, payload, attachments, _)):
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count)
+                handle = try ForkServerClient.shared.start(request, payload: payload, attachments: attachments, report: there)
             case (.spawn, .closure), (.forkserver, .closure):
                 throw ProcessError.unsupportedStartMethod(startMethod)
             }
@@ -265,6 +288,11 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
             guard case let .running(handle, report) = state.phase else { return nil }
             return state.reportBuffer.reachedEnd ? [handle.exitDescriptor] : [handle.exitDescriptor, report]
         }
+    }
+
+    /// What ``Connection/wait(_:processes:timeout:)`` polls for this process.
+    internal var waitDescriptorsForSelection: [FileDescriptor] {
+        waitDescriptors ?? []
     }
 
     // MARK: - Waiting

@@ -48,6 +48,9 @@ internal final class ChildRegistry: Sendable {
     private func resetIfInherited(_ state: inout State) {
         if state.ownerPID != getpid() {
             state.ownerPID = getpid()
+            // Never released: their deinit would close descriptor numbers that
+            // this process may have closed and reused since the fork.
+            for child in state.children.values { _ = Unmanaged.passRetained(child) }
             state.children = [:]
             state.exitHandlerInstalled = false
         }

@@ -35,6 +35,8 @@ internal struct BootRequest: Codable, Sendable {
     var typeName: String
     var name: String
     var parent: ProcessDescription
+    /// Descriptors attached to the job (connections), after the channel.
+    var descriptorCount: Int = 0
 
     static func send(_ request: BootRequest, payload: [UInt8], to fd: FileDescriptor) throws {
         try Frame.writeAll(Frame.encode(try ValueCodec.encode(request)) + Frame.encode(payload), to: fd)

@@ -38,20 +38,24 @@ internal enum ForkServer {
     private static func serveRequest(_ control: FileDescriptor) throws -> (pidfd: FileDescriptor, status: FileDescriptor) {
         var marker: UInt8 = 0
         let (count, received) = try withUnsafeMutableBytes(of: &marker) { buffer in
-            try Syscall.receiveWithDescriptors(control, into: buffer, maxDescriptors: 2)
+            try Syscall.receiveWithDescriptors(control, into: buffer, maxDescriptors: 64)
         }
-        guard count == 1, received.count == 2 else {
+        guard count == 1, received.count >= 2 else {
             received.forEach(Syscall.close)
             throw WireError.endOfFile
         }
         let (report, status) = (received[0], received[1])
+        let attached = Array(received.dropFirst(2))
+        defer { attached.forEach(Syscall.close) }
         let (request, payload) = try BootRequest.receive(from: control)
         let pid = try Syscall.fork()
         if pid == 0 {
-            // The child keeps its report channel as descriptor 3 and nothing else.
-            if (try? Syscall.isolateDescriptors(keeping: report, as: 3)) == nil { cmp_exit_now(4) }
+            // The child keeps its report channel as descriptor 3, what is
+            // attached to its job as 4, 5, …, and nothing else.
+            if (try? Syscall.isolateDescriptors(keeping: [report] + attached)) == nil { cmp_exit_now(4) }
+            let attachments = DescriptorAttachments(attached.indices.map { FileDescriptor(rawValue: 4 + Int32($0)) })
             ProcessContext.runChild(name: request.name, parent: request.parent, report: 3) {
-                JobRunner.run(typeName: request.typeName, payload: payload)
+                JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments)
             }
         }
         Syscall.close(report)
@@ -80,7 +84,7 @@ internal final class ForkServerClient: Sendable {
     private init() {}
 
     /// Asks the forkserver for a child running the job; returns its handle.
-    func start(_ request: BootRequest, payload: [UInt8], report: FileDescriptor) throws -> ForkServerChild {
+    func start(_ request: BootRequest, payload: [UInt8], attachments: [FileDescriptor], report: FileDescriptor) throws -> ForkServerChild {
         try server.withLock { server in
             var lastError: any Error = ProcessError.forkServerDied
             for _ in 0..<2 {
@@ -94,7 +98,7 @@ internal final class ForkServerClient: Sendable {
                     server = try Self.launch()
                 }
                 do {
-                    return try Self.request(server!, request, payload: payload, report: report)
+                    return try Self.request(server!, request, payload: payload, descriptors: [report] + attachments)
                 } catch {
                     // The server died under us: start a new one and try once more.
                     lastError = error
@@ -106,11 +110,11 @@ internal final class ForkServerClient: Sendable {
         }
     }
 
-    private static func request(_ server: Server, _ request: BootRequest, payload: [UInt8], report: FileDescriptor) throws -> ForkServerChild {
+    private static func request(_ server: Server, _ request: BootRequest, payload: [UInt8], descriptors: [FileDescriptor]) throws -> ForkServerChild {
         let (statusHere, statusThere) = try Syscall.socketPair()
         defer { Syscall.close(statusThere) }
         do {
-            _ = try Syscall.sendWithDescriptors(server.control, [1], [report, statusThere])
+            _ = try Syscall.sendWithDescriptors(server.control, [1], [descriptors[0], statusThere] + descriptors.dropFirst())
             try BootRequest.send(request, payload: payload, to: server.control)
             let reply = try Frame.read(from: server.control)
             guard reply.count == 4 else { throw WireError.corrupt("forkserver reply of \(reply.count) bytes") }
@@ -139,13 +143,12 @@ internal final class ForkServerClient: Sendable {
         return Server(ownerPID: getpid(), pid: pid, pidfd: pidfd, control: here)
     }
 
-    /// Ends a server that failed (or a stale copy inherited by fork) and reaps it.
+    /// Ends a server that failed and reaps it. A forked child's inherited copy
+    /// is left alone: its descriptors may already be closed and their numbers
+    /// reused.
     private static func discard(_ server: Server) {
+        guard server.ownerPID == getpid() else { return }
         Syscall.close(server.control)
-        guard server.ownerPID == getpid() else {
-            Syscall.close(server.pidfd)
-            return
-        }
         try? Syscall.pidfdSendSignal(server.pidfd, SIGKILL)
         _ = try? Syscall.waitPidfd(server.pidfd, block: true)
         Syscall.close(server.pidfd)

@@ -22,22 +22,22 @@ internal enum JobRunner {
 
     /// Resolves `typeName` and runs the job decoded from `payload`; the
     /// result is the encoded output or the error to report.
-    static func run(typeName: String, payload: [UInt8]) -> Result<[UInt8], ProcessError> {
+    static func run(typeName: String, payload: [UInt8], attachments: DescriptorAttachments? = nil) -> Result<[UInt8], ProcessError> {
         guard let type = _typeByName(typeName) else {
             return .failure(.unknownJobType(typeName))
         }
         guard let jobType = type as? any ProcessJob.Type else {
             return .failure(.notAJob(typeName))
         }
-        return jobType.runEncoded(payload)
+        return jobType.runEncoded(payload, attachments: attachments)
     }
 }
 
 extension ProcessJob {
-    fileprivate static func runEncoded(_ payload: [UInt8]) -> Result<[UInt8], ProcessError> {
+    fileprivate static func runEncoded(_ payload: [UInt8], attachments: DescriptorAttachments?) -> Result<[UInt8], ProcessError> {
         let job: Self
         do {
-            job = try ValueCodec.decode(Self.self, from: payload)
+            job = try ValueCodec.decode(Self.self, from: payload, attachments: attachments)
         } catch {
             return .failure(.corruptRequest(error.description))
         }

@@ -5,7 +5,7 @@ import SystemPackage
 /// Starts children by each start method. All forks happen on the launcher thread.
 internal enum Spawner {
     /// Runs this executable anew as a worker whose bootstrap channel is `channel`.
-    static func spawnImage(channel: FileDescriptor) throws -> pid_t {
+    static func spawnImage(channel: FileDescriptor, attachments: [FileDescriptor] = []) throws -> pid_t {
         let path = Syscall.executablePath()
         var environment: [String] = []
         if var entry = Optional(environ) {
@@ -17,7 +17,7 @@ internal enum Spawner {
         }
         environment.append("\(CMP_BOOTSTRAP_ENV)=\(CMP_BOOTSTRAP_FD)")
         return try Launcher.shared.perform {
-            try Syscall.forkExec(path: path, arguments: [path], environment: environment, descriptors: [channel])
+            try Syscall.forkExec(path: path, arguments: [path], environment: environment, descriptors: [channel] + attachments)
         }
     }
 
@@ -25,6 +25,7 @@ internal enum Spawner {
     static func fork(
         name: String,
         report: (here: FileDescriptor, there: FileDescriptor),
+        keeping keep: [FileDescriptor]?,
         _ body: @escaping () -> Result<[UInt8], ProcessError>
     ) throws -> DirectChild {
         let parent = ProcessContext.current
@@ -32,6 +33,7 @@ internal enum Spawner {
             let pid = try Syscall.fork()
             if pid == 0 {
                 Syscall.close(report.here)
+                if let keep, (try? Syscall.closeAll(except: keep)) == nil { cmp_exit_now(4) }
                 ProcessContext.runChild(name: name, parent: parent, report: report.there.rawValue, body)
             }
             return DirectChild(pid: pid, pidfd: try Syscall.pidfdOpen(pid))
@@ -39,8 +41,8 @@ internal enum Spawner {
     }
 
     /// Spawns a child that runs the job named `request.typeName`.
-    static func spawn(_ request: BootRequest, payload: [UInt8], report: (here: FileDescriptor, there: FileDescriptor)) throws -> DirectChild {
-        let pid = try spawnImage(channel: report.there)
+    static func spawn(_ request: BootRequest, payload: [UInt8], attachments: [FileDescriptor], report: (here: FileDescriptor, there: FileDescriptor)) throws -> DirectChild {
+        let pid = try spawnImage(channel: report.there, attachments: attachments)
         let child = DirectChild(pid: pid, pidfd: try Syscall.pidfdOpen(pid))
         try BootRequest.send(request, payload: payload, to: report.here)
         return child
@@ -61,8 +63,10 @@ public func _multiprocessingBootstrap(_ channel: Int32) {
     case .forkServer:
         ForkServer.serve(control: fd)
     case .job:
+        // Attached descriptors follow the channel: 4, 5, …
+        let attachments = DescriptorAttachments((0..<request.descriptorCount).map { FileDescriptor(rawValue: channel + 1 + Int32($0)) })
         ProcessContext.runChild(name: request.name, parent: request.parent, report: channel) {
-            JobRunner.run(typeName: request.typeName, payload: payload)
+            JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments)
         }
     }
 }

@@ -147,9 +147,16 @@ internal enum Syscall {
         return (count, fds.prefix(Int(received)).map { FileDescriptor(rawValue: $0) })
     }
 
-    /// Keeps only `fd` (moved to `target`) and stdio; closes every other descriptor.
-    static func isolateDescriptors(keeping fd: FileDescriptor, as target: Int32) throws(Errno) {
-        _ = try valueOrErrno { cmp_isolate_descriptors(fd.rawValue, target) }
+    /// Keeps only stdio and `descriptors` (moved to 3, 4, …); closes every other one.
+    static func isolateDescriptors(keeping descriptors: [FileDescriptor]) throws(Errno) {
+        let raw = descriptors.map(\.rawValue)
+        _ = try valueOrErrno { raw.withUnsafeBufferPointer { cmp_isolate_descriptors($0.baseAddress, Int32($0.count)) } }
+    }
+
+    /// Closes every descriptor from 3 on except `descriptors`.
+    static func closeAll(except descriptors: [FileDescriptor]) throws(Errno) {
+        let raw = descriptors.map(\.rawValue)
+        _ = try valueOrErrno { raw.withUnsafeBufferPointer { cmp_close_all_except($0.baseAddress, Int32($0.count)) } }
     }
 
     /// `readlink("/proc/self/exe")`.

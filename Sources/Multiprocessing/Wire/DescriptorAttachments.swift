@@ -7,6 +7,8 @@ internal final class DescriptorAttachments: @unchecked Sendable {  // used by on
     static let userInfoKey = CodingUserInfoKey(rawValue: "swift-multiprocessing.descriptors")!
 
     private(set) var descriptors: [FileDescriptor]
+    /// Encoding: the descriptors that were attached, as the encoded value holds them.
+    private(set) var originals: [FileDescriptor] = []
     private var taken: Set<Int> = []
 
     init(_ descriptors: [FileDescriptor] = []) {
@@ -16,6 +18,7 @@ internal final class DescriptorAttachments: @unchecked Sendable {  // used by on
     /// Encoding: attaches a duplicate of `fd`; returns its index.
     func attach(_ fd: FileDescriptor) throws -> Int {
         descriptors.append(try Syscall.duplicate(fd))
+        originals.append(fd)
         return descriptors.count - 1
     }
 

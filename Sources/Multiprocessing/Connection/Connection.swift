@@ -1,0 +1,324 @@
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// One end of a channel between processes: Python's `Connection`.
+///
+/// Sends and receives `Codable` values (``send(_:)``, ``receive(_:)``) and raw
+/// messages (``sendBytes(_:)``, ``receiveBytes()``), each as one
+/// length-prefixed frame. Sending and receiving may happen on two threads at
+/// once; two threads receiving at once take whole messages in turn.
+///
+/// Make a pair with ``pipe(duplex:)``; accept or dial one with ``Listener``
+/// and ``Client``. A connection passes to a child process by every start
+/// method: a forked closure captures it, and a ``ProcessJob`` holding one
+/// carries its descriptor to the child.
+public final class Connection: @unchecked Sendable {  // the descriptor is immutable; buffers are behind locks
+    /// The underlying descriptor (a Unix or TCP socket).
+    public let fileDescriptor: FileDescriptor
+    /// Whether this end can receive.
+    public let readable: Bool
+    /// Whether this end can send.
+    public let writable: Bool
+
+    private let isClosed = Atomic<Bool>(false)
+    private let receiveBuffer = Locked(ReceiveBuffer())
+    private let sendLock = Locked(())
+
+    /// Messages up to this size are received into storage of their full size
+    /// at once; a larger claim grows its storage only as bytes arrive.
+    static let eagerAllocationLimit = 64 << 20
+
+    internal init(fileDescriptor: FileDescriptor, readable: Bool = true, writable: Bool = true) {
+        self.fileDescriptor = fileDescriptor
+        self.readable = readable
+        self.writable = writable
+    }
+
+    deinit {
+        if !isClosed.load(ordering: .acquiring) { Syscall.close(fileDescriptor) }
+    }
+
+    /// A connected pair (Python's `Pipe()`): both ends send and receive when
+    /// `duplex`, else the first only receives and the second only sends.
+    public static func pipe(duplex: Bool = true) throws -> (Connection, Connection) {
+        let (a, b) = try Syscall.socketPair()
+        if duplex {
+            return (Connection(fileDescriptor: a), Connection(fileDescriptor: b))
+        }
+        _ = shutdown(a.rawValue, Int32(SHUT_WR))
+        _ = shutdown(b.rawValue, Int32(SHUT_RD))
+        return (Connection(fileDescriptor: a, readable: true, writable: false),
+                Connection(fileDescriptor: b, readable: false, writable: true))
+    }
+
+    /// Closes this end; the peer then receives end of file. Idempotent.
+    public func close() {
+        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) {
+            Syscall.close(fileDescriptor)
+        }
+    }
+
+    /// Whether ``close()`` was called.
+    public var closed: Bool { isClosed.load(ordering: .acquiring) }
+
+    private func check(reading: Bool) throws(ConnectionError) {
+        if isClosed.load(ordering: .acquiring) { throw .closed }
+        if reading && !readable { throw .notReadable }
+        if !reading && !writable { throw .notWritable }
+    }
+
+    // MARK: - Sending
+
+    /// Sends a value as one message. Blocks until the bytes are handed to the
+    /// kernel, which is at once unless the peer has stopped reading.
+    public func send<T: Encodable>(_ value: T) throws {
+        try check(reading: false)
+        let payload = try ValueCodec.encode(value)
+        try payload.withUnsafeBytes { try sendFrame($0) }
+    }
+
+    /// Sends raw bytes as one message (Python's `send_bytes`).
+    public func sendBytes(_ bytes: some Sequence<UInt8>) throws {
+        try check(reading: false)
+        let sent: Void? = try bytes.withContiguousStorageIfAvailable { try sendFrame(UnsafeRawBufferPointer($0)) }
+        if sent == nil {
+            let copy = Array(bytes)
+            try copy.withUnsafeBytes { try sendFrame($0) }
+        }
+    }
+
+    /// Sends the bytes of `buffer` as one message.
+    public func sendBytes(_ buffer: UnsafeRawBufferPointer) throws {
+        try check(reading: false)
+        try sendFrame(buffer)
+    }
+
+    private func sendFrame(_ payload: UnsafeRawBufferPointer) throws {
+        try sendLock.withLock { _ in
+            if payload.count <= 64 * 1024 {
+                // Header and payload in one system call.
+                var frame = [UInt8](unsafeUninitializedCapacity: Frame.headerSize + payload.count) { buffer, count in
+                    let header = UInt64(payload.count).littleEndian
+                    withUnsafeBytes(of: header) { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+                    if payload.count > 0 {
+                        UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[Frame.headerSize...]).copyMemory(from: payload)
+                    }
+                    count = Frame.headerSize + payload.count
+                }
+                try frame.withUnsafeMutableBytes { try Self.sendAll(fileDescriptor, UnsafeRawBufferPointer($0)) }
+            } else {
+                try Frame.header(for: payload.count).withUnsafeBytes { try Self.sendAll(fileDescriptor, $0) }
+                try Self.sendAll(fileDescriptor, payload)
+            }
+        }
+    }
+
+    private static func sendAll(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < bytes.count {
+            offset += try Syscall.send(fd, UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+        }
+    }
+
+    // MARK: - Receiving
+
+    /// Receives the next message and decodes it as `type`. Blocks until one arrives.
+    ///
+    /// - Throws: ``WireError/endOfFile`` once the peer has closed, or a
+    ///   ``WireError`` for a truncated or corrupt message.
+    @available(*, noasync, message: "use the async receive(_:)")
+    public func receive<T: Decodable>(_ type: T.Type = T.self) throws -> T {
+        try check(reading: true)
+        return try ValueCodec.decode(T.self, from: try receiveFrame())
+    }
+
+    /// Receives the next message as raw bytes (Python's `recv_bytes`).
+    ///
+    /// - Parameter maxLength: a message longer than this is refused with
+    ///   ``ConnectionError/bufferTooSmall(needed:)`` and stays queued.
+    @available(*, noasync, message: "use the async receiveBytes()")
+    public func receiveBytes(maxLength: Int? = nil) throws -> [UInt8] {
+        try check(reading: true)
+        return try receiveFrame(maxLength: maxLength)
+    }
+
+    /// Receives the next message into `buffer` (Python's `recv_bytes_into`);
+    /// returns its length.
+    ///
+    /// - Throws: ``ConnectionError/bufferTooSmall(needed:)`` if it does not
+    ///   fit; the message then stays queued.
+    @available(*, noasync, message: "use the async receiveBytes()")
+    public func receiveBytes(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try check(reading: true)
+        return try receiveBuffer.withLock { state in
+            let length = try state.nextLength(from: fileDescriptor)
+            guard length <= buffer.count else { throw ConnectionError.bufferTooSmall(needed: length) }
+            try state.take(length, into: buffer, from: fileDescriptor)
+            return length
+        }
+    }
+
+    private func receiveFrame(maxLength: Int? = nil) throws -> [UInt8] {
+        try receiveBuffer.withLock { state in
+            let length = try state.nextLength(from: fileDescriptor)
+            if let maxLength, length > maxLength { throw ConnectionError.bufferTooSmall(needed: length) }
+            return try state.takeArray(length, from: fileDescriptor)
+        }
+    }
+
+    /// Whether a message (or end of file) can be received without blocking,
+    /// waiting at most `timeout` for one (nil: forever).
+    @available(*, noasync, message: "use the async waitUntilReadable()")
+    public func poll(timeout: Duration? = .zero) throws -> Bool {
+        try check(reading: true)
+        if receiveBuffer.withLock({ $0.hasBufferedBytes }) { return true }
+        let events = try Syscall.poll([fileDescriptor], timeout: Self.milliseconds(timeout))
+        return events[0] != 0
+    }
+
+    static func milliseconds(_ timeout: Duration?) -> Int32 {
+        guard let timeout else { return -1 }
+        if timeout <= .zero { return 0 }
+        let (seconds, attoseconds) = timeout.components
+        return Int32(clamping: seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+    }
+
+    // MARK: - Async
+
+    /// Waits, without blocking a thread, until a message or end of file can be received.
+    public func waitUntilReadable() async throws {
+        try check(reading: true)
+        if receiveBuffer.withLock({ $0.hasBufferedBytes }) { return }
+        try await IOWatcher.shared.waitUntilReadable([fileDescriptor])
+    }
+
+    /// Receives the next message and decodes it as `type`, waiting without blocking a thread.
+    public func receive<T: Decodable>(_ type: T.Type = T.self) async throws -> T {
+        try await waitUntilReadable()
+        return try ValueCodec.decode(T.self, from: try receiveFrame())
+    }
+
+    /// Receives the next message as raw bytes, waiting without blocking a thread.
+    public func receiveBytes(maxLength: Int? = nil) async throws -> [UInt8] {
+        try await waitUntilReadable()
+        return try receiveFrame(maxLength: maxLength)
+    }
+}
+
+/// Bytes read ahead of the message being received.
+private struct ReceiveBuffer {
+    private var storage = [UInt8](repeating: 0, count: 64 * 1024)
+    private var start = 0
+    private var end = 0
+
+    var hasBufferedBytes: Bool { end > start }
+    private var buffered: Int { end - start }
+
+    /// Reads at least `count` bytes into the buffer (blocking).
+    private mutating func fill(atLeast count: Int, from fd: FileDescriptor) throws {
+        if start > 0 && storage.count - start < count {
+            storage.withUnsafeMutableBytes { raw in
+                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
+            }
+            end -= start
+            start = 0
+        }
+        while buffered < count {
+            let n = try storage.withUnsafeMutableBytes { raw in
+                try Syscall.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[end...]))
+            }
+            if n == 0 {
+                if buffered == 0 { throw WireError.endOfFile }
+                throw WireError.truncated(expected: count, received: buffered)
+            }
+            end += n
+        }
+    }
+
+    /// The length of the next message, whose header stays buffered.
+    mutating func nextLength(from fd: FileDescriptor) throws -> Int {
+        try fill(atLeast: Frame.headerSize, from: fd)
+        return try Frame.length(fromHeader: storage[start..<(start + Frame.headerSize)])
+    }
+
+    /// Consumes the header and `length` payload bytes into `buffer`.
+    mutating func take(_ length: Int, into buffer: UnsafeMutableRawBufferPointer, from fd: FileDescriptor) throws {
+        start += Frame.headerSize
+        let fromBuffer = min(length, buffered)
+        storage.withUnsafeBytes { raw in
+            if fromBuffer > 0 {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[..<fromBuffer]).copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[start..<(start + fromBuffer)]))
+            }
+        }
+        start += fromBuffer
+        var received = fromBuffer
+        while received < length {
+            let n = try Syscall.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[received..<length]))
+            if n == 0 { throw WireError.truncated(expected: length, received: received) }
+            received += n
+        }
+        if start == end { start = 0; end = 0 }
+    }
+
+    /// Consumes the header and returns the `length` payload bytes.
+    mutating func takeArray(_ length: Int, from fd: FileDescriptor) throws -> [UInt8] {
+        if length <= Connection.eagerAllocationLimit {
+            var result = [UInt8](repeating: 0, count: length)
+            try result.withUnsafeMutableBytes { try take(length, into: $0, from: fd) }
+            return result
+        }
+        // A huge claim: grow only as bytes really arrive.
+        var result: [UInt8] = []
+        result.reserveCapacity(Connection.eagerAllocationLimit)
+        start += Frame.headerSize
+        let fromBuffer = min(length, buffered)
+        result.append(contentsOf: storage[start..<(start + fromBuffer)])
+        start += fromBuffer
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while result.count < length {
+            let wanted = min(chunk.count, length - result.count)
+            let n = try chunk.withUnsafeMutableBytes { try Syscall.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[..<wanted])) }
+            if n == 0 { throw WireError.truncated(expected: length, received: result.count) }
+            result.append(contentsOf: chunk[..<n])
+        }
+        if start == end { start = 0; end = 0 }
+        return result
+    }
+}
+
+extension Connection: Codable {
+    private enum CodingKeys: String, CodingKey {
+        case descriptor, readable, writable
+    }
+
+    /// Encodes the connection for a child process that this process starts:
+    /// its descriptor travels beside the job.
+    ///
+    /// - Throws: `EncodingError` when not encoded for a child process.
+    public func encode(to encoder: any Encoder) throws {
+        guard let attachments = encoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
+            throw EncodingError.invalidValue(self, .init(codingPath: encoder.codingPath, debugDescription: "a Connection can only be encoded in a job for a child process"))
+        }
+        if closed { throw ConnectionError.closed }
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(try attachments.attach(fileDescriptor), forKey: .descriptor)
+        try container.encode(readable, forKey: .readable)
+        try container.encode(writable, forKey: .writable)
+    }
+
+    /// Decodes a connection in a child process, taking the descriptor that
+    /// came with the job.
+    public convenience init(from decoder: any Decoder) throws {
+        guard let attachments = decoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "a Connection can only be decoded from a job"))
+        }
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let index = try container.decode(Int.self, forKey: .descriptor)
+        self.init(
+            fileDescriptor: try attachments.take(index),
+            readable: try container.decode(Bool.self, forKey: .readable),
+            writable: try container.decode(Bool.self, forKey: .writable)
+        )
+    }
+}
