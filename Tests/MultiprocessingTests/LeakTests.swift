@@ -54,6 +54,15 @@ enum LeakScenarios {
                     }
                 }
             }
+            // Connections passed to children, by every start method.
+            for round in 0..<30 {
+                let (here, there) = try Connection.pipe()
+                let producer = try ChildProcess(job: Producer(connection: there, name: "n\(round)"), startMethod: jobStartMethods[round % 3])
+                try producer.startAndJoin()
+                there.close()
+                guard try here.receive(String.self) == "n\(round)" else { return 7 }
+                here.close()
+            }
             guard openDescriptorCount() == descriptors else {
                 print("descriptors: \(descriptors) before, \(openDescriptorCount()) after")
                 return 1

@@ -16,15 +16,11 @@ internal final class ChildRegistry: Sendable {
     private init() {}
 
     func add(_ child: ChildProcess) {
-        let install = state.withLock { state -> Bool in
+        state.withLock { state in
             resetIfInherited(&state)
             state.children[ObjectIdentifier(child)] = child
-            defer { state.exitHandlerInstalled = true }
-            return !state.exitHandlerInstalled
         }
-        if install {
-            atexit { ChildRegistry.shared.joinAllAtExit() }
-        }
+        installExitHandler()
     }
 
     func remove(_ child: ChildProcess) {
@@ -56,6 +52,18 @@ internal final class ChildRegistry: Sendable {
         }
     }
 
+    /// Makes sure `joinAllAtExit` runs when this process exits.
+    func installExitHandler() {
+        let install = state.withLock { state -> Bool in
+            resetIfInherited(&state)
+            defer { state.exitHandlerInstalled = true }
+            return !state.exitHandlerInstalled
+        }
+        if install {
+            atexit { ChildRegistry.shared.joinAllAtExit() }
+        }
+    }
+
     private func joinAllAtExit() {
         let children = reapFinished()
         for child in children where child.daemon {
@@ -64,6 +72,8 @@ internal final class ChildRegistry: Sendable {
         for child in children {
             _ = try? child.join()
         }
+        // Last, so that nothing it started is still wanted.
+        ForkServerClient.shared.shutDown()
     }
 }
 

@@ -127,7 +127,20 @@ internal final class ForkServerClient: Sendable {
         }
     }
 
+    /// Stops this process's forkserver, if it has one, and reaps it: closing
+    /// the control socket ends its loop.
+    func shutDown() {
+        server.withLock { server in
+            guard let running = server, running.ownerPID == getpid() else { return }
+            Syscall.close(running.control)
+            _ = try? Syscall.waitPidfd(running.pidfd, block: true)
+            Syscall.close(running.pidfd)
+            server = nil
+        }
+    }
+
     private static func launch() throws -> Server {
+        ChildRegistry.shared.installExitHandler()
         let (here, there) = try Syscall.socketPair()
         defer { Syscall.close(there) }
         let pid: pid_t
