@@ -1,4 +1,5 @@
 import ArgumentParser
+import CBenchmarkFloor
 import Foundation
 import Multiprocessing
 
@@ -27,9 +28,13 @@ struct Benchmarks: ParsableCommand {
         var scenario: String
         var unit: String
         var ours: Samples
-        var python: Samples?
-        /// Our median throughput over Python's: above 1 is faster.
+        /// What the baseline is: "Python", "raw pipes", "memcpy ×2"…
+        var baselineName: String?
+        var baseline: Samples?
+        /// Our median throughput over the baseline's: above 1 is faster.
         var ratio: Double?
+        /// Whether every process ran on one CPU.
+        var pinned: Bool
     }
 
     func run() throws {
@@ -41,22 +46,31 @@ struct Benchmarks: ParsableCommand {
         printHeader()
         for scenario in chosen {
             let count = quick ? scenario.quickCount : scenario.count
-            try scenario.run(max(1, count / 10))  // warm up
-            var seconds: [Double] = []
-            for _ in 0..<repeats {
-                let start = ContinuousClock.now
-                try scenario.run(count)
-                let elapsed = ContinuousClock.now - start
-                seconds.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            if scenario.pinned { cbf_pin_all_threads(0) }
+            defer { if scenario.pinned { cbf_pin_all_threads(-1) } }
+            let seconds = try measure(scenario.run, count: count, repeats: repeats)
+            let operations = count * scenario.operationsPerIteration
+            let ours = Samples(operations: operations, seconds: seconds)
+            var baseline: Samples?
+            switch scenario.baseline {
+            case let .python(name)?:
+                baseline = Samples(operations: operations, seconds: try Python.run(scenario: name, count: count, repeats: repeats, pinned: scenario.pinned))
+            case let .swift(_, run)?:
+                baseline = Samples(operations: operations, seconds: try measure(run, count: count, repeats: repeats))
+            case nil:
+                break
             }
-            let ours = Samples(operations: count, seconds: seconds)
-            var python: Samples?
-            if let name = scenario.python {
-                python = Samples(operations: count, seconds: try Python.run(scenario: name, count: count, repeats: repeats))
-            }
-            let row = Row(scenario: scenario.name, unit: scenario.unit, ours: ours, python: python, ratio: python.map { ours.median / $0.median })
+            let row = Row(
+                scenario: scenario.name, unit: scenario.unit, ours: ours,
+                baselineName: scenario.baseline?.label, baseline: baseline,
+                ratio: baseline.map { ours.median / $0.median },
+                pinned: scenario.pinned
+            )
             printRow(row)
             rows.append(row)
+        }
+        if rows.contains(where: \.pinned) {
+            print("\n¹ every process of both sides on one CPU (see Scenario.pinned)")
         }
         if let json {
             let encoder = JSONEncoder()
@@ -66,16 +80,29 @@ struct Benchmarks: ParsableCommand {
         }
     }
 
+    /// Seconds each repetition of `count` iterations took, after a warm-up.
+    private func measure(_ run: (Int) throws -> Void, count: Int, repeats: Int) throws -> [Double] {
+        try run(max(1, count / 10))
+        var seconds: [Double] = []
+        for _ in 0..<repeats {
+            let start = ContinuousClock.now
+            try run(count)
+            let elapsed = ContinuousClock.now - start
+            seconds.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+        }
+        return seconds
+    }
+
     private func printHeader() {
-        print("| scenario | unit | ours (ops/s) | Python (ops/s) | ours / Python |")
-        print("| --- | --- | ---: | ---: | ---: |")
+        print("| scenario | unit | ours (per s) | baseline | baseline (per s) | ours / baseline |")
+        print("| --- | --- | ---: | --- | ---: | ---: |")
     }
 
     private func printRow(_ row: Row) {
         let ours = "\(formatRate(row.ours.median)) ± \(format3(row.ours.spreadPercent)) %"
-        let python = row.python.map { "\(formatRate($0.median)) ± \(format3($0.spreadPercent)) %" } ?? "—"
+        let baseline = row.baseline.map { "\(formatRate($0.median)) ± \(format3($0.spreadPercent)) %" } ?? "—"
         let ratio = row.ratio.map { "\(format3($0))×" } ?? "—"
-        print("| \(row.scenario) | \(row.unit) | \(ours) | \(python) | \(ratio) |")
+        print("| \(row.scenario)\(row.pinned ? " ¹" : "") | \(row.unit) | \(ours) | \(row.baselineName ?? "—") | \(baseline) | \(ratio) |")
         fflush(nil)
     }
 

@@ -14,11 +14,11 @@ enum Python {
     }
 
     /// The seconds each repetition took.
-    static func run(scenario: String, count: Int, repeats: Int) throws -> [Double] {
+    static func run(scenario: String, count: Int, repeats: Int, pinned: Bool) throws -> [Double] {
         guard let script = scriptPath else { throw Failure(description: "python_benchmarks.py not found") }
         let process = Foundation.Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, "--scenario", scenario, "--count", String(count), "--repeats", String(repeats)]
+        process.arguments = ["python3", script, "--scenario", scenario, "--count", String(count), "--repeats", String(repeats)] + (pinned ? ["--pin"] : [])
         let output = Foundation.Pipe()
         process.standardOutput = output
         try process.run()

@@ -1,5 +1,5 @@
 import CBenchmarkFloor
-import Glibc
+import Foundation
 import Multiprocessing
 
 /// A job that does nothing: what process start-up costs.
@@ -7,17 +7,37 @@ struct Nothing: ProcessJob {
     func run() throws -> Int { 0 }
 }
 
-/// One benchmark: the same work done with this library and with Python's.
+/// What a scenario is measured against.
+enum Baseline: Sendable {
+    /// The same work with CPython's multiprocessing (a scenario of python_benchmarks.py).
+    case python(String)
+    /// Another Swift implementation: the floor (raw system calls, memcpy) or a rival (JSON).
+    case swift(String, @Sendable (Int) throws -> Void)
+
+    var label: String {
+        switch self {
+        case .python: "Python"
+        case let .swift(name, _): name
+        }
+    }
+}
+
+/// One benchmark: the same work done with this library and with a baseline.
 struct Scenario: Sendable {
     var name: String
-    /// What one operation is, for the table's unit column.
+    /// What one counted operation is.
     var unit: String
-    /// Operations per repetition, full and quick.
+    /// Iterations per repetition, full and quick.
     var count: Int
     var quickCount: Int
-    /// The Python scenario doing the same work, if there is one.
-    var python: String?
-    /// Does `count` operations.
+    /// Operations one iteration counts for (bytes, for throughput scenarios).
+    var operationsPerIteration: Int = 1
+    var baseline: Baseline?
+    /// Run both sides with every process on one CPU. Latency between two
+    /// processes on this 2-core VM otherwise swings 5× with where the
+    /// scheduler puts them.
+    var pinned = false
+    /// Does `count` iterations.
     var run: @Sendable (Int) throws -> Void
 }
 
@@ -36,10 +56,10 @@ func startJoin(_ method: StartMethod) -> @Sendable (Int) throws -> Void {
 }
 
 let allScenarios: [Scenario] = [
-    Scenario(name: "os.fork", unit: "fork+exit+wait", count: 2000, quickCount: 50, python: "os.fork") { count in
+    Scenario(name: "os.fork", unit: "fork+exit+wait", count: 2000, quickCount: 50, baseline: .python("os.fork")) { count in
         guard cbf_fork_exit_wait(Int32(count)) == 0 else { throw BenchmarkFailure(description: "fork failed") }
     },
-    Scenario(name: "process.fork", unit: "start+join", count: 1000, quickCount: 20, python: "process.fork", run: startJoin(.fork)),
-    Scenario(name: "process.forkserver", unit: "start+join", count: 1000, quickCount: 20, python: "process.forkserver", run: startJoin(.forkserver)),
-    Scenario(name: "process.spawn", unit: "start+join", count: 100, quickCount: 5, python: "process.spawn", run: startJoin(.spawn)),
-]
+    Scenario(name: "process.fork", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.fork"), run: startJoin(.fork)),
+    Scenario(name: "process.forkserver", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.forkserver"), run: startJoin(.forkserver)),
+    Scenario(name: "process.spawn", unit: "start+join", count: 100, quickCount: 5, baseline: .python("process.spawn"), run: startJoin(.spawn)),
+] + wireScenarios

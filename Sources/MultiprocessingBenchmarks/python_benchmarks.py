@@ -35,7 +35,55 @@ def bare_fork(count):
         os.waitpid(pid, 0)
 
 
+def echo(conn, other):
+    other.close()  # a forked child inherits both ends
+    while True:
+        try:
+            conn.send(conn.recv())
+        except EOFError:
+            return
+
+
+def pipe_pingpong(count):
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=echo, args=(there, here))
+    child.start()
+    there.close()
+    for i in range(count):
+        here.send(i)
+        here.recv()
+    here.close()
+    child.join()
+
+
+MIB = b"x" * (1 << 20)
+
+
+def drain_bytes(conn, other):
+    other.close()  # a forked child inherits both ends
+    while True:
+        try:
+            conn.recv_bytes()
+        except EOFError:
+            return
+
+
+def pipe_bytes(count):
+    ctx = mp.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=drain_bytes, args=(there, here))
+    child.start()
+    there.close()
+    for _ in range(count):
+        here.send_bytes(MIB)
+    here.close()
+    child.join()
+
+
 SCENARIOS = {
+    "pipe.pingpong": pipe_pingpong,
+    "pipe.bytes": pipe_bytes,
     "process.fork": process_start_join("fork"),
     "process.spawn": process_start_join("spawn"),
     "process.forkserver": process_start_join("forkserver"),
@@ -48,7 +96,10 @@ def main():
     parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--pin", action="store_true", help="run on CPU 0 only, children too")
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     run = SCENARIOS[args.scenario]
     run(max(1, args.count // 10))  # warm up (starts the forkserver, loads modules)
     seconds = []

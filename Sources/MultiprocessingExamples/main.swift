@@ -58,10 +58,40 @@ func subclassExample() throws {
     say("main process finished")
 }
 
+/// Seed program 3: a pipe between two processes. The producer sends
+/// "scott"; the consumer receives it and prints it.
+struct Produce: ProcessJob {
+    var connection: Connection
+    func run() throws -> Bool {
+        try connection.send("scott")
+        return true
+    }
+}
+
+struct Consume: ProcessJob {
+    var connection: Connection
+    func run() throws -> Bool {
+        let name = try connection.receive(String.self)
+        say(name)
+        return true
+    }
+}
+
+func pipeExample() throws {
+    let (consumerEnd, producerEnd) = try Connection.pipe()
+    let producer = try ChildProcess(job: Produce(connection: producerEnd))
+    let consumer = try ChildProcess(job: Consume(connection: consumerEnd))
+    try producer.start()
+    try consumer.start()
+    try producer.join()
+    try consumer.join()
+}
+
 let examples: [(String, () throws -> Void)] = [
     ("fork", forkExample),
     ("process", processExample),
     ("process subclass", subclassExample),
+    ("pipe", pipeExample),
 ]
 
 let chosen = CommandLine.arguments.dropFirst()

@@ -87,4 +87,24 @@ int cmp_epoll_remove(int epfd, int fd);
 /// `epoll_wait`, returning the tokens of ready descriptors in `tokens`.
 int cmp_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout);
 
+/// A listening Unix stream socket at `path` (a leading '@' names the abstract
+/// namespace: no file, nothing to clean up). Returns the descriptor or -1.
+int cmp_listen_unix(const char *path, int backlog);
+
+/// A listening TCP socket on `host`:`port` (0: any free port); stores the
+/// port bound in `bound_port`. Returns the descriptor or -1 (errno set; for
+/// an unresolvable host, EADDRNOTAVAIL).
+int cmp_listen_tcp(const char *host, int port, int backlog, int *bound_port);
+
+/// A stream socket connected to the Unix `path` ('@': abstract). Returns the
+/// descriptor or -1.
+int cmp_connect_unix(const char *path);
+
+/// A stream socket connected to `host`:`port`, with `TCP_NODELAY`. Returns
+/// the descriptor or -1.
+int cmp_connect_tcp(const char *host, int port);
+
+/// `accept4(SOCK_CLOEXEC)`, with `TCP_NODELAY` on TCP. Returns the descriptor or -1.
+int cmp_accept(int listener);
+
 #endif

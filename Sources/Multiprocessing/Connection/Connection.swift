@@ -74,8 +74,10 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
     /// kernel, which is at once unless the peer has stopped reading.
     public func send<T: Encodable>(_ value: T) throws {
         try check(reading: false)
-        let payload = try ValueCodec.encode(value)
-        try payload.withUnsafeBytes { try sendFrame($0) }
+        let frame = try ValueCodec.encodeFrame(value)
+        try sendLock.withLock { _ in
+            try frame.withUnsafeBytes { try Self.sendAll(fileDescriptor, $0) }
+        }
     }
 
     /// Sends raw bytes as one message (Python's `send_bytes`).

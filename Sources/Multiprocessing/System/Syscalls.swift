@@ -167,3 +167,32 @@ internal enum Syscall {
         return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+extension Syscall {
+    /// A listening Unix socket (`@name`: the abstract namespace).
+    static func listenUnix(_ path: String, backlog: Int32) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_listen_unix(path, backlog) })
+    }
+
+    /// A listening TCP socket; returns it and the port it is bound to.
+    static func listenTCP(host: String, port: UInt16, backlog: Int32) throws(Errno) -> (FileDescriptor, UInt16) {
+        var bound: Int32 = Int32(port)
+        let fd = try valueOrErrno { cmp_listen_tcp(host, Int32(port), backlog, &bound) }
+        return (FileDescriptor(rawValue: fd), UInt16(truncatingIfNeeded: bound))
+    }
+
+    /// A Unix socket connected to `path`.
+    static func connectUnix(_ path: String) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_connect_unix(path) })
+    }
+
+    /// A TCP socket connected to `host`:`port`.
+    static func connectTCP(host: String, port: UInt16) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_connect_tcp(host, Int32(port)) })
+    }
+
+    /// `accept4(SOCK_CLOEXEC)`.
+    static func accept(_ listener: FileDescriptor) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_accept(listener.rawValue) })
+    }
+}

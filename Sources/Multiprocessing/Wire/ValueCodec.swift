@@ -5,6 +5,11 @@ internal enum ValueCodec {
         try WireEncoder(attachments: attachments).encode(value)
     }
 
+    /// The frame (header and payload) of `value`, ready to send.
+    static func encodeFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
+        try WireEncoder(attachments: nil).encodeFrame(value)
+    }
+
     static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], attachments: DescriptorAttachments? = nil) throws(WireError) -> T {
         do {
             return try WireDecoder(attachments: attachments).decode(T.self, from: bytes)
@@ -15,5 +20,21 @@ internal enum ValueCodec {
         } catch {
             throw .corrupt("\(T.self): \(error)")
         }
+    }
+}
+
+/// The library's binary encoding of `Codable` values: what crosses between
+/// processes. Compact, with raw-byte copies for arrays of numbers, `[UInt8]`,
+/// `Data` and `String`; decoding checks every length, so corrupt input is a
+/// ``WireError``, never a crash.
+public enum WireCodec {
+    /// Encodes `value`.
+    public static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        try ValueCodec.encode(value)
+    }
+
+    /// Decodes a `T` from bytes made by ``encode(_:)``.
+    public static func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8]) throws(WireError) -> T {
+        try ValueCodec.decode(T.self, from: bytes)
     }
 }

@@ -183,8 +183,17 @@ internal final class WireReader {
 
     func readValue<T: Decodable>(_ type: T.Type, at cursor: inout Int, codingPath: [any CodingKey], depth: Int) throws -> T {
         guard depth < WireDecoder.maximumDepth else { throw corrupt(codingPath, "nested too deeply") }
+        if T.self == Int.self {
+            return _identityCast(try signed(Int.self, at: &cursor, codingPath), to: T.self)
+        }
         if T.self == String.self {
-            return try string(at: &cursor, codingPath) as! T
+            return _identityCast(try string(at: &cursor, codingPath), to: T.self)
+        }
+        if T.self == Double.self {
+            return _identityCast(try double(at: &cursor, codingPath), to: T.self)
+        }
+        if T.self == Bool.self {
+            return _identityCast(try bool(at: &cursor, codingPath), to: T.self)
         }
         if T.self == Data.self {
             try expect(.data, at: &cursor, codingPath, for: Data.self)

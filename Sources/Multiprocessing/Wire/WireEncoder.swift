@@ -22,6 +22,17 @@ internal struct WireEncoder {
         try writer.writeValue(value, codingPath: [], attachments: attachments)
         return writer.bytes
     }
+
+    /// Encodes `value` behind room for a frame header, and fills the header
+    /// in: the frame is ready to send with no further copy.
+    func encodeFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let writer = WireWriter()
+        writer.bytes.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0])
+        try writer.writeValue(value, codingPath: [], attachments: attachments)
+        let length = UInt64(writer.bytes.count - 8).littleEndian
+        writer.bytes.withUnsafeMutableBytes { $0.storeBytes(of: length, as: UInt64.self) }
+        return writer.bytes
+    }
 }
 
 /// The buffer every container of one encoding writes to.
@@ -91,9 +102,15 @@ internal final class WireWriter {
     }
 
     func writeValue<T: Encodable>(_ value: T, codingPath: [any CodingKey], attachments: DescriptorAttachments?) throws {
+        // Metadata comparisons first: far cheaper than the casts below.
+        if T.self == Int.self { return signed(_identityCast(value, to: Int.self)) }
+        if T.self == String.self { return string(_identityCast(value, to: String.self)) }
+        if T.self == Double.self {
+            tag(.double)
+            return withUnsafeBytes(of: _identityCast(value, to: Double.self).bitPattern.littleEndian) { raw($0) }
+        }
+        if T.self == Bool.self { return tag(_identityCast(value, to: Bool.self) ? .trueValue : .falseValue) }
         switch value {
-        case let string as String:
-            self.string(string)
         case let data as Data:
             tag(.data)
             varint(UInt64(data.count))
