@@ -109,20 +109,20 @@ struct ConnectionTests {
     func badFrames() throws {
         do {
             let (a, b) = try Connection.pipe()
-            try Frame.writeAll(Frame.header(for: 1000) + [1, 2, 3], to: a.fileDescriptor)
+            try a.sendRaw(Frame.header(for: 1000) + [1, 2, 3])
             a.close()
             #expect(throws: WireError.truncated(expected: 1000, received: 3)) { try b.receiveBytes() }
         }
         do {
             // Claims 1 TiB: refused from the header alone.
             let (a, b) = try Connection.pipe()
-            try Frame.writeAll(Frame.header(for: 1 << 40), to: a.fileDescriptor)
+            try a.sendRaw(Frame.header(for: 1 << 40))
             #expect(throws: WireError.frameTooLarge(claimed: 1 << 40, limit: Frame.maximumLength)) { try b.receiveBytes() }
         }
         do {
             // Claims 8 GiB but sends 10 bytes: storage grows only as bytes arrive.
             let (a, b) = try Connection.pipe()
-            try Frame.writeAll(Frame.header(for: 8 << 30) + [UInt8](repeating: 9, count: 10), to: a.fileDescriptor)
+            try a.sendRaw(Frame.header(for: 8 << 30) + [UInt8](repeating: 9, count: 10))
             a.close()
             #expect(throws: WireError.truncated(expected: 8 << 30, received: 10)) { try b.receiveBytes() }
         }
@@ -130,7 +130,7 @@ struct ConnectionTests {
         for _ in 0..<500 {
             let (a, b) = try Connection.pipe()
             let noise = (0..<Int.random(in: 1..<40, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
-            try Frame.writeAll(Frame.encode(noise), to: a.fileDescriptor)
+            try a.sendRaw(Frame.encode(noise))
             a.close()
             do {
                 _ = try b.receive(Nested.self)

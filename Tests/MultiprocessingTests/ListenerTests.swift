@@ -102,7 +102,7 @@ struct ListenerTests {
         }
         let raw = try Client.connect(to: listener.address)
         _ = try raw.receiveBytes()  // the challenge
-        try Frame.writeAll(Frame.header(for: 1 << 30), to: raw.fileDescriptor)  // claims 1 GiB
+        try raw.sendRaw(Frame.header(for: 1 << 30))  // claims 1 GiB
         #expect(try refused())
         #expect(throws: WireError.self) { _ = try raw.receiveBytes() }
     }

@@ -75,6 +75,15 @@ int cmp_affinity_cpu_count(void);
 /// Memory barrier-free `raise` used by tests to crash on purpose.
 void cmp_segfault(void) __attribute__((noreturn));
 
+/// Sets `SIGPIPE` to ignored if it is at its default (as CPython does at
+/// start-up), so that a write to a closed pipe fails with `EPIPE` instead of
+/// killing the process. A handler someone installed is left alone.
+void cmp_ignore_sigpipe_if_default(void);
+
+/// `pipe2(fds, O_CLOEXEC)` (Glibc's Swift overlay does not import `pipe2`),
+/// with the pipe's buffer raised to 1 MiB where the system allows.
+int cmp_pipe_cloexec(int fds[2]);
+
 /// `epoll_create1(EPOLL_CLOEXEC)`.
 int cmp_epoll_create(void);
 

@@ -57,6 +57,28 @@ internal enum Syscall {
         try valueOrErrno { Glibc.send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// `write(2)`. On a pipe whose reader is gone this fails with `EPIPE`
+    /// once `SIGPIPE` is ignored (``ignoreBrokenPipeSignal()``).
+    static func write(_ fd: FileDescriptor, _ buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
+        try valueOrErrno { Glibc.write(fd.rawValue, buffer.baseAddress, buffer.count) }
+    }
+
+    /// Ignores `SIGPIPE` if nobody else decided what it does.
+    static func ignoreBrokenPipeSignal() {
+        cmp_ignore_sigpipe_if_default()
+    }
+
+    /// `pipe2(O_CLOEXEC)`.
+    static func pipe() throws(Errno) -> (readEnd: FileDescriptor, writeEnd: FileDescriptor) {
+        var fds: (Int32, Int32) = (-1, -1)
+        _ = try withUnsafeMutablePointer(to: &fds) { pointer throws(Errno) in
+            try pointer.withMemoryRebound(to: Int32.self, capacity: 2) { fdPointer throws(Errno) in
+                try valueOrErrno { cmp_pipe_cloexec(fdPointer) }
+            }
+        }
+        return (FileDescriptor(rawValue: fds.0), FileDescriptor(rawValue: fds.1))
+    }
+
     /// `read(2)`.
     static func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         try valueOrErrno { Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count) }
