@@ -51,15 +51,20 @@ let million = Array(0..<1_000_000)
     }
 }
 
-/// The floor: copying the array's bytes twice (out and back).
+/// The floor: copying the array's bytes twice (out and back), into fresh
+/// arrays as encoding and decoding must.
 @Sendable func memcpyIntArray(_ count: Int) throws {
-    var out = [UInt8](repeating: 0, count: million.count * 8)
-    var back = [Int](repeating: 0, count: million.count)
     for _ in 0..<count {
-        million.withUnsafeBytes { source in out.withUnsafeMutableBytes { $0.copyMemory(from: source) } }
-        out.withUnsafeBytes { source in back.withUnsafeMutableBytes { $0.copyMemory(from: source) } }
+        let out = [UInt8](unsafeUninitializedCapacity: million.count * 8) { buffer, initialized in
+            million.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            initialized = million.count * 8
+        }
+        let back = [Int](unsafeUninitializedCapacity: million.count) { buffer, initialized in
+            out.withUnsafeBytes { UnsafeMutableRawBufferPointer(buffer).copyMemory(from: $0) }
+            initialized = million.count
+        }
+        guard back[999_999] == 999_999 else { throw BenchmarkFailure(description: "copy failed") }
     }
-    guard back[999_999] == 999_999 else { throw BenchmarkFailure(description: "copy failed") }
 }
 
 struct Reading: Codable, Equatable {

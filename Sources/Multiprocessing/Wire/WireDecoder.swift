@@ -18,7 +18,7 @@ internal struct WireDecoder {
     func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         let reader = WireReader(bytes: bytes, attachments: attachments)
         var cursor = 0
-        let value = try reader.readValue(T.self, at: &cursor, codingPath: [], depth: 0)
+        let value = try reader.readValue(T.self, at: &cursor, parent: nil, key: nil, depth: 0)
         guard cursor == bytes.count else {
             throw reader.corrupt([], "\(bytes.count - cursor) bytes left after the value")
         }
@@ -36,52 +36,52 @@ internal final class WireReader {
         self.attachments = attachments
     }
 
-    func corrupt(_ path: [any CodingKey], _ reason: String) -> DecodingError {
-        .dataCorrupted(.init(codingPath: path, debugDescription: reason))
+    func corrupt(_ path: @autoclosure () -> [any CodingKey], _ reason: String) -> DecodingError {
+        .dataCorrupted(.init(codingPath: path(), debugDescription: reason))
     }
 
-    func byte(at cursor: inout Int, _ path: [any CodingKey]) throws -> UInt8 {
-        guard cursor < bytes.count else { throw corrupt(path, "unexpected end of data") }
+    func byte(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> UInt8 {
+        guard cursor < bytes.count else { throw corrupt(path(), "unexpected end of data") }
         defer { cursor += 1 }
         return bytes[cursor]
     }
 
-    func varint(at cursor: inout Int, _ path: [any CodingKey]) throws -> UInt64 {
+    func varint(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> UInt64 {
         var value: UInt64 = 0
         var shift: UInt64 = 0
         while true {
-            let byte = try self.byte(at: &cursor, path)
-            if shift == 63 && byte > 1 { throw corrupt(path, "varint overflows 64 bits") }
+            let byte = try self.byte(at: &cursor, path())
+            if shift == 63 && byte > 1 { throw corrupt(path(), "varint overflows 64 bits") }
             value |= UInt64(byte & 0x7F) << shift
             if byte & 0x80 == 0 { return value }
             shift += 7
-            if shift > 63 { throw corrupt(path, "varint too long") }
+            if shift > 63 { throw corrupt(path(), "varint too long") }
         }
     }
 
     /// A length or count, checked against the bytes that remain (`unit` bytes each).
-    func length(at cursor: inout Int, unit: Int, _ path: [any CodingKey]) throws -> Int {
-        let value = try varint(at: &cursor, path)
+    func length(at cursor: inout Int, unit: Int, _ path: @autoclosure () -> [any CodingKey]) throws -> Int {
+        let value = try varint(at: &cursor, path())
         let remaining = bytes.count - cursor
         guard value <= UInt64(remaining / max(unit, 1)) else {
-            throw corrupt(path, "claims \(value) items of \(unit) bytes; only \(remaining) bytes remain")
+            throw corrupt(path(), "claims \(value) items of \(unit) bytes; only \(remaining) bytes remain")
         }
         return Int(value)
     }
 
-    func count32(at cursor: inout Int, _ path: [any CodingKey]) throws -> Int {
-        guard cursor + 4 <= bytes.count else { throw corrupt(path, "unexpected end of data") }
+    func count32(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> Int {
+        guard cursor + 4 <= bytes.count else { throw corrupt(path(), "unexpected end of data") }
         let value = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: cursor, as: UInt32.self) }
         cursor += 4
         // Every entry takes at least one byte.
-        guard Int(value) <= bytes.count - cursor else { throw corrupt(path, "claims \(value) entries; only \(bytes.count - cursor) bytes remain") }
+        guard Int(value) <= bytes.count - cursor else { throw corrupt(path(), "claims \(value) entries; only \(bytes.count - cursor) bytes remain") }
         return Int(value)
     }
 
-    func expect(_ tag: WireTag, at cursor: inout Int, _ path: [any CodingKey], for type: Any.Type) throws {
-        let found = try byte(at: &cursor, path)
+    func expect(_ tag: WireTag, at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey], for type: Any.Type) throws {
+        let found = try byte(at: &cursor, path())
         guard found == tag.rawValue else {
-            throw DecodingError.typeMismatch(type, .init(codingPath: path, debugDescription: "expected tag \(tag), found \(found)"))
+            throw DecodingError.typeMismatch(type, .init(codingPath: path(), debugDescription: "expected tag \(tag), found \(found)"))
         }
     }
 
@@ -89,86 +89,86 @@ internal final class WireReader {
         cursor < bytes.count && bytes[cursor] == WireTag.null.rawValue
     }
 
-    func bool(at cursor: inout Int, _ path: [any CodingKey]) throws -> Bool {
-        switch try byte(at: &cursor, path) {
+    func bool(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> Bool {
+        switch try byte(at: &cursor, path()) {
         case WireTag.falseValue.rawValue: return false
         case WireTag.trueValue.rawValue: return true
-        case let found: throw DecodingError.typeMismatch(Bool.self, .init(codingPath: path, debugDescription: "expected a Bool, found tag \(found)"))
+        case let found: throw DecodingError.typeMismatch(Bool.self, .init(codingPath: path(), debugDescription: "expected a Bool, found tag \(found)"))
         }
     }
 
-    func signed<T: FixedWidthInteger & SignedInteger>(_ type: T.Type, at cursor: inout Int, _ path: [any CodingKey]) throws -> T {
-        try expect(.signed, at: &cursor, path, for: T.self)
-        let zigzag = try varint(at: &cursor, path)
+    func signed<T: FixedWidthInteger & SignedInteger>(_ type: T.Type, at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> T {
+        try expect(.signed, at: &cursor, path(), for: T.self)
+        let zigzag = try varint(at: &cursor, path())
         let value = Int64(bitPattern: (zigzag >> 1) ^ (0 &- (zigzag & 1)))
-        guard let exact = T(exactly: value) else { throw corrupt(path, "\(value) does not fit \(T.self)") }
+        guard let exact = T(exactly: value) else { throw corrupt(path(), "\(value) does not fit \(T.self)") }
         return exact
     }
 
-    func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type, at cursor: inout Int, _ path: [any CodingKey]) throws -> T {
-        try expect(.unsigned, at: &cursor, path, for: T.self)
-        let value = try varint(at: &cursor, path)
-        guard let exact = T(exactly: value) else { throw corrupt(path, "\(value) does not fit \(T.self)") }
+    func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type, at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> T {
+        try expect(.unsigned, at: &cursor, path(), for: T.self)
+        let value = try varint(at: &cursor, path())
+        guard let exact = T(exactly: value) else { throw corrupt(path(), "\(value) does not fit \(T.self)") }
         return exact
     }
 
-    func double(at cursor: inout Int, _ path: [any CodingKey]) throws -> Double {
-        try expect(.double, at: &cursor, path, for: Double.self)
-        guard cursor + 8 <= bytes.count else { throw corrupt(path, "unexpected end of data") }
+    func double(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> Double {
+        try expect(.double, at: &cursor, path(), for: Double.self)
+        guard cursor + 8 <= bytes.count else { throw corrupt(path(), "unexpected end of data") }
         let bits = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: cursor, as: UInt64.self) }
         cursor += 8
         return Double(bitPattern: UInt64(littleEndian: bits))
     }
 
-    func float(at cursor: inout Int, _ path: [any CodingKey]) throws -> Float {
-        try expect(.float, at: &cursor, path, for: Float.self)
-        guard cursor + 4 <= bytes.count else { throw corrupt(path, "unexpected end of data") }
+    func float(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> Float {
+        try expect(.float, at: &cursor, path(), for: Float.self)
+        guard cursor + 4 <= bytes.count else { throw corrupt(path(), "unexpected end of data") }
         let bits = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: cursor, as: UInt32.self) }
         cursor += 4
         return Float(bitPattern: UInt32(littleEndian: bits))
     }
 
-    func string(at cursor: inout Int, _ path: [any CodingKey]) throws -> String {
-        try expect(.string, at: &cursor, path, for: String.self)
-        let count = try length(at: &cursor, unit: 1, path)
+    func string(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey]) throws -> String {
+        try expect(.string, at: &cursor, path(), for: String.self)
+        let count = try length(at: &cursor, unit: 1, path())
         defer { cursor += count }
         let start = cursor
         return try bytes.withUnsafeBytes { buffer in
             let utf8 = UnsafeRawBufferPointer(rebasing: buffer[start..<(start + count)])
             guard let string = String(validating: utf8.bindMemory(to: UInt8.self), as: UTF8.self) else {
-                throw corrupt(path, "invalid UTF-8")
+                throw corrupt(path(), "invalid UTF-8")
             }
             return string
         }
     }
 
     /// Skips one value; returns nothing, moves `cursor` past it.
-    func skipValue(at cursor: inout Int, _ path: [any CodingKey], depth: Int) throws {
-        guard depth < WireDecoder.maximumDepth else { throw corrupt(path, "nested too deeply") }
-        let tag = try byte(at: &cursor, path)
+    func skipValue(at cursor: inout Int, _ path: @autoclosure () -> [any CodingKey], depth: Int) throws {
+        guard depth < WireDecoder.maximumDepth else { throw corrupt(path(), "nested too deeply") }
+        let tag = try byte(at: &cursor, path())
         switch WireTag(rawValue: tag) {
         case .null, .falseValue, .trueValue: break
-        case .signed, .unsigned: _ = try varint(at: &cursor, path)
+        case .signed, .unsigned: _ = try varint(at: &cursor, path())
         case .float: cursor += 4
         case .double: cursor += 8
-        case .string, .data: cursor += try length(at: &cursor, unit: 1, path)
+        case .string, .data: cursor += try length(at: &cursor, unit: 1, path())
         case .rawArray:
-            let kind = try byte(at: &cursor, path)
-            guard let stride = Self.stride(ofKind: kind) else { throw corrupt(path, "unknown element kind \(kind)") }
-            cursor += try length(at: &cursor, unit: stride, path) * stride
+            let kind = try byte(at: &cursor, path())
+            guard let stride = Self.stride(ofKind: kind) else { throw corrupt(path(), "unknown element kind \(kind)") }
+            cursor += try length(at: &cursor, unit: stride, path()) * stride
         case .keyed:
-            let count = try count32(at: &cursor, path)
+            let count = try count32(at: &cursor, path())
             for _ in 0..<count {
-                cursor += try length(at: &cursor, unit: 1, path)
-                try skipValue(at: &cursor, path, depth: depth + 1)
+                cursor += try length(at: &cursor, unit: 1, path())
+                try skipValue(at: &cursor, path(), depth: depth + 1)
             }
         case .unkeyed:
-            let count = try count32(at: &cursor, path)
-            for _ in 0..<count { try skipValue(at: &cursor, path, depth: depth + 1) }
+            let count = try count32(at: &cursor, path())
+            for _ in 0..<count { try skipValue(at: &cursor, path(), depth: depth + 1) }
         case nil:
-            throw corrupt(path, "unknown tag \(tag)")
+            throw corrupt(path(), "unknown tag \(tag)")
         }
-        guard cursor <= bytes.count else { throw corrupt(path, "unexpected end of data") }
+        guard cursor <= bytes.count else { throw corrupt(path(), "unexpected end of data") }
     }
 
     static func stride(ofKind kind: UInt8) -> Int? {
@@ -181,33 +181,35 @@ internal final class WireReader {
         }
     }
 
-    func readValue<T: Decodable>(_ type: T.Type, at cursor: inout Int, codingPath: [any CodingKey], depth: Int) throws -> T {
-        guard depth < WireDecoder.maximumDepth else { throw corrupt(codingPath, "nested too deeply") }
+    func readValue<T: Decodable>(_ type: T.Type, at cursor: inout Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) throws -> T {
+        // The coding path is only built when an error needs it.
+        func codingPath() -> [any CodingKey] { WireValueDecoder.path(parent: parent, key: key) }
+        guard depth < WireDecoder.maximumDepth else { throw corrupt(codingPath(), "nested too deeply") }
         if T.self == Int.self {
-            return _identityCast(try signed(Int.self, at: &cursor, codingPath), to: T.self)
+            return _identityCast(try signed(Int.self, at: &cursor, codingPath()), to: T.self)
         }
         if T.self == String.self {
-            return _identityCast(try string(at: &cursor, codingPath), to: T.self)
+            return _identityCast(try string(at: &cursor, codingPath()), to: T.self)
         }
         if T.self == Double.self {
-            return _identityCast(try double(at: &cursor, codingPath), to: T.self)
+            return _identityCast(try double(at: &cursor, codingPath()), to: T.self)
         }
         if T.self == Bool.self {
-            return _identityCast(try bool(at: &cursor, codingPath), to: T.self)
+            return _identityCast(try bool(at: &cursor, codingPath()), to: T.self)
         }
         if T.self == Data.self {
-            try expect(.data, at: &cursor, codingPath, for: Data.self)
-            let count = try length(at: &cursor, unit: 1, codingPath)
+            try expect(.data, at: &cursor, codingPath(), for: Data.self)
+            let count = try length(at: &cursor, unit: 1, codingPath())
             defer { cursor += count }
             return Data(bytes[cursor..<(cursor + count)]) as! T
         }
         if let rawType = T.self as? any WireRawArray.Type {
-            try expect(.rawArray, at: &cursor, codingPath, for: T.self)
-            let kind = try byte(at: &cursor, codingPath)
+            try expect(.rawArray, at: &cursor, codingPath(), for: T.self)
+            let kind = try byte(at: &cursor, codingPath())
             guard kind == rawType.elementKind else {
-                throw DecodingError.typeMismatch(T.self, .init(codingPath: codingPath, debugDescription: "array element kind \(kind), expected \(rawType.elementKind)"))
+                throw DecodingError.typeMismatch(T.self, .init(codingPath: codingPath(), debugDescription: "array element kind \(kind), expected \(rawType.elementKind)"))
             }
-            let count = try length(at: &cursor, unit: rawType.elementStride, codingPath)
+            let count = try length(at: &cursor, unit: rawType.elementStride, codingPath())
             let start = cursor
             let byteCount = count * rawType.elementStride
             cursor += byteCount
@@ -215,9 +217,14 @@ internal final class WireReader {
                 rawType.fromRaw(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + byteCount)]), count: count) as! T
             }
         }
-        let decoder = WireValueDecoder(reader: self, offset: cursor, codingPath: codingPath, depth: depth)
+        let decoder = WireValueDecoder(reader: self, offset: cursor, parent: parent, key: key, depth: depth)
         let value = try T(from: decoder)
-        try skipValue(at: &cursor, codingPath, depth: depth)
+        if let end = decoder.endOffset {
+            // Its keyed container already found where the value ends.
+            cursor = end
+        } else {
+            try skipValue(at: &cursor, codingPath(), depth: depth)
+        }
         return value
     }
 }
@@ -226,16 +233,29 @@ internal final class WireReader {
 internal final class WireValueDecoder: Decoder {
     let reader: WireReader
     let offset: Int
-    let codingPath: [any CodingKey]
+    let parent: WireValueDecoder?
+    let key: (any CodingKey)?
     let depth: Int
+    var codingPath: [any CodingKey] { Self.path(parent: parent, key: key) }
+
+    static func path(parent: WireValueDecoder?, key: (any CodingKey)?) -> [any CodingKey] {
+        (parent?.codingPath ?? []) + (key.map { [$0] } ?? [])
+    }
     var userInfo: [CodingUserInfoKey: Any] {
         reader.attachments.map { [DescriptorAttachments.userInfoKey: $0] } ?? [:]
     }
+    /// Where the value ends, once a keyed container has parsed it.
+    var endOffset: Int?
+    /// The keyed container's entries, parsed once however often it is asked for.
+    var entries: [WireKeyedEntry]?
+    /// The entry after the last one found: fields are usually read in order.
+    var nextGuess = 0
 
-    init(reader: WireReader, offset: Int, codingPath: [any CodingKey], depth: Int) {
+    init(reader: WireReader, offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) {
         self.reader = reader
         self.offset = offset
-        self.codingPath = codingPath
+        self.parent = parent
+        self.key = key
         self.depth = depth
     }
 
@@ -260,38 +280,46 @@ private struct IndexKey: CodingKey {
     init?(intValue: Int) { self.intValue = intValue }
 }
 
+/// One entry of a keyed container: where its key's bytes are, where its value starts.
+internal struct WireKeyedEntry {
+    var keyStart: Int
+    var keyLength: Int
+    var valueOffset: Int
+}
+
 private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: WireValueDecoder
     var reader: WireReader { decoder.reader }
     var codingPath: [any CodingKey] { decoder.codingPath }
-    /// Where each entry's key bytes are, and where its value starts.
-    private var keyRanges: [Range<Int>] = []
-    private var valueOffsets: [Int] = []
-    /// Entries are usually asked for in the order they were written.
-    private let nextGuess = Box()
-
-    private final class Box { var index = 0 }
+    private let entries: [WireKeyedEntry]
 
     init(decoder: WireValueDecoder) throws {
         self.decoder = decoder
+        if let parsed = decoder.entries {
+            entries = parsed
+            return
+        }
         var cursor = decoder.offset
         let reader = decoder.reader
         try reader.expect(.keyed, at: &cursor, decoder.codingPath, for: Key.self)
         let count = try reader.count32(at: &cursor, decoder.codingPath)
-        keyRanges.reserveCapacity(count)
-        valueOffsets.reserveCapacity(count)
+        var entries: [WireKeyedEntry] = []
+        entries.reserveCapacity(count)
         for _ in 0..<count {
             let keyLength = try reader.length(at: &cursor, unit: 1, decoder.codingPath)
-            keyRanges.append(cursor..<(cursor + keyLength))
+            let keyStart = cursor
             cursor += keyLength
-            valueOffsets.append(cursor)
+            entries.append(WireKeyedEntry(keyStart: keyStart, keyLength: keyLength, valueOffset: cursor))
             try reader.skipValue(at: &cursor, decoder.codingPath, depth: decoder.depth + 1)
         }
+        self.entries = entries
+        decoder.entries = entries
+        decoder.endOffset = cursor
     }
 
     var allKeys: [Key] {
-        keyRanges.compactMap { range in
-            Key(stringValue: String(decoding: reader.bytes[range], as: UTF8.self))
+        entries.compactMap { entry in
+            Key(stringValue: String(decoding: reader.bytes[entry.keyStart..<(entry.keyStart + entry.keyLength)], as: UTF8.self))
         }
     }
 
@@ -299,16 +327,16 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
         var name = key.stringValue
         return name.withUTF8 { wanted -> Int? in
             reader.bytes.withUnsafeBytes { bytes -> Int? in
-                let count = keyRanges.count
+                let count = entries.count
                 guard count > 0 else { return nil }
-                let start = nextGuess.index < count ? nextGuess.index : 0
+                let start = decoder.nextGuess < count ? decoder.nextGuess : 0
                 for step in 0..<count {
                     let index = (start + step) % count
-                    let range = keyRanges[index]
-                    if range.count == wanted.count,
-                       wanted.count == 0 || memcmp(bytes.baseAddress! + range.lowerBound, wanted.baseAddress!, wanted.count) == 0
+                    let entry = entries[index]
+                    if entry.keyLength == wanted.count,
+                       wanted.count == 0 || memcmp(bytes.baseAddress! + entry.keyStart, wanted.baseAddress!, wanted.count) == 0
                     {
-                        nextGuess.index = index + 1
+                        decoder.nextGuess = index + 1
                         return index
                     }
                 }
@@ -321,7 +349,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
         guard let index = index(of: key) else {
             throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "no value for key \(key.stringValue)"))
         }
-        return valueOffsets[index]
+        return entries[index].valueOffset
     }
 
     func contains(_ key: Key) -> Bool { index(of: key) != nil }
@@ -371,16 +399,16 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
         var cursor = try offset(of: key)
-        return try reader.readValue(T.self, at: &cursor, codingPath: path(key), depth: decoder.depth + 1)
+        return try reader.readValue(T.self, at: &cursor, parent: decoder, key: key, depth: decoder.depth + 1)
     }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
-        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), codingPath: path(key), depth: decoder.depth + 1)
+        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
         return try nested.container(keyedBy: type)
     }
 
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), codingPath: path(key), depth: decoder.depth + 1)
+        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
         return try nested.unkeyedContainer()
     }
 
@@ -389,7 +417,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     }
 
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        WireValueDecoder(reader: reader, offset: try offset(of: key), codingPath: path(key), depth: decoder.depth + 1)
+        WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
     }
 }
 
@@ -412,6 +440,7 @@ private struct WireUnkeyedDecoder: UnkeyedDecodingContainer {
     var isAtEnd: Bool { currentIndex >= count! }
 
     private var path: [any CodingKey] { codingPath + [IndexKey(currentIndex)] }
+    private var indexKey: IndexKey { IndexKey(currentIndex) }
 
     private mutating func next<T>(_ read: (WireReader, inout Int) throws -> T) throws -> T {
         guard !isAtEnd else {
@@ -433,10 +462,10 @@ private struct WireUnkeyedDecoder: UnkeyedDecodingContainer {
         return false
     }
 
-    mutating func decode(_ type: Bool.Type) throws -> Bool { let p = path; return try next { reader, cursor in try reader.bool(at: &cursor, p) } }
-    mutating func decode(_ type: String.Type) throws -> String { let p = path; return try next { reader, cursor in try reader.string(at: &cursor, p) } }
-    mutating func decode(_ type: Double.Type) throws -> Double { let p = path; return try next { reader, cursor in try reader.double(at: &cursor, p) } }
-    mutating func decode(_ type: Float.Type) throws -> Float { let p = path; return try next { reader, cursor in try reader.float(at: &cursor, p) } }
+    mutating func decode(_ type: Bool.Type) throws -> Bool { let d = decoder, k = indexKey; return try next { reader, cursor in try reader.bool(at: &cursor, WireValueDecoder.path(parent: d, key: k)) } }
+    mutating func decode(_ type: String.Type) throws -> String { let d = decoder, k = indexKey; return try next { reader, cursor in try reader.string(at: &cursor, WireValueDecoder.path(parent: d, key: k)) } }
+    mutating func decode(_ type: Double.Type) throws -> Double { let d = decoder, k = indexKey; return try next { reader, cursor in try reader.double(at: &cursor, WireValueDecoder.path(parent: d, key: k)) } }
+    mutating func decode(_ type: Float.Type) throws -> Float { let d = decoder, k = indexKey; return try next { reader, cursor in try reader.float(at: &cursor, WireValueDecoder.path(parent: d, key: k)) } }
     mutating func decode(_ type: Int.Type) throws -> Int { try signed() }
     mutating func decode(_ type: Int8.Type) throws -> Int8 { try signed() }
     mutating func decode(_ type: Int16.Type) throws -> Int16 { try signed() }
@@ -449,27 +478,27 @@ private struct WireUnkeyedDecoder: UnkeyedDecodingContainer {
     mutating func decode(_ type: UInt64.Type) throws -> UInt64 { try unsigned() }
 
     private mutating func signed<T: FixedWidthInteger & SignedInteger>() throws -> T {
-        let p = path
-        return try next { reader, cursor in try reader.signed(T.self, at: &cursor, p) }
+        let d = decoder, k = indexKey
+        return try next { reader, cursor in try reader.signed(T.self, at: &cursor, WireValueDecoder.path(parent: d, key: k)) }
     }
 
     private mutating func unsigned<T: FixedWidthInteger & UnsignedInteger>() throws -> T {
-        let p = path
-        return try next { reader, cursor in try reader.unsigned(T.self, at: &cursor, p) }
+        let d = decoder, k = indexKey
+        return try next { reader, cursor in try reader.unsigned(T.self, at: &cursor, WireValueDecoder.path(parent: d, key: k)) }
     }
 
     mutating func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        let p = path
+        let d = decoder, k = indexKey
         let depth = decoder.depth + 1
-        return try next { reader, cursor in try reader.readValue(T.self, at: &cursor, codingPath: p, depth: depth) }
+        return try next { reader, cursor in try reader.readValue(T.self, at: &cursor, parent: d, key: k, depth: depth) }
     }
 
     private mutating func nestedDecoder() throws -> WireValueDecoder {
-        let p = path
+        let d = decoder, k = indexKey
         let depth = decoder.depth + 1
         return try next { reader, cursor in
-            let nested = WireValueDecoder(reader: reader, offset: cursor, codingPath: p, depth: depth)
-            try reader.skipValue(at: &cursor, p, depth: depth)
+            let nested = WireValueDecoder(reader: reader, offset: cursor, parent: d, key: k, depth: depth)
+            try reader.skipValue(at: &cursor, WireValueDecoder.path(parent: d, key: k), depth: depth)
             return nested
         }
     }
@@ -513,6 +542,6 @@ private struct WireSingleValueDecoder: SingleValueDecodingContainer {
     func decode(_ type: UInt32.Type) throws -> UInt32 { try read { try reader.unsigned(UInt32.self, at: &$0, codingPath) } }
     func decode(_ type: UInt64.Type) throws -> UInt64 { try read { try reader.unsigned(UInt64.self, at: &$0, codingPath) } }
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try read { try reader.readValue(T.self, at: &$0, codingPath: codingPath, depth: decoder.depth + 1) }
+        try read { try reader.readValue(T.self, at: &$0, parent: decoder.parent, key: decoder.key, depth: decoder.depth + 1) }
     }
 }

@@ -19,7 +19,7 @@ internal struct WireEncoder {
 
     func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         let writer = WireWriter()
-        try writer.writeValue(value, codingPath: [], attachments: attachments)
+        try writer.writeValue(value, parent: nil, key: nil, attachments: attachments)
         return writer.bytes
     }
 
@@ -28,7 +28,7 @@ internal struct WireEncoder {
     func encodeFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
         let writer = WireWriter()
         writer.bytes.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0])
-        try writer.writeValue(value, codingPath: [], attachments: attachments)
+        try writer.writeValue(value, parent: nil, key: nil, attachments: attachments)
         let length = UInt64(writer.bytes.count - 8).littleEndian
         writer.bytes.withUnsafeMutableBytes { $0.storeBytes(of: length, as: UInt64.self) }
         return writer.bytes
@@ -101,7 +101,7 @@ internal final class WireWriter {
         }
     }
 
-    func writeValue<T: Encodable>(_ value: T, codingPath: [any CodingKey], attachments: DescriptorAttachments?) throws {
+    func writeValue<T: Encodable>(_ value: T, parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) throws {
         // Metadata comparisons first: far cheaper than the casts below.
         if T.self == Int.self { return signed(_identityCast(value, to: Int.self)) }
         if T.self == String.self { return string(_identityCast(value, to: String.self)) }
@@ -110,20 +110,23 @@ internal final class WireWriter {
             return withUnsafeBytes(of: _identityCast(value, to: Double.self).bitPattern.littleEndian) { raw($0) }
         }
         if T.self == Bool.self { return tag(_identityCast(value, to: Bool.self) ? .trueValue : .falseValue) }
-        switch value {
-        case let data as Data:
+        if T.self == Data.self {
+            let data = _identityCast(value, to: Data.self)
             tag(.data)
             varint(UInt64(data.count))
-            data.withUnsafeBytes { raw($0) }
+            return data.withUnsafeBytes { raw($0) }
+        }
+        switch value {
         case let array as any WireRawArray:
             tag(.rawArray)
             bytes.append(type(of: array).elementKind)
             array.withRawBytes { buffer in
+                bytes.reserveCapacity(bytes.count + buffer.count + 10)
                 varint(UInt64(buffer.count / type(of: array).elementStride))
                 raw(buffer)
             }
         default:
-            let encoder = WireValueEncoder(writer: self, codingPath: codingPath, attachments: attachments)
+            let encoder = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
             try value.encode(to: encoder)
             if !encoder.wroteSomething {
                 // A type that encodes nothing at all still takes one value's room.
@@ -136,8 +139,11 @@ internal final class WireWriter {
 /// The `Encoder` handed to one value's `encode(to:)`.
 internal final class WireValueEncoder: Encoder {
     let writer: WireWriter
-    let codingPath: [any CodingKey]
+    /// The coding path, kept as a parent link and is only built when asked for.
+    let parent: WireValueEncoder?
+    let key: (any CodingKey)?
     let attachments: DescriptorAttachments?
+    var codingPath: [any CodingKey] { (parent?.codingPath ?? []) + (key.map { [$0] } ?? []) }
     var userInfo: [CodingUserInfoKey: Any] {
         attachments.map { [DescriptorAttachments.userInfoKey: $0] } ?? [:]
     }
@@ -148,9 +154,10 @@ internal final class WireValueEncoder: Encoder {
     private var unkeyedCount: Int?
     private(set) var wroteSomething = false
 
-    init(writer: WireWriter, codingPath: [any CodingKey], attachments: DescriptorAttachments?) {
+    init(writer: WireWriter, parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) {
         self.writer = writer
-        self.codingPath = codingPath
+        self.parent = parent
+        self.key = key
         self.attachments = attachments
     }
 
@@ -175,7 +182,6 @@ internal final class WireValueEncoder: Encoder {
         return WireSingleValueEncoder(encoder: self)
     }
 
-    func child(_ key: any CodingKey) -> [any CodingKey] { codingPath + [key] }
 }
 
 private struct IndexKey: CodingKey {
@@ -222,17 +228,17 @@ private struct WireKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol 
     mutating func encode(_ value: UInt64, forKey key: Key) throws { begin(key); writer.unsigned(value) }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
         begin(key)
-        try writer.writeValue(value, codingPath: encoder.child(key), attachments: encoder.attachments)
+        try writer.writeValue(value, parent: encoder, key: key, attachments: encoder.attachments)
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
         begin(key)
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments).container(keyedBy: keyType)
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
         begin(key)
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments).unkeyedContainer()
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments).unkeyedContainer()
     }
 
     mutating func superEncoder() -> any Encoder {
@@ -241,7 +247,7 @@ private struct WireKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol 
 
     mutating func superEncoder(forKey key: Key) -> any Encoder {
         begin(key)
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments)
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments)
     }
 }
 
@@ -288,25 +294,25 @@ private struct WireUnkeyedEncoder: UnkeyedEncodingContainer {
     mutating func encode<T: Encodable>(_ value: T) throws {
         let key = IndexKey(count)
         begin()
-        try writer.writeValue(value, codingPath: encoder.child(key), attachments: encoder.attachments)
+        try writer.writeValue(value, parent: encoder, key: key, attachments: encoder.attachments)
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
         let key = IndexKey(count)
         begin()
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments).container(keyedBy: keyType)
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments).container(keyedBy: keyType)
     }
 
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
         let key = IndexKey(count)
         begin()
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments).unkeyedContainer()
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments).unkeyedContainer()
     }
 
     mutating func superEncoder() -> any Encoder {
         let key = IndexKey(count)
         begin()
-        return WireValueEncoder(writer: writer, codingPath: encoder.child(key), attachments: encoder.attachments)
+        return WireValueEncoder(writer: writer, parent: encoder, key: key, attachments: encoder.attachments)
     }
 }
 
@@ -337,6 +343,6 @@ private struct WireSingleValueEncoder: SingleValueEncodingContainer {
     mutating func encode(_ value: UInt32) throws { writer.unsigned(value) }
     mutating func encode(_ value: UInt64) throws { writer.unsigned(value) }
     mutating func encode<T: Encodable>(_ value: T) throws {
-        try writer.writeValue(value, codingPath: codingPath, attachments: encoder.attachments)
+        try writer.writeValue(value, parent: encoder.parent, key: encoder.key, attachments: encoder.attachments)
     }
 }
