@@ -289,12 +289,14 @@ internal struct WireKeyedEntry {
 
 private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: WireValueDecoder
-    var reader: WireReader { decoder.reader }
+    /// Held directly: reaching it through `decoder` costs a retain per field.
+    let reader: WireReader
     var codingPath: [any CodingKey] { decoder.codingPath }
     private let entries: [WireKeyedEntry]
 
     init(decoder: WireValueDecoder) throws {
         self.decoder = decoder
+        self.reader = decoder.reader
         if let parsed = decoder.entries {
             entries = parsed
             return

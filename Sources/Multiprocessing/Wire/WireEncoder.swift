@@ -196,7 +196,14 @@ private struct WireKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol 
     let encoder: WireValueEncoder
     let countOffset: Int
     var codingPath: [any CodingKey] { encoder.codingPath }
-    var writer: WireWriter { encoder.writer }
+    /// Held directly: reaching it through `encoder` costs a retain per field.
+    let writer: WireWriter
+
+    init(encoder: WireValueEncoder, countOffset: Int) {
+        self.encoder = encoder
+        self.countOffset = countOffset
+        self.writer = encoder.writer
+    }
 
     private func begin(_ key: Key) {
         writer.incrementCount(at: countOffset)
@@ -255,12 +262,13 @@ private struct WireUnkeyedEncoder: UnkeyedEncodingContainer {
     let encoder: WireValueEncoder
     let countOffset: Int
     var codingPath: [any CodingKey] { encoder.codingPath }
-    var writer: WireWriter { encoder.writer }
+    let writer: WireWriter
     private(set) var count = 0
 
     init(encoder: WireValueEncoder, countOffset: Int) {
         self.encoder = encoder
         self.countOffset = countOffset
+        self.writer = encoder.writer
     }
 
     private mutating func begin() {
