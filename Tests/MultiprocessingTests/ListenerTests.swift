@@ -30,6 +30,19 @@ func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) -> () thr
     }
 }
 
+/// Accepts one connection on a thread of its own; true if it was refused
+/// for failing authentication.
+func refusal(by listener: Listener) -> () throws -> Bool {
+    onThread {
+        do {
+            _ = try listener.accept()
+            return false
+        } catch ConnectionError.authenticationFailed {
+            return true
+        }
+    }
+}
+
 @Suite("Listener and Client")
 struct ListenerTests {
     @Test("a client reaches a listener at a fresh abstract Unix address")
@@ -66,14 +79,7 @@ struct ListenerTests {
         defer { listener.close() }
         guard case let .tcp(_, port) = listener.address, port != 0 else { Issue.record("no port"); return }
 
-        let refused = onThread { () throws -> Bool in
-            do {
-                _ = try listener.accept()
-                return false
-            } catch ConnectionError.authenticationFailed {
-                return true
-            }
-        }
+        let refused = refusal(by: listener)
         #expect(throws: ConnectionError.authenticationFailed) {
             _ = try Client.connect(to: listener.address, authenticationKey: Array("wrong".utf8))
         }
@@ -92,14 +98,7 @@ struct ListenerTests {
     func garbageClient() throws {
         let listener = try Listener(authenticationKey: [1, 2, 3])
         defer { listener.close() }
-        let refused = onThread { () throws -> Bool in
-            do {
-                _ = try listener.accept()
-                return false
-            } catch ConnectionError.authenticationFailed {
-                return true
-            }
-        }
+        let refused = refusal(by: listener)
         let raw = try Client.connect(to: listener.address)
         _ = try raw.receiveBytes()  // the challenge
         try raw.sendRaw(Frame.header(for: 1 << 30))  // claims 1 GiB

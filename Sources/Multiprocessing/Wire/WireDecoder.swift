@@ -272,14 +272,6 @@ internal final class WireValueDecoder: Decoder {
     }
 }
 
-private struct IndexKey: CodingKey {
-    var stringValue: String { "Index \(intValue!)" }
-    var intValue: Int?
-    init(_ index: Int) { intValue = index }
-    init?(stringValue: String) { nil }
-    init?(intValue: Int) { self.intValue = intValue }
-}
-
 /// One entry of a keyed container: where its key's bytes are, where its value starts.
 internal struct WireKeyedEntry {
     var keyStart: Int

@@ -184,14 +184,6 @@ internal final class WireValueEncoder: Encoder {
 
 }
 
-private struct IndexKey: CodingKey {
-    var stringValue: String { "Index \(intValue!)" }
-    var intValue: Int?
-    init(_ index: Int) { intValue = index }
-    init?(stringValue: String) { nil }
-    init?(intValue: Int) { self.intValue = intValue }
-}
-
 private struct WireKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     let encoder: WireValueEncoder
     let countOffset: Int

@@ -73,3 +73,12 @@ extension Array: WireRawArray where Element: WireRawElement {
         }
     }
 }
+
+/// The coding key of an element of an unkeyed container, for coding paths.
+internal struct IndexKey: CodingKey {
+    var stringValue: String { "Index \(intValue!)" }
+    var intValue: Int?
+    init(_ index: Int) { intValue = index }
+    init?(stringValue: String) { nil }
+    init?(intValue: Int) { self.intValue = intValue }
+}
