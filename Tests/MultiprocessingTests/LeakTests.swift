@@ -63,6 +63,14 @@ enum LeakScenarios {
                 guard try here.receive(String.self) == "n\(round)" else { return 7 }
                 here.close()
             }
+            // Shared values and locks passed to children, by every start method.
+            for round in 0..<30 {
+                let value = try SharedValue(0)
+                let array = try SharedArray(repeating: 0, count: 2)
+                let child = try ChildProcess(job: Increment(value: value, array: array, times: 3), startMethod: jobStartMethods[round % 3])
+                try child.startAndJoin()
+                guard value.value == 3 else { return 8 }
+            }
             guard openDescriptorCount() == descriptors else {
                 print("descriptors: \(descriptors) before, \(openDescriptorCount()) after")
                 return 1

@@ -3,6 +3,8 @@
 
 #include <sys/types.h>
 #include <stdint.h>
+#include <pthread.h>
+#include <semaphore.h>
 
 /// Environment variable that marks a re-executed image as a spawned worker;
 /// its value is the descriptor number of the bootstrap channel.
@@ -115,5 +117,70 @@ int cmp_connect_tcp(const char *host, int port);
 
 /// `accept4(SOCK_CLOEXEC)`, with `TCP_NODELAY` on TCP. Returns the descriptor or -1.
 int cmp_accept(int listener);
+
+/// `memfd_create(name, MFD_CLOEXEC)`: anonymous shared memory, freed by the
+/// kernel when the last descriptor and mapping are gone.
+int cmp_memfd_create(const char *name);
+
+/// `shm_open(name, flags | O_CLOEXEC, 0600)`.
+int cmp_shm_open(const char *name, int create_exclusive);
+
+/// `shm_unlink(name)`.
+int cmp_shm_unlink(const char *name);
+
+/// `mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`; NULL and
+/// errno on failure.
+void *cmp_map_shared(int fd, size_t size);
+
+/// The size of the object behind `fd` (`fstat`), or -1.
+long long cmp_descriptor_size(int fd);
+
+/* Synchronization primitives that live in shared memory. Timeouts are in
+   nanoseconds, -1 for none. Results are 0, or an errno value: ETIMEDOUT,
+   EOWNERDEAD (the lock is held by the caller; the previous holder died
+   holding it), EDEADLK, EPERM. */
+
+typedef struct { pthread_mutex_t mutex; } cmp_lock_t;
+int cmp_lock_init(cmp_lock_t *lock, int recursive);
+int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns);
+int cmp_lock_release(cmp_lock_t *lock);
+
+typedef struct { sem_t semaphore; int maximum; } cmp_semaphore_t;
+int cmp_semaphore_init(cmp_semaphore_t *semaphore, unsigned value, int maximum);
+int cmp_semaphore_acquire(cmp_semaphore_t *semaphore, long long timeout_ns);
+/// ERANGE when a bounded semaphore would go past its maximum.
+int cmp_semaphore_release(cmp_semaphore_t *semaphore);
+int cmp_semaphore_value(cmp_semaphore_t *semaphore);
+
+typedef struct { cmp_lock_t lock; pthread_cond_t changed; int flag; } cmp_event_t;
+int cmp_event_init(cmp_event_t *event);
+int cmp_event_set(cmp_event_t *event, int value);
+int cmp_event_is_set(cmp_event_t *event);
+/// 0 once set, ETIMEDOUT otherwise.
+int cmp_event_wait(cmp_event_t *event, long long timeout_ns);
+
+/// A condition variable bound to a cmp_lock_t the caller holds.
+typedef struct { pthread_cond_t condition; } cmp_condition_t;
+int cmp_condition_init(cmp_condition_t *condition);
+int cmp_condition_wait(cmp_condition_t *condition, cmp_lock_t *lock, long long timeout_ns);
+int cmp_condition_notify(cmp_condition_t *condition, int all);
+
+typedef struct {
+    cmp_lock_t lock;
+    pthread_cond_t changed;
+    int parties;
+    int waiting;
+    unsigned generation;
+    unsigned resets;
+    int broken;
+} cmp_barrier_t;
+int cmp_barrier_init(cmp_barrier_t *barrier, int parties);
+/// 0 and the arrival index in `index` (parties - 1 … 0), ETIMEDOUT (the
+/// barrier is then broken), or EPIPE if the barrier is broken.
+int cmp_barrier_wait(cmp_barrier_t *barrier, long long timeout_ns, int *index);
+int cmp_barrier_abort(cmp_barrier_t *barrier);
+int cmp_barrier_reset(cmp_barrier_t *barrier);
+int cmp_barrier_waiting(cmp_barrier_t *barrier);
+int cmp_barrier_is_broken(cmp_barrier_t *barrier);
 
 #endif

@@ -218,3 +218,31 @@ extension Syscall {
         FileDescriptor(rawValue: try valueOrErrno { cmp_accept(listener.rawValue) })
     }
 }
+
+extension Syscall {
+    /// `memfd_create(MFD_CLOEXEC)`.
+    static func memfdCreate(_ name: String) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_memfd_create(name) })
+    }
+
+    /// `shm_open(O_RDWR | O_CLOEXEC [| O_CREAT | O_EXCL])`.
+    static func sharedMemoryOpen(_ path: String, create: Bool) throws(Errno) -> FileDescriptor {
+        FileDescriptor(rawValue: try valueOrErrno { cmp_shm_open(path, create ? 1 : 0) })
+    }
+
+    /// `ftruncate(2)`.
+    static func resize(_ fd: FileDescriptor, to size: Int) throws(Errno) {
+        _ = try valueOrErrno { ftruncate(fd.rawValue, off_t(size)) }
+    }
+
+    /// `fstat(2)`'s size.
+    static func descriptorSize(_ fd: FileDescriptor) throws(Errno) -> Int {
+        Int(try valueOrErrno { cmp_descriptor_size(fd.rawValue) })
+    }
+
+    /// `mmap(MAP_SHARED, PROT_READ | PROT_WRITE)` of the whole object.
+    static func mapShared(_ fd: FileDescriptor, size: Int) throws(Errno) -> UnsafeMutableRawPointer {
+        guard let address = cmp_map_shared(fd.rawValue, size) else { throw Errno(rawValue: errno) }
+        return address
+    }
+}

@@ -1,0 +1,245 @@
+#define _GNU_SOURCE
+#include "CMultiprocessing.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int cmp_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+int cmp_shm_open(const char *name, int create_exclusive) {
+    int flags = O_RDWR | O_CLOEXEC | (create_exclusive ? O_CREAT | O_EXCL : 0);
+    return shm_open(name, flags, 0600);
+}
+
+int cmp_shm_unlink(const char *name) { return shm_unlink(name); }
+
+void *cmp_map_shared(int fd, size_t size) {
+    void *address = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return address == MAP_FAILED ? NULL : address;
+}
+
+long long cmp_descriptor_size(int fd) {
+    struct stat info;
+    if (fstat(fd, &info) == -1) return -1;
+    return (long long)info.st_size;
+}
+
+/* An absolute CLOCK_MONOTONIC deadline `timeout_ns` from now. */
+static struct timespec deadline_after(long long timeout_ns) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long total = (long long)now.tv_nsec + timeout_ns % 1000000000LL;
+    now.tv_sec += (time_t)(timeout_ns / 1000000000LL + total / 1000000000LL);
+    now.tv_nsec = (long)(total % 1000000000LL);
+    return now;
+}
+
+int cmp_lock_init(cmp_lock_t *lock, int recursive) {
+    pthread_mutexattr_t attributes;
+    pthread_mutexattr_init(&attributes);
+    pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+    pthread_mutexattr_settype(&attributes, recursive ? PTHREAD_MUTEX_RECURSIVE : PTHREAD_MUTEX_ERRORCHECK);
+    int rc = pthread_mutex_init(&lock->mutex, &attributes);
+    pthread_mutexattr_destroy(&attributes);
+    return rc;
+}
+
+int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
+    int rc;
+    if (timeout_ns < 0) {
+        rc = pthread_mutex_lock(&lock->mutex);
+    } else {
+        struct timespec deadline = deadline_after(timeout_ns);
+        rc = pthread_mutex_clocklock(&lock->mutex, CLOCK_MONOTONIC, &deadline);
+    }
+    if (rc == EOWNERDEAD) {
+        /* The caller holds it now; mark it usable again and say so. */
+        pthread_mutex_consistent(&lock->mutex);
+    }
+    return rc;
+}
+
+int cmp_lock_release(cmp_lock_t *lock) { return pthread_mutex_unlock(&lock->mutex); }
+
+int cmp_semaphore_init(cmp_semaphore_t *semaphore, unsigned value, int maximum) {
+    semaphore->maximum = maximum;
+    return sem_init(&semaphore->semaphore, 1, value) == -1 ? errno : 0;
+}
+
+int cmp_semaphore_acquire(cmp_semaphore_t *semaphore, long long timeout_ns) {
+    int rc;
+    if (timeout_ns < 0) {
+        do { rc = sem_wait(&semaphore->semaphore); } while (rc == -1 && errno == EINTR);
+    } else {
+        struct timespec deadline = deadline_after(timeout_ns);
+        do { rc = sem_clockwait(&semaphore->semaphore, CLOCK_MONOTONIC, &deadline); } while (rc == -1 && errno == EINTR);
+    }
+    return rc == -1 ? errno : 0;
+}
+
+int cmp_semaphore_release(cmp_semaphore_t *semaphore) {
+    if (semaphore->maximum > 0) {
+        int value = 0;
+        sem_getvalue(&semaphore->semaphore, &value);
+        if (value >= semaphore->maximum) return ERANGE;
+    }
+    return sem_post(&semaphore->semaphore) == -1 ? errno : 0;
+}
+
+int cmp_semaphore_value(cmp_semaphore_t *semaphore) {
+    int value = 0;
+    sem_getvalue(&semaphore->semaphore, &value);
+    return value;
+}
+
+static int condition_init(pthread_cond_t *condition) {
+    pthread_condattr_t attributes;
+    pthread_condattr_init(&attributes);
+    pthread_condattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(condition, &attributes);
+    pthread_condattr_destroy(&attributes);
+    return rc;
+}
+
+/* Waits on `condition` with `lock` held; a dead previous holder is not an
+   error here (the protected fields are plain words, always consistent). */
+static int condition_wait(pthread_cond_t *condition, cmp_lock_t *lock, const struct timespec *deadline) {
+    int rc = deadline ? pthread_cond_timedwait(condition, &lock->mutex, deadline)
+                      : pthread_cond_wait(condition, &lock->mutex);
+    if (rc == EOWNERDEAD) {
+        pthread_mutex_consistent(&lock->mutex);
+        rc = 0;
+    }
+    return rc;
+}
+
+static void internal_lock(cmp_lock_t *lock) {
+    /* Internal locks guard a few words that are never left half-written. */
+    cmp_lock_acquire(lock, -1);
+}
+
+int cmp_event_init(cmp_event_t *event) {
+    event->flag = 0;
+    int rc = cmp_lock_init(&event->lock, 0);
+    return rc ? rc : condition_init(&event->changed);
+}
+
+int cmp_event_set(cmp_event_t *event, int value) {
+    internal_lock(&event->lock);
+    event->flag = value;
+    if (value) pthread_cond_broadcast(&event->changed);
+    return cmp_lock_release(&event->lock);
+}
+
+int cmp_event_is_set(cmp_event_t *event) {
+    return __atomic_load_n(&event->flag, __ATOMIC_ACQUIRE);
+}
+
+int cmp_event_wait(cmp_event_t *event, long long timeout_ns) {
+    struct timespec deadline;
+    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    internal_lock(&event->lock);
+    int rc = 0;
+    while (!event->flag && rc == 0) {
+        rc = condition_wait(&event->changed, &event->lock, timeout_ns >= 0 ? &deadline : NULL);
+    }
+    int set = event->flag;
+    cmp_lock_release(&event->lock);
+    return set ? 0 : ETIMEDOUT;
+}
+
+int cmp_condition_init(cmp_condition_t *condition) { return condition_init(&condition->condition); }
+
+int cmp_condition_wait(cmp_condition_t *condition, cmp_lock_t *lock, long long timeout_ns) {
+    struct timespec deadline;
+    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    return condition_wait(&condition->condition, lock, timeout_ns >= 0 ? &deadline : NULL);
+}
+
+int cmp_condition_notify(cmp_condition_t *condition, int all) {
+    return all ? pthread_cond_broadcast(&condition->condition) : pthread_cond_signal(&condition->condition);
+}
+
+int cmp_barrier_init(cmp_barrier_t *barrier, int parties) {
+    barrier->parties = parties;
+    barrier->waiting = 0;
+    barrier->generation = 0;
+    barrier->resets = 0;
+    barrier->broken = 0;
+    int rc = cmp_lock_init(&barrier->lock, 0);
+    return rc ? rc : condition_init(&barrier->changed);
+}
+
+int cmp_barrier_wait(cmp_barrier_t *barrier, long long timeout_ns, int *index) {
+    struct timespec deadline;
+    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    internal_lock(&barrier->lock);
+    if (barrier->broken) {
+        cmp_lock_release(&barrier->lock);
+        return EPIPE;
+    }
+    unsigned generation = barrier->generation;
+    unsigned resets = barrier->resets;
+    *index = barrier->parties - 1 - barrier->waiting;
+    barrier->waiting += 1;
+    if (barrier->waiting == barrier->parties) {
+        barrier->waiting = 0;
+        barrier->generation += 1;
+        pthread_cond_broadcast(&barrier->changed);
+        cmp_lock_release(&barrier->lock);
+        return 0;
+    }
+    int rc = 0;
+    while (barrier->generation == generation && barrier->resets == resets && !barrier->broken && rc == 0) {
+        rc = condition_wait(&barrier->changed, &barrier->lock, timeout_ns >= 0 ? &deadline : NULL);
+    }
+    int result = 0;
+    if (barrier->resets != resets) {
+        result = EPIPE;
+    } else if (barrier->generation != generation) {
+        result = 0;
+    } else if (barrier->broken) {
+        result = EPIPE;
+    } else {
+        /* Timed out: the barrier breaks, releasing everyone with an error. */
+        barrier->broken = 1;
+        barrier->waiting = 0;
+        pthread_cond_broadcast(&barrier->changed);
+        result = ETIMEDOUT;
+    }
+    cmp_lock_release(&barrier->lock);
+    return result;
+}
+
+int cmp_barrier_abort(cmp_barrier_t *barrier) {
+    internal_lock(&barrier->lock);
+    barrier->broken = 1;
+    barrier->waiting = 0;
+    pthread_cond_broadcast(&barrier->changed);
+    return cmp_lock_release(&barrier->lock);
+}
+
+int cmp_barrier_reset(cmp_barrier_t *barrier) {
+    internal_lock(&barrier->lock);
+    /* Those waiting are released with an error, as in Python. */
+    barrier->resets += 1;
+    barrier->waiting = 0;
+    barrier->broken = 0;
+    pthread_cond_broadcast(&barrier->changed);
+    return cmp_lock_release(&barrier->lock);
+}
+
+int cmp_barrier_waiting(cmp_barrier_t *barrier) {
+    return __atomic_load_n(&barrier->waiting, __ATOMIC_ACQUIRE);
+}
+
+int cmp_barrier_is_broken(cmp_barrier_t *barrier) {
+    return __atomic_load_n(&barrier->broken, __ATOMIC_ACQUIRE);
+}

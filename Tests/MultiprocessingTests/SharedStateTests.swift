@@ -1,0 +1,242 @@
+import Foundation
+import Testing
+
+@testable import Multiprocessing
+
+struct WriteMemory: ProcessJob {
+    var memory: SharedMemory
+    var byte: UInt8
+    func run() throws -> Bool {
+        memory.bytes.initializeMemory(as: UInt8.self, repeating: byte)
+        return true
+    }
+}
+
+struct ReadNamed: ProcessJob {
+    var name: String
+    func run() throws -> [UInt8] {
+        let memory = try SharedMemory.attach(name: name)
+        defer { memory.close() }
+        return Array(memory.bytes.prefix(4))
+    }
+}
+
+struct Increment: ProcessJob {
+    var value: SharedValue<Int>
+    var array: SharedArray<Int>
+    var times: Int
+    func run() throws -> Bool {
+        for _ in 0..<times {
+            try value.withLock { $0 += 1 }
+            try array.withLock { $0[1] += 2 }
+        }
+        return true
+    }
+}
+
+struct HoldLockAndDie: ProcessJob {
+    var lock: Lock
+    var ready: Event
+    func run() throws -> Bool {
+        try lock.acquire()
+        try ready.set()
+        while true { sleep(60) }
+    }
+}
+
+struct WaitForEvent: ProcessJob {
+    var event: Event
+    func run() throws -> Bool { event.wait(timeout: .seconds(30)) }
+}
+
+struct WaitAtBarrier: ProcessJob {
+    var barrier: Barrier
+    func run() throws -> Int { try barrier.wait(timeout: .seconds(30)) }
+}
+
+struct WaitForCondition: ProcessJob {
+    var condition: Condition
+    var value: SharedValue<Int>
+    func run() throws -> Int {
+        try condition.acquire()
+        defer { try? condition.release() }
+        _ = try condition.wait(timeout: .seconds(30)) { value.value >= 3 }
+        return value.value
+    }
+}
+
+/// Entries in /dev/shm whose name contains `marker`.
+func sharedMemoryEntries(_ marker: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter { $0.contains(marker) }
+}
+
+@Suite("Shared memory and synchronisation across processes")
+struct SharedStateTests {
+    @Test("anonymous shared memory written by a child is seen by the parent", arguments: jobStartMethods)
+    func anonymous(method: StartMethod) throws {
+        let memory = try SharedMemory(size: 4096)
+        defer { memory.close() }
+        let child = try ChildProcess(job: WriteMemory(memory: memory, byte: 0xAB), startMethod: method)
+        try child.start()
+        #expect(try child.join() == 0)
+        #expect(memory.bytes.allSatisfy { $0 == 0xAB })
+    }
+
+    @Test("named shared memory: attach by name, unlinked by its owner, typed errors")
+    func named() throws {
+        let name = "swift-mp-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let memory = try SharedMemory(name: name, size: 64)
+        #expect(sharedMemoryEntries(name).count == 1)
+        memory.bytes.copyBytes(from: [1, 2, 3, 4])
+        #expect(throws: SharedMemoryError.alreadyExists(name)) { try SharedMemory(name: name, size: 64) }
+        let child = try ChildProcess(job: ReadNamed(name: name), startMethod: .spawn)
+        try child.start()
+        try child.join()
+        #expect(try child.output(as: [UInt8].self) == [1, 2, 3, 4])
+        memory.close()
+        #expect(sharedMemoryEntries(name).isEmpty)
+        #expect(throws: SharedMemoryError.notFound(name)) { try SharedMemory.attach(name: name) }
+        #expect(throws: SharedMemoryError.invalidName("a/b")) { try SharedMemory(name: "a/b", size: 1) }
+        #expect(throws: SharedMemoryError.invalidSize(0)) { try SharedMemory(size: 0) }
+    }
+
+    @Test("a named segment its owner never closed is unlinked when the owner exits")
+    func namedUnlinkedAtExit() async {
+        await #expect(processExitsWith: .success) {
+            exit(SharedStateScenarios.namedLeftOpen())
+        }
+        #expect(sharedMemoryEntries("swift-mp-exit-test-").isEmpty)
+    }
+
+    @Test("Value and Array updates from two processes under the lock lose none", arguments: jobStartMethods)
+    func lockedIncrements(method: StartMethod) throws {
+        let value = try SharedValue(0)
+        let array = try SharedArray([5, 0, 7])
+        let children = try (0..<2).map { _ in try ChildProcess(job: Increment(value: value, array: array, times: 2000), startMethod: method) }
+        for child in children { try child.start() }
+        for child in children { #expect(try child.join() == 0) }
+        #expect(value.value == 4000)
+        #expect(try array.toArray() == [5, 8000, 7])
+        array[2] = 9
+        #expect(array[2] == 9)
+    }
+
+    @Test("a process killed holding a lock does not stall the others")
+    func robustLock() throws {
+        let lock = try Lock()
+        let ready = try Event()
+        let holder = try ChildProcess(job: HoldLockAndDie(lock: lock, ready: ready), startMethod: .forkserver)
+        try holder.start()
+        #expect(ready.wait(timeout: .seconds(30)))
+        #expect(try lock.acquire(timeout: .milliseconds(50)) == false)
+        try holder.kill()
+        try holder.join()
+        #expect(throws: SynchronizationError.previousOwnerDied) { try lock.acquire(timeout: .seconds(5)) }
+        // The caller holds it now, and can carry on.
+        try lock.release()
+        #expect(try lock.acquire(timeout: .seconds(1)))
+        try lock.release()
+        #expect(throws: SynchronizationError.notOwner) { try lock.release() }
+    }
+
+    @Test("a lock taken twice by its holder is a deadlock error; an RLock is not")
+    func recursion() throws {
+        let lock = try Lock()
+        try lock.acquire()
+        #expect(throws: SynchronizationError.deadlock) { try lock.acquire() }
+        try lock.release()
+        let rlock = try RLock()
+        try rlock.acquire()
+        try rlock.acquire()
+        try rlock.release()
+        try rlock.release()
+        #expect(throws: SynchronizationError.notOwner) { try rlock.release() }
+    }
+
+    @Test("semaphores count, time out, and a bounded one refuses extra releases")
+    func semaphores() throws {
+        let semaphore = try Semaphore(value: 2)
+        #expect(try semaphore.acquire())
+        #expect(try semaphore.acquire())
+        #expect(semaphore.value == 0)
+        #expect(try semaphore.acquire(timeout: .milliseconds(30)) == false)
+        try semaphore.release()
+        #expect(semaphore.value == 1)
+        let bounded = try BoundedSemaphore(value: 1)
+        #expect(throws: SynchronizationError.boundExceeded) { try bounded.release() }
+        #expect(try bounded.acquire())
+        try bounded.release()
+    }
+
+    @Test("an event set by the parent wakes a waiting child", arguments: jobStartMethods)
+    func event(method: StartMethod) throws {
+        let event = try Event()
+        #expect(!event.isSet)
+        #expect(event.wait(timeout: .milliseconds(20)) == false)
+        let child = try ChildProcess(job: WaitForEvent(event: event), startMethod: method)
+        try child.start()
+        try event.set()
+        #expect(event.isSet)
+        try child.join()
+        #expect(try child.output(as: Bool.self))
+        try event.clear()
+        #expect(!event.isSet)
+    }
+
+    @Test("a condition wakes a child waiting for a predicate on shared state")
+    func condition() throws {
+        let condition = try Condition()
+        let value = try SharedValue(0)
+        let child = try ChildProcess(job: WaitForCondition(condition: condition, value: value), startMethod: .forkserver)
+        try child.start()
+        for _ in 0..<3 {
+            try condition.withLock {
+                try value.withLock { $0 += 1 }
+                try condition.notifyAll()
+            }
+        }
+        #expect(try child.join() == 0)
+        #expect(try child.output(as: Int.self) == 3)
+        try condition.acquire()
+        #expect(try condition.wait(timeout: .milliseconds(20)) == false)
+        try condition.release()
+    }
+
+    @Test("a barrier releases all parties together; a timeout breaks it")
+    func barrier() throws {
+        let barrier = try Barrier(parties: 3)
+        let children = try (0..<2).map { _ in try ChildProcess(job: WaitAtBarrier(barrier: barrier), startMethod: .fork) }
+        for child in children { try child.start() }
+        let mine = try barrier.wait(timeout: .seconds(30))
+        var indices = [mine]
+        for child in children {
+            try child.join()
+            indices.append(try child.output(as: Int.self))
+        }
+        #expect(indices.sorted() == [0, 1, 2])
+        // The next round has one party: it times out and breaks the barrier.
+        #expect(throws: SynchronizationError.brokenBarrier) { try barrier.wait(timeout: .milliseconds(30)) }
+    }
+
+    @Test("a barrier wait that times out breaks it for everyone; reset mends it")
+    func brokenBarrier() throws {
+        let barrier = try Barrier(parties: 2)
+        #expect(throws: SynchronizationError.brokenBarrier) { try barrier.wait(timeout: .milliseconds(30)) }
+        #expect(barrier.isBroken)
+        #expect(throws: SynchronizationError.brokenBarrier) { try barrier.wait(timeout: .seconds(1)) }
+        try barrier.reset()
+        #expect(!barrier.isBroken)
+        try barrier.abort()
+        #expect(barrier.isBroken)
+    }
+}
+
+enum SharedStateScenarios {
+    static func namedLeftOpen() -> Int32 {
+        guard let memory = try? SharedMemory(name: "swift-mp-exit-test-\(getpid())", size: 16) else { return 1 }
+        memory.bytes[0] = 1
+        // Never closed (nor released, so no deinit closes it): the exit handler must unlink it.
+        _ = Unmanaged.passRetained(memory)
+        return 0
+    }
+}
