@@ -8,6 +8,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 
 int cmp_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 
@@ -98,26 +101,36 @@ int cmp_semaphore_value(cmp_semaphore_t *semaphore) {
     return value;
 }
 
-static int condition_init(pthread_cond_t *condition) {
-    pthread_condattr_t attributes;
-    pthread_condattr_init(&attributes);
-    pthread_condattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
-    pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(condition, &attributes);
-    pthread_condattr_destroy(&attributes);
-    return rc;
+static int condition_init(cmp_futex_condition_t *condition) {
+    condition->sequence = 0;
+    condition->sleepers = 0;
+    return 0;
+}
+
+int cmp_futex_condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline) {
+    uint32_t sequence = __atomic_load_n(&condition->sequence, __ATOMIC_ACQUIRE);
+    __atomic_add_fetch(&condition->sleepers, 1, __ATOMIC_ACQ_REL);
+    cmp_lock_release(lock);
+    /* Shared (not private) futex: the word is in memory other processes map. */
+    long rc = syscall(SYS_futex, &condition->sequence, FUTEX_WAIT_BITSET, sequence, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    int timed_out = rc == -1 && errno == ETIMEDOUT;
+    cmp_lock_acquire(lock, -1);
+    __atomic_sub_fetch(&condition->sleepers, 1, __ATOMIC_ACQ_REL);
+    return timed_out ? ETIMEDOUT : 0;
+}
+
+void cmp_futex_condition_signal(cmp_futex_condition_t *condition, int all) {
+    __atomic_add_fetch(&condition->sequence, 1, __ATOMIC_ACQ_REL);
+    /* A sleeper that died leaves the count high: only extra wake-ups follow. */
+    if (__atomic_load_n(&condition->sleepers, __ATOMIC_ACQUIRE) > 0) {
+        syscall(SYS_futex, &condition->sequence, FUTEX_WAKE, all ? INT32_MAX : 1, NULL, NULL, 0);
+    }
 }
 
 /* Waits on `condition` with `lock` held; a dead previous holder is not an
    error here (the protected fields are plain words, always consistent). */
-static int condition_wait(pthread_cond_t *condition, cmp_lock_t *lock, const struct timespec *deadline) {
-    int rc = deadline ? pthread_cond_timedwait(condition, &lock->mutex, deadline)
-                      : pthread_cond_wait(condition, &lock->mutex);
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(&lock->mutex);
-        rc = 0;
-    }
-    return rc;
+static int condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline) {
+    return cmp_futex_condition_wait(condition, lock, deadline);
 }
 
 static void internal_lock(cmp_lock_t *lock) {
@@ -134,7 +147,7 @@ int cmp_event_init(cmp_event_t *event) {
 int cmp_event_set(cmp_event_t *event, int value) {
     internal_lock(&event->lock);
     event->flag = value;
-    if (value) pthread_cond_broadcast(&event->changed);
+    if (value) cmp_futex_condition_signal(&event->changed, 1);
     return cmp_lock_release(&event->lock);
 }
 
@@ -164,7 +177,8 @@ int cmp_condition_wait(cmp_condition_t *condition, cmp_lock_t *lock, long long t
 }
 
 int cmp_condition_notify(cmp_condition_t *condition, int all) {
-    return all ? pthread_cond_broadcast(&condition->condition) : pthread_cond_signal(&condition->condition);
+    cmp_futex_condition_signal(&condition->condition, all);
+    return 0;
 }
 
 int cmp_barrier_init(cmp_barrier_t *barrier, int parties) {
@@ -192,7 +206,7 @@ int cmp_barrier_wait(cmp_barrier_t *barrier, long long timeout_ns, int *index) {
     if (barrier->waiting == barrier->parties) {
         barrier->waiting = 0;
         barrier->generation += 1;
-        pthread_cond_broadcast(&barrier->changed);
+        cmp_futex_condition_signal(&barrier->changed, 1);
         cmp_lock_release(&barrier->lock);
         return 0;
     }
@@ -211,7 +225,7 @@ int cmp_barrier_wait(cmp_barrier_t *barrier, long long timeout_ns, int *index) {
         /* Timed out: the barrier breaks, releasing everyone with an error. */
         barrier->broken = 1;
         barrier->waiting = 0;
-        pthread_cond_broadcast(&barrier->changed);
+        cmp_futex_condition_signal(&barrier->changed, 1);
         result = ETIMEDOUT;
     }
     cmp_lock_release(&barrier->lock);
@@ -222,7 +236,7 @@ int cmp_barrier_abort(cmp_barrier_t *barrier) {
     internal_lock(&barrier->lock);
     barrier->broken = 1;
     barrier->waiting = 0;
-    pthread_cond_broadcast(&barrier->changed);
+    cmp_futex_condition_signal(&barrier->changed, 1);
     return cmp_lock_release(&barrier->lock);
 }
 
@@ -232,7 +246,7 @@ int cmp_barrier_reset(cmp_barrier_t *barrier) {
     barrier->resets += 1;
     barrier->waiting = 0;
     barrier->broken = 0;
-    pthread_cond_broadcast(&barrier->changed);
+    cmp_futex_condition_signal(&barrier->changed, 1);
     return cmp_lock_release(&barrier->lock);
 }
 

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <time.h>
 
 /// Environment variable that marks a re-executed image as a spawned worker;
 /// its value is the descriptor number of the bootstrap channel.
@@ -141,6 +142,21 @@ long long cmp_descriptor_size(int fd);
    holding it), EDEADLK, EPERM. */
 
 typedef struct { pthread_mutex_t mutex; } cmp_lock_t;
+
+/// A condition variable on a futex: a sequence number that wakers bump.
+/// glibc's process-shared `pthread_cond_t` is not used: a process killed
+/// while waiting on one can make every later signal block for ever.
+typedef struct { uint32_t sequence; uint32_t sleepers; } cmp_futex_condition_t;
+
+/// Waits on `condition`, releasing `lock` meanwhile and taking it again
+/// after (a dead previous holder is not reported). 0 when woken (or
+/// spuriously), ETIMEDOUT once `deadline` (absolute, CLOCK_MONOTONIC; NULL:
+/// none) passes.
+int cmp_futex_condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline);
+
+/// Wakes one waiter, or all.
+void cmp_futex_condition_signal(cmp_futex_condition_t *condition, int all);
+
 int cmp_lock_init(cmp_lock_t *lock, int recursive);
 int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns);
 int cmp_lock_release(cmp_lock_t *lock);
@@ -152,7 +168,7 @@ int cmp_semaphore_acquire(cmp_semaphore_t *semaphore, long long timeout_ns);
 int cmp_semaphore_release(cmp_semaphore_t *semaphore);
 int cmp_semaphore_value(cmp_semaphore_t *semaphore);
 
-typedef struct { cmp_lock_t lock; pthread_cond_t changed; int flag; } cmp_event_t;
+typedef struct { cmp_lock_t lock; cmp_futex_condition_t changed; int flag; } cmp_event_t;
 int cmp_event_init(cmp_event_t *event);
 int cmp_event_set(cmp_event_t *event, int value);
 int cmp_event_is_set(cmp_event_t *event);
@@ -160,14 +176,14 @@ int cmp_event_is_set(cmp_event_t *event);
 int cmp_event_wait(cmp_event_t *event, long long timeout_ns);
 
 /// A condition variable bound to a cmp_lock_t the caller holds.
-typedef struct { pthread_cond_t condition; } cmp_condition_t;
+typedef struct { cmp_futex_condition_t condition; } cmp_condition_t;
 int cmp_condition_init(cmp_condition_t *condition);
 int cmp_condition_wait(cmp_condition_t *condition, cmp_lock_t *lock, long long timeout_ns);
 int cmp_condition_notify(cmp_condition_t *condition, int all);
 
 typedef struct {
     cmp_lock_t lock;
-    pthread_cond_t changed;
+    cmp_futex_condition_t changed;
     int parties;
     int waiting;
     unsigned generation;
@@ -182,5 +198,50 @@ int cmp_barrier_abort(cmp_barrier_t *barrier);
 int cmp_barrier_reset(cmp_barrier_t *barrier);
 int cmp_barrier_waiting(cmp_barrier_t *barrier);
 int cmp_barrier_is_broken(cmp_barrier_t *barrier);
+
+/// A bounded multi-producer, multi-consumer queue of byte messages in shared
+/// memory: a header followed by a byte ring of `capacity` bytes. Messages are
+/// [8-byte length][payload][1 trailer byte: 1 whole, 0 abandoned]; one that
+/// does not fit the ring crosses in pieces while its writer holds `writer`
+/// and its reader holds `reader`, so messages never interleave. Counters only
+/// grow, each published by one store, so a process killed anywhere leaves
+/// the queue usable: the next writer (or reader) finishes an abandoned
+/// message for it.
+typedef struct {
+    cmp_lock_t mutex;
+    cmp_futex_condition_t not_empty;
+    cmp_futex_condition_t not_full;
+    cmp_futex_condition_t all_done;
+    cmp_lock_t writer;
+    cmp_lock_t reader;
+    uint64_t capacity;
+    uint64_t max_messages;
+    uint64_t written;
+    uint64_t read;
+    uint64_t messages_written;
+    uint64_t messages_read;
+    uint64_t writer_length;
+    uint64_t writer_remaining;
+    uint64_t reader_remaining;
+    int64_t unfinished;
+} cmp_queue_t;
+
+/// The bytes needed for a queue whose ring holds `capacity` bytes.
+size_t cmp_queue_size(uint64_t capacity);
+int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages);
+/// 0, ETIMEDOUT when the queue stayed full (0 timeout: at once), or an error.
+int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns);
+/// Takes the next message's length, holding the reader lock until
+/// `cmp_queue_get_finish`. 0, ETIMEDOUT when the queue stayed empty, or an error.
+int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length);
+/// Reads the payload begun with `cmp_queue_get_begin` into `bytes` and lets
+/// the reader lock go. 0, or ECANCELED if its writer abandoned it.
+int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length);
+/// Messages put and not yet taken (approximate).
+uint64_t cmp_queue_count(cmp_queue_t *queue);
+/// JoinableQueue: one task done; ERANGE if more than were put.
+int cmp_queue_task_done(cmp_queue_t *queue);
+/// JoinableQueue: waits until every task put is done; 0 or ETIMEDOUT.
+int cmp_queue_join(cmp_queue_t *queue, long long timeout_ns);
 
 #endif

@@ -92,6 +92,9 @@ public final class SharedMemory: @unchecked Sendable {  // the mapping is fixed;
         UnsafeMutableRawBufferPointer(start: baseAddress, count: size)
     }
 
+    /// Whether ``close()`` was called in this process.
+    internal var isClosedHere: Bool { isClosed.load(ordering: .acquiring) }
+
     /// Unmaps the memory in this process; the creator of a named segment also
     /// unlinks its name. Idempotent.
     public func close() {

@@ -1,0 +1,270 @@
+#define _GNU_SOURCE
+#include "CMultiprocessing.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+static unsigned char *ring_of(cmp_queue_t *queue) { return (unsigned char *)(queue + 1); }
+
+size_t cmp_queue_size(uint64_t capacity) { return sizeof(cmp_queue_t) + (size_t)capacity; }
+
+static struct timespec deadline_after(long long timeout_ns) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long total = (long long)now.tv_nsec + timeout_ns % 1000000000LL;
+    now.tv_sec += (time_t)(timeout_ns / 1000000000LL + total / 1000000000LL);
+    now.tv_nsec = (long)(total % 1000000000LL);
+    return now;
+}
+
+
+int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages) {
+    memset(queue, 0, sizeof *queue);
+    queue->capacity = capacity;
+    queue->max_messages = max_messages;
+    int rc = cmp_lock_init(&queue->mutex, 0);
+    if (!rc) rc = cmp_lock_init(&queue->writer, 0);
+    if (!rc) rc = cmp_lock_init(&queue->reader, 0);
+    return rc;
+}
+
+/* The mutex guards counters that are each published by a single store, so
+   a holder that died left them consistent: recovering is just going on. */
+static void lock_mutex(cmp_queue_t *queue) { cmp_lock_acquire(&queue->mutex, -1); }
+static void unlock_mutex(cmp_queue_t *queue) { cmp_lock_release(&queue->mutex); }
+
+/* Waits on `condition`; ETIMEDOUT once `deadline` (if any) passes. */
+static int wait_on(cmp_queue_t *queue, cmp_futex_condition_t *condition, const struct timespec *deadline) {
+    int rc = cmp_futex_condition_wait(condition, &queue->mutex, deadline);
+    if (rc == ETIMEDOUT && deadline) {
+        /* A futex may report a timeout a hair early or late: trust the clock. */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec < deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec < deadline->tv_nsec)) rc = 0;
+    }
+    return rc;
+}
+
+static void copy_in(cmp_queue_t *queue, uint64_t position, const unsigned char *bytes, uint64_t count) {
+    uint64_t offset = position % queue->capacity;
+    uint64_t first = queue->capacity - offset < count ? queue->capacity - offset : count;
+    memcpy(ring_of(queue) + offset, bytes, (size_t)first);
+    if (count > first) memcpy(ring_of(queue), bytes + first, (size_t)(count - first));
+}
+
+static void copy_out(cmp_queue_t *queue, uint64_t position, unsigned char *bytes, uint64_t count) {
+    uint64_t offset = position % queue->capacity;
+    uint64_t first = queue->capacity - offset < count ? queue->capacity - offset : count;
+    if (bytes) {
+        memcpy(bytes, ring_of(queue) + offset, (size_t)first);
+        if (count > first) memcpy(bytes + first, ring_of(queue), (size_t)(count - first));
+    }
+}
+
+/* Writes `count` bytes (NULL: zeros) in pieces as room appears; with the
+   writer lock held. A message once begun is written to its end (readers are
+   draining), so only a repair passes a `deadline`: ETIMEDOUT then, with the
+   progress kept in `writer_remaining` for the next writer. */
+static int write_stream(cmp_queue_t *queue, const unsigned char *bytes, uint64_t count, const struct timespec *deadline) {
+    static const unsigned char zeros[4096];
+    while (count > 0) {
+        lock_mutex(queue);
+        uint64_t free_bytes;
+        while ((free_bytes = queue->capacity - (queue->written - queue->read)) == 0) {
+            if (wait_on(queue, &queue->not_full, deadline) == ETIMEDOUT) {
+                unlock_mutex(queue);
+                return ETIMEDOUT;
+            }
+        }
+        uint64_t piece = count < free_bytes ? count : free_bytes;
+        if (!bytes && piece > sizeof zeros) piece = sizeof zeros;
+        copy_in(queue, queue->written, bytes ? bytes : zeros, piece);
+        __atomic_store_n(&queue->written, queue->written + piece, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->writer_remaining, queue->writer_remaining - piece, __ATOMIC_RELEASE);
+        cmp_futex_condition_signal(&queue->not_empty, 0);
+        unlock_mutex(queue);
+        if (bytes) bytes += piece;
+        count -= piece;
+    }
+    return 0;
+}
+
+/* A writer died in the middle of a message: finish it as abandoned — the
+   rest of its length header, zeros for the payload, and a 0 trailer. */
+static int repair_writer(cmp_queue_t *queue, const struct timespec *deadline) {
+    int rc = 0;
+    uint64_t length = queue->writer_length;
+    uint64_t remaining = queue->writer_remaining;
+    uint64_t done = 8 + length + 1 - remaining;
+    if (remaining > 0 && done < 8) {
+        rc = write_stream(queue, (const unsigned char *)&length + done, 8 - done, deadline);
+        if (rc) return rc;
+        done = 8;
+    }
+    if (remaining > 0 && done < 8 + length) {
+        rc = write_stream(queue, NULL, 8 + length - done, deadline);
+        if (rc) return rc;
+    }
+    if (queue->writer_remaining > 0) {
+        unsigned char abandoned = 0;
+        rc = write_stream(queue, &abandoned, 1, deadline);
+    }
+    return rc;
+}
+
+int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns) {
+    struct timespec deadline;
+    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    int rc = cmp_lock_acquire(&queue->writer, timeout_ns);
+    if (rc == EOWNERDEAD) rc = 0;
+    if (rc) return rc;
+    if (__atomic_load_n(&queue->writer_remaining, __ATOMIC_ACQUIRE) > 0) {
+        /* Writers finish what they begin before letting go: this message's
+           writer died. Finish it as abandoned (or as far as room allows). */
+        struct timespec now_deadline = deadline_after(0);
+        rc = repair_writer(queue, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
+        if (rc) {
+            cmp_lock_release(&queue->writer);
+            return rc;
+        }
+    }
+    uint64_t total = 8 + length + 1;
+    lock_mutex(queue);
+    /* Room for one more message, and (if it fits the ring) for all of it. */
+    for (;;) {
+        int room = queue->messages_written - queue->messages_read < queue->max_messages;
+        uint64_t free_bytes = queue->capacity - (queue->written - queue->read);
+        if (room && (free_bytes >= total || (total > queue->capacity && free_bytes > 0))) break;
+        if (timeout_ns == 0) { rc = ETIMEDOUT; break; }
+        rc = wait_on(queue, &queue->not_full, timeout_ns > 0 ? &deadline : NULL);
+        if (rc) break;
+    }
+    if (rc) {
+        unlock_mutex(queue);
+        cmp_lock_release(&queue->writer);
+        return rc;
+    }
+    __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
+    unsigned char trailer = 1;
+    if (total <= queue->capacity - (queue->written - queue->read)) {
+        /* All at once: nothing is visible until `written` moves. */
+        uint64_t position = queue->written;
+        copy_in(queue, position, (const unsigned char *)&length, 8);
+        copy_in(queue, position + 8, bytes, length);
+        copy_in(queue, position + 8 + length, &trailer, 1);
+        __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->written, position + total, __ATOMIC_RELEASE);
+        cmp_futex_condition_signal(&queue->not_empty, 0);
+        unlock_mutex(queue);
+    } else {
+        __atomic_store_n(&queue->writer_length, length, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->writer_remaining, total, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
+        unlock_mutex(queue);
+        write_stream(queue, (const unsigned char *)&length, 8, NULL);
+        write_stream(queue, bytes, length, NULL);
+        write_stream(queue, &trailer, 1, NULL);
+    }
+    return cmp_lock_release(&queue->writer);
+}
+
+/* Reads `count` bytes (NULL: discards) as they arrive; with the reader lock
+   held. Only skipping a dead reader's message passes a `deadline`. */
+static int read_stream(cmp_queue_t *queue, unsigned char *bytes, uint64_t count, const struct timespec *deadline) {
+    while (count > 0) {
+        lock_mutex(queue);
+        uint64_t available;
+        while ((available = queue->written - queue->read) == 0) {
+            if (wait_on(queue, &queue->not_empty, deadline) == ETIMEDOUT) {
+                unlock_mutex(queue);
+                return ETIMEDOUT;
+            }
+        }
+        uint64_t piece = count < available ? count : available;
+        copy_out(queue, queue->read, bytes, piece);
+        __atomic_store_n(&queue->read, queue->read + piece, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->reader_remaining, queue->reader_remaining - piece, __ATOMIC_RELEASE);
+        cmp_futex_condition_signal(&queue->not_full, 0);
+        unlock_mutex(queue);
+        if (bytes) bytes += piece;
+        count -= piece;
+    }
+    return 0;
+}
+
+int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length) {
+    struct timespec deadline;
+    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    int rc = cmp_lock_acquire(&queue->reader, timeout_ns);
+    if (rc == EOWNERDEAD) rc = 0;
+    if (rc) return rc;
+    if (__atomic_load_n(&queue->reader_remaining, __ATOMIC_ACQUIRE) > 0) {
+        /* Readers finish what they begin: this one died inside a message,
+           and the rest of that message goes too. */
+        struct timespec now_deadline = deadline_after(0);
+        rc = read_stream(queue, NULL, queue->reader_remaining, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
+        if (rc) {
+            cmp_lock_release(&queue->reader);
+            return rc;
+        }
+    }
+    lock_mutex(queue);
+    while (queue->messages_written == queue->messages_read || queue->written - queue->read < 8) {
+        if (timeout_ns == 0) { rc = ETIMEDOUT; break; }
+        rc = wait_on(queue, &queue->not_empty, timeout_ns > 0 ? &deadline : NULL);
+        if (rc) break;
+    }
+    if (rc) {
+        unlock_mutex(queue);
+        cmp_lock_release(&queue->reader);
+        return rc;
+    }
+    copy_out(queue, queue->read, (unsigned char *)length, 8);
+    __atomic_store_n(&queue->reader_remaining, *length + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->read, queue->read + 8, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->messages_read, queue->messages_read + 1, __ATOMIC_RELEASE);
+    cmp_futex_condition_signal(&queue->not_full, 1);
+    unlock_mutex(queue);
+    return 0;
+}
+
+int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length) {
+    read_stream(queue, bytes, length, NULL);
+    unsigned char trailer = 0;
+    read_stream(queue, &trailer, 1, NULL);
+    cmp_lock_release(&queue->reader);
+    return trailer == 1 ? 0 : ECANCELED;
+}
+
+uint64_t cmp_queue_count(cmp_queue_t *queue) {
+    uint64_t written = __atomic_load_n(&queue->messages_written, __ATOMIC_ACQUIRE);
+    uint64_t read = __atomic_load_n(&queue->messages_read, __ATOMIC_ACQUIRE);
+    return written > read ? written - read : 0;
+}
+
+int cmp_queue_task_done(cmp_queue_t *queue) {
+    lock_mutex(queue);
+    if (queue->unfinished <= 0) {
+        unlock_mutex(queue);
+        return ERANGE;
+    }
+    __atomic_store_n(&queue->unfinished, queue->unfinished - 1, __ATOMIC_RELEASE);
+    if (queue->unfinished == 0) cmp_futex_condition_signal(&queue->all_done, 1);
+    unlock_mutex(queue);
+    return 0;
+}
+
+int cmp_queue_join(cmp_queue_t *queue, long long timeout_ns) {
+    struct timespec deadline;
+    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    lock_mutex(queue);
+    int rc = 0;
+    while (queue->unfinished > 0) {
+        if (timeout_ns == 0) { rc = ETIMEDOUT; break; }
+        rc = wait_on(queue, &queue->all_done, timeout_ns > 0 ? &deadline : NULL);
+        if (rc) break;
+    }
+    unlock_mutex(queue);
+    return rc;
+}

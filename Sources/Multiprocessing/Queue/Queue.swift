@@ -1,0 +1,187 @@
+import CMultiprocessing
+import Glibc
+
+/// Why a queue operation did not deliver.
+public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The queue stayed full for the whole timeout (Python's `queue.Full`).
+    case full
+    /// The queue stayed empty for the whole timeout (Python's `queue.Empty`).
+    case empty
+    /// ``Queue/close()`` was called in this process.
+    case closed
+    /// `taskDone()` was called more often than items were put.
+    case taskDoneTooOften
+
+    public var description: String {
+        switch self {
+        case .full: "the queue is full"
+        case .empty: "the queue is empty"
+        case .closed: "the queue is closed"
+        case .taskDoneTooOften: "taskDone() called more times than there were items"
+        }
+    }
+}
+
+/// A FIFO queue between processes (Python's `multiprocessing.Queue`).
+///
+/// Many producers and consumers; each producer's items arrive in the order it
+/// put them. Items are `Codable` values; they live in a ring of shared memory
+/// guarded by robust process-shared locks, so a process killed in the middle
+/// of a `put` or `get` leaves the queue usable (an item being written is
+/// dropped; one being read is lost with its reader). Items larger than the
+/// ring cross in pieces, in order. Passes to children by every start method.
+public final class Queue<Element: Codable>: Sendable, Codable {
+    let memory: SharedMemory
+    private var state: UnsafeMutablePointer<cmp_queue_t> {
+        memory.baseAddress.assumingMemoryBound(to: cmp_queue_t.self)
+    }
+
+    /// The largest number of items the queue holds (Int.max: unbounded).
+    public var maxSize: Int { Int(clamping: state.pointee.max_messages) }
+
+    /// A queue of at most `maxSize` items (0 or less: unbounded), whose ring
+    /// of shared memory holds `bufferSize` bytes of encoded items.
+    public init(maxSize: Int = 0, bufferSize: Int = 1 << 20) throws {
+        precondition(bufferSize >= 64, "a queue's buffer needs at least 64 bytes")
+        memory = try SharedMemory(size: cmp_queue_size(UInt64(bufferSize)))
+        let limit = maxSize > 0 ? UInt64(maxSize) : UInt64.max
+        try check(cmp_queue_init(state, UInt64(bufferSize), limit))
+    }
+
+    private func checkOpen() throws(QueueError) {
+        if memory.isClosedHere { throw .closed }
+    }
+
+    /// Puts `item` at the back, waiting while the queue is full — at most
+    /// `timeout` (forever if nil; `.zero`: not at all).
+    ///
+    /// - Throws: ``QueueError/full`` if it stayed full.
+    public func put(_ item: Element, timeout: Duration? = nil) throws {
+        try checkOpen()
+        let bytes = try ValueCodec.encode(item)
+        let code = bytes.withUnsafeBytes { buffer in
+            cmp_queue_put(state, buffer.baseAddress, UInt64(buffer.count), nanoseconds(timeout))
+        }
+        if code == ETIMEDOUT { throw QueueError.full }
+        try check(code)
+    }
+
+    /// Puts `item` only if there is room now. - Throws: ``QueueError/full``.
+    public func putNoWait(_ item: Element) throws { try put(item, timeout: .zero) }
+
+    /// Takes the front item, waiting while the queue is empty — at most
+    /// `timeout` (forever if nil; `.zero`: not at all).
+    ///
+    /// - Throws: ``QueueError/empty`` if it stayed empty; a ``WireError`` if
+    ///   the item does not decode as `Element`.
+    public func get(timeout: Duration? = nil) throws -> Element {
+        try checkOpen()
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        while true {
+            let remaining = deadline.map { max(.zero, $0 - ContinuousClock.now) }
+            var length: UInt64 = 0
+            let code = cmp_queue_get_begin(state, nanoseconds(remaining), &length)
+            if code == ETIMEDOUT { throw QueueError.empty }
+            try check(code)
+            var bytes = [UInt8](repeating: 0, count: Int(length))
+            let finished = bytes.withUnsafeMutableBytes { cmp_queue_get_finish(state, $0.baseAddress, length) }
+            if finished == ECANCELED { continue }  // its writer died while writing it
+            return try ValueCodec.decode(Element.self, from: bytes)
+        }
+    }
+
+    /// Takes the front item only if there is one now. - Throws: ``QueueError/empty``.
+    public func getNoWait() throws -> Element { try get(timeout: .zero) }
+
+    /// The number of items in the queue: approximate, others change it at once.
+    public var count: Int { Int(clamping: cmp_queue_count(state)) }
+
+    /// Whether the queue is empty (approximate).
+    public var isEmpty: Bool { count == 0 }
+
+    /// Whether the queue is full (approximate).
+    public var isFull: Bool { count >= maxSize }
+
+    /// Closes the queue in this process: later calls here throw
+    /// ``QueueError/closed``; other processes go on.
+    public func close() { memory.close() }
+
+    // JoinableQueue support.
+    func taskDone() throws {
+        try checkOpen()
+        if cmp_queue_task_done(state) == ERANGE { throw QueueError.taskDoneTooOften }
+    }
+
+    func join(timeout: Duration?) throws -> Bool {
+        try checkOpen()
+        return cmp_queue_join(state, nanoseconds(timeout)) == 0
+    }
+
+    public convenience init(from decoder: any Decoder) throws {
+        try self.init(memory: try SharedMemory(from: decoder))
+    }
+
+    /// Another handle on the queue in `memory` (for tests).
+    internal convenience init(sharing memory: SharedMemory) throws {
+        try self.init(memory: memory)
+    }
+
+    private init(memory: SharedMemory) throws {
+        guard memory.size > MemoryLayout<cmp_queue_t>.size else { throw SharedMemoryError.invalidSize(memory.size) }
+        self.memory = memory
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try memory.encode(to: encoder)
+    }
+}
+
+extension Queue where Element: Sendable {
+    /// Puts `item` without blocking a thread of the cooperative pool.
+    public func put(_ item: Element, timeout: Duration? = nil) async throws {
+        try await offload(timeout: timeout) { [self] slice throws in try put(item, timeout: slice) }
+    }
+
+    /// Takes the front item without blocking a thread of the cooperative pool.
+    public func get(timeout: Duration? = nil) async throws -> Element {
+        try await offload(timeout: timeout) { [self] slice throws in try get(timeout: slice) }
+    }
+}
+
+/// Runs a blocking queue operation on a thread of its own, in slices of at
+/// most 50 ms so that cancelling the awaiting task stops it.
+private func offload<T: Sendable>(
+    timeout: Duration?,
+    _ operation: @escaping @Sendable (Duration) throws -> T
+) async throws -> T {
+    let deadline = timeout.map { ContinuousClock.now + $0 }
+    let cancelled = Locked(false)
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            _ = SystemThread.start {
+                while true {
+                    if cancelled.withLock({ $0 }) {
+                        continuation.resume(throwing: CancellationError())
+                        return
+                    }
+                    let remaining = deadline.map { $0 - ContinuousClock.now }
+                    let slice = min(remaining ?? .milliseconds(50), .milliseconds(50))
+                    do {
+                        continuation.resume(returning: try operation(max(slice, .zero)))
+                        return
+                    } catch let error as QueueError where error == .full || error == .empty {
+                        if let deadline, ContinuousClock.now >= deadline {
+                            continuation.resume(throwing: error)
+                            return
+                        }
+                    } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
+                }
+            }
+        }
+    } onCancel: {
+        cancelled.withLock { $0 = true }
+    }
+}
