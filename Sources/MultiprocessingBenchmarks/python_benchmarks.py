@@ -81,7 +81,57 @@ def pipe_bytes(count):
     child.join()
 
 
+def put_ints(queue, count):
+    for i in range(count):
+        queue.put(i)
+
+
+def queue_ints(count):
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=put_ints, args=(queue, count))
+    child.start()
+    for _ in range(count):
+        queue.get()
+    child.join()
+
+
+def put_blobs(queue, count):
+    for _ in range(count):
+        queue.put(MIB)
+
+
+def queue_bytes(count):
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=put_blobs, args=(queue, count))
+    child.start()
+    for _ in range(count):
+        queue.get()
+    child.join()
+
+
+def increment(value, count):
+    for _ in range(count):
+        with value.get_lock():
+            value.value += 1
+
+
+def locked_value(count):
+    ctx = mp.get_context("fork")
+    value = ctx.Value("q", 0)
+    children = [ctx.Process(target=increment, args=(value, count // 2)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    assert value.value == count // 2 * 2
+
+
 SCENARIOS = {
+    "queue.int": queue_ints,
+    "queue.bytes": queue_bytes,
+    "value.locked": locked_value,
     "pipe.pingpong": pipe_pingpong,
     "pipe.bytes": pipe_bytes,
     "process.fork": process_start_join("fork"),

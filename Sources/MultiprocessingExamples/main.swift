@@ -87,11 +87,40 @@ func pipeExample() throws {
     try consumer.join()
 }
 
+/// Seed program 4: a queue of size 10; a producer process puts "a", a
+/// consumer process gets it and prints it; both are joined.
+struct PutLetter: ProcessJob {
+    var queue: Queue<String>
+    func run() throws -> Bool {
+        try queue.put("a")
+        return true
+    }
+}
+
+struct GetLetter: ProcessJob {
+    var queue: Queue<String>
+    func run() throws -> Bool {
+        say(try queue.get())
+        return true
+    }
+}
+
+func queueExample() throws {
+    let queue = try Queue<String>(maxSize: 10)
+    let producer = try ChildProcess(job: PutLetter(queue: queue))
+    let consumer = try ChildProcess(job: GetLetter(queue: queue))
+    try producer.start()
+    try consumer.start()
+    try producer.join()
+    try consumer.join()
+}
+
 let examples: [(String, () throws -> Void)] = [
     ("fork", forkExample),
     ("process", processExample),
     ("process subclass", subclassExample),
     ("pipe", pipeExample),
+    ("queue", queueExample),
 ]
 
 let chosen = CommandLine.arguments.dropFirst()
