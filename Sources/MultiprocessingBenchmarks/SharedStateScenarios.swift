@@ -27,15 +27,19 @@ import Multiprocessing
     try producer.join()
 }
 
-/// Two forked processes increment a `SharedValue` under its lock, `count` times in all.
+/// Two forked processes, released together, increment a `SharedValue` under
+/// its lock, `count` times in all.
 @Sendable func lockedIncrements(_ count: Int) throws {
     let value = try SharedValue(0)
+    let go = try Event()
     let children = (0..<2).map { _ in
         ChildProcess {
+            go.wait()  // both children start together, so the lock is contended
             for _ in 0..<(count / 2) { try value.withLock { $0 += 1 } }
         }
     }
     for child in children { try child.start() }
+    try go.set()
     for child in children { try child.join() }
     guard value.value == count / 2 * 2 else { throw BenchmarkFailure(description: "lost increments") }
 }

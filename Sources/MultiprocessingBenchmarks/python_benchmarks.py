@@ -111,7 +111,8 @@ def queue_bytes(count):
     child.join()
 
 
-def increment(value, count):
+def increment(value, count, go):
+    go.wait()  # both children start together, so the lock is contended
     for _ in range(count):
         with value.get_lock():
             value.value += 1
@@ -120,9 +121,11 @@ def increment(value, count):
 def locked_value(count):
     ctx = mp.get_context("fork")
     value = ctx.Value("q", 0)
-    children = [ctx.Process(target=increment, args=(value, count // 2)) for _ in range(2)]
+    go = ctx.Event()
+    children = [ctx.Process(target=increment, args=(value, count // 2, go)) for _ in range(2)]
     for child in children:
         child.start()
+    go.set()
     for child in children:
         child.join()
     assert value.value == count // 2 * 2
