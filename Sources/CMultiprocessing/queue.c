@@ -9,14 +9,6 @@ static unsigned char *ring_of(cmp_queue_t *queue) { return (unsigned char *)(que
 
 size_t cmp_queue_size(uint64_t capacity) { return sizeof(cmp_queue_t) + (size_t)capacity; }
 
-static struct timespec deadline_after(long long timeout_ns) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long long total = (long long)now.tv_nsec + timeout_ns % 1000000000LL;
-    now.tv_sec += (time_t)(timeout_ns / 1000000000LL + total / 1000000000LL);
-    now.tv_nsec = (long)(total % 1000000000LL);
-    return now;
-}
 
 
 int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages) {
@@ -115,14 +107,14 @@ static int repair_writer(cmp_queue_t *queue, const struct timespec *deadline) {
 
 int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns) {
     struct timespec deadline;
-    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     int rc = cmp_lock_acquire(&queue->writer, timeout_ns);
     if (rc == EOWNERDEAD) rc = 0;
     if (rc) return rc;
     if (__atomic_load_n(&queue->writer_remaining, __ATOMIC_ACQUIRE) > 0) {
         /* Writers finish what they begin before letting go: this message's
            writer died. Finish it as abandoned (or as far as room allows). */
-        struct timespec now_deadline = deadline_after(0);
+        struct timespec now_deadline = cmp_deadline_after(0);
         rc = repair_writer(queue, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
         if (rc) {
             cmp_lock_release(&queue->writer);
@@ -195,14 +187,14 @@ static int read_stream(cmp_queue_t *queue, unsigned char *bytes, uint64_t count,
 
 int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length) {
     struct timespec deadline;
-    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     int rc = cmp_lock_acquire(&queue->reader, timeout_ns);
     if (rc == EOWNERDEAD) rc = 0;
     if (rc) return rc;
     if (__atomic_load_n(&queue->reader_remaining, __ATOMIC_ACQUIRE) > 0) {
         /* Readers finish what they begin: this one died inside a message,
            and the rest of that message goes too. */
-        struct timespec now_deadline = deadline_after(0);
+        struct timespec now_deadline = cmp_deadline_after(0);
         rc = read_stream(queue, NULL, queue->reader_remaining, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
         if (rc) {
             cmp_lock_release(&queue->reader);
@@ -257,7 +249,7 @@ int cmp_queue_task_done(cmp_queue_t *queue) {
 
 int cmp_queue_join(cmp_queue_t *queue, long long timeout_ns) {
     struct timespec deadline;
-    if (timeout_ns > 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     lock_mutex(queue);
     int rc = 0;
     while (queue->unfinished > 0) {

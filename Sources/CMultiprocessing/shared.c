@@ -32,8 +32,7 @@ long long cmp_descriptor_size(int fd) {
     return (long long)info.st_size;
 }
 
-/* An absolute CLOCK_MONOTONIC deadline `timeout_ns` from now. */
-static struct timespec deadline_after(long long timeout_ns) {
+struct timespec cmp_deadline_after(long long timeout_ns) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     long long total = (long long)now.tv_nsec + timeout_ns % 1000000000LL;
@@ -58,7 +57,7 @@ int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
     if (timeout_ns < 0) {
         rc = pthread_mutex_lock(&lock->mutex);
     } else {
-        struct timespec deadline = deadline_after(timeout_ns);
+        struct timespec deadline = cmp_deadline_after(timeout_ns);
         rc = pthread_mutex_clocklock(&lock->mutex, CLOCK_MONOTONIC, &deadline);
     }
     if (rc == EOWNERDEAD) {
@@ -80,7 +79,7 @@ int cmp_semaphore_acquire(cmp_semaphore_t *semaphore, long long timeout_ns) {
     if (timeout_ns < 0) {
         do { rc = sem_wait(&semaphore->semaphore); } while (rc == -1 && errno == EINTR);
     } else {
-        struct timespec deadline = deadline_after(timeout_ns);
+        struct timespec deadline = cmp_deadline_after(timeout_ns);
         do { rc = sem_clockwait(&semaphore->semaphore, CLOCK_MONOTONIC, &deadline); } while (rc == -1 && errno == EINTR);
     }
     return rc == -1 ? errno : 0;
@@ -157,7 +156,7 @@ int cmp_event_is_set(cmp_event_t *event) {
 
 int cmp_event_wait(cmp_event_t *event, long long timeout_ns) {
     struct timespec deadline;
-    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns >= 0) deadline = cmp_deadline_after(timeout_ns);
     internal_lock(&event->lock);
     int rc = 0;
     while (!event->flag && rc == 0) {
@@ -172,7 +171,7 @@ int cmp_condition_init(cmp_condition_t *condition) { return condition_init(&cond
 
 int cmp_condition_wait(cmp_condition_t *condition, cmp_lock_t *lock, long long timeout_ns) {
     struct timespec deadline;
-    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns >= 0) deadline = cmp_deadline_after(timeout_ns);
     return condition_wait(&condition->condition, lock, timeout_ns >= 0 ? &deadline : NULL);
 }
 
@@ -193,7 +192,7 @@ int cmp_barrier_init(cmp_barrier_t *barrier, int parties) {
 
 int cmp_barrier_wait(cmp_barrier_t *barrier, long long timeout_ns, int *index) {
     struct timespec deadline;
-    if (timeout_ns >= 0) deadline = deadline_after(timeout_ns);
+    if (timeout_ns >= 0) deadline = cmp_deadline_after(timeout_ns);
     internal_lock(&barrier->lock);
     if (barrier->broken) {
         cmp_lock_release(&barrier->lock);

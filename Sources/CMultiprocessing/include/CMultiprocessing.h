@@ -141,6 +141,9 @@ long long cmp_descriptor_size(int fd);
    EOWNERDEAD (the lock is held by the caller; the previous holder died
    holding it), EDEADLK, EPERM. */
 
+/// The absolute CLOCK_MONOTONIC time `timeout_ns` from now.
+struct timespec cmp_deadline_after(long long timeout_ns);
+
 typedef struct { pthread_mutex_t mutex; } cmp_lock_t;
 
 /// A condition variable on a futex: a sequence number that wakers bump.

@@ -1,6 +1,48 @@
 import CMultiprocessing
 import Glibc
 
+/// Shared memory that starts with a robust recursive lock, followed by the
+/// payload at `payloadOffset` (aligned for `Payload`).
+internal struct LockedRegion<Payload>: Sendable {
+    let memory: SharedMemory
+
+    static var payloadOffset: Int {
+        let alignment = MemoryLayout<Payload>.alignment
+        return (MemoryLayout<cmp_lock_t>.size + alignment - 1) / alignment * alignment
+    }
+
+    /// New memory for `payloadBytes` bytes after the lock, which is initialised.
+    init(payloadBytes: Int) throws {
+        memory = try SharedMemory(size: Self.payloadOffset + payloadBytes)
+        try check(cmp_lock_init(lock, 1))
+    }
+
+    /// Memory received from another process; `payloadBytes` must match.
+    init(memory: SharedMemory, payloadBytes: Int) throws {
+        guard memory.size == Self.payloadOffset + payloadBytes else { throw SharedMemoryError.invalidSize(memory.size) }
+        self.memory = memory
+    }
+
+    var lock: UnsafeMutablePointer<cmp_lock_t> { memory.baseAddress.assumingMemoryBound(to: cmp_lock_t.self) }
+
+    var payload: UnsafeMutablePointer<Payload> {
+        (memory.baseAddress + Self.payloadOffset).assumingMemoryBound(to: Payload.self)
+    }
+
+    /// Runs `body` with the lock held. If a process died holding it, the lock
+    /// is released again and ``SynchronizationError/previousOwnerDied`` thrown.
+    func withLock<Result>(_ body: () throws -> Result) throws -> Result {
+        let code = cmp_lock_acquire(lock, -1)
+        if code == EOWNERDEAD {
+            cmp_lock_release(lock)
+            throw SynchronizationError.previousOwnerDied
+        }
+        try check(code)
+        defer { cmp_lock_release(lock) }
+        return try body()
+    }
+}
+
 /// A value of a fixed-layout type in shared memory, with a lock (Python's
 /// `multiprocessing.Value`).
 ///
@@ -8,31 +50,17 @@ import Glibc
 /// must use ``withLock(_:)`` to be atomic across processes. Passes to
 /// children by every start method.
 public final class SharedValue<Element: BitwiseCopyable>: Sendable, Codable {
-    let memory: SharedMemory
-    private static var valueOffset: Int {
-        let alignment = MemoryLayout<Element>.alignment
-        let lockSize = MemoryLayout<cmp_lock_t>.size
-        return (lockSize + alignment - 1) / alignment * alignment
-    }
-
-    private var lockPointer: UnsafeMutablePointer<cmp_lock_t> {
-        memory.baseAddress.assumingMemoryBound(to: cmp_lock_t.self)
-    }
-
-    private var elementPointer: UnsafeMutablePointer<Element> {
-        (memory.baseAddress + Self.valueOffset).assumingMemoryBound(to: Element.self)
-    }
+    let region: LockedRegion<Element>
 
     /// A shared value holding `initial`.
     public init(_ initial: Element) throws {
-        memory = try SharedMemory(size: Self.valueOffset + MemoryLayout<Element>.size)
-        try check(cmp_lock_init(lockPointer, 1))
-        elementPointer.initialize(to: initial)
+        region = try LockedRegion(payloadBytes: MemoryLayout<Element>.size)
+        region.payload.initialize(to: initial)
     }
 
     /// The value, read or written under the lock.
     public var value: Element {
-        get { (try? withLock { $0 }) ?? elementPointer.pointee }
+        get { (try? withLock { $0 }) ?? region.payload.pointee }
         set { _ = try? withLock { $0 = newValue } }
     }
 
@@ -43,59 +71,36 @@ public final class SharedValue<Element: BitwiseCopyable>: Sendable, Codable {
     ///   holding the lock (the value may be half-written; the lock is
     ///   released and usable again), or what `body` throws.
     public func withLock<Result>(_ body: (inout Element) throws -> Result) throws -> Result {
-        let code = cmp_lock_acquire(lockPointer, -1)
-        if code == EOWNERDEAD {
-            cmp_lock_release(lockPointer)
-            throw SynchronizationError.previousOwnerDied
-        }
-        try check(code)
-        defer { cmp_lock_release(lockPointer) }
-        return try body(&elementPointer.pointee)
+        try region.withLock { try body(&region.payload.pointee) }
     }
 
-    public convenience init(from decoder: any Decoder) throws {
-        try self.init(memory: try SharedMemory(from: decoder))
-    }
-
-    private init(memory: SharedMemory) throws {
-        guard memory.size == Self.valueOffset + MemoryLayout<Element>.size else {
-            throw SharedMemoryError.invalidSize(memory.size)
-        }
-        self.memory = memory
+    public init(from decoder: any Decoder) throws {
+        region = try LockedRegion(memory: try SharedMemory(from: decoder), payloadBytes: MemoryLayout<Element>.size)
     }
 
     public func encode(to encoder: any Encoder) throws {
-        try memory.encode(to: encoder)
+        try region.memory.encode(to: encoder)
     }
 }
 
 /// A fixed-length array of a fixed-layout type in shared memory, with a lock
 /// (Python's `multiprocessing.Array`).
 public final class SharedArray<Element: BitwiseCopyable>: Sendable, Codable {
-    let memory: SharedMemory
+    let region: LockedRegion<Element>
     /// The number of elements.
     public let count: Int
 
-    private static var elementsOffset: Int {
-        let alignment = MemoryLayout<Element>.alignment
-        let lockSize = MemoryLayout<cmp_lock_t>.size
-        return (lockSize + alignment - 1) / alignment * alignment
-    }
-
-    private var lockPointer: UnsafeMutablePointer<cmp_lock_t> {
-        memory.baseAddress.assumingMemoryBound(to: cmp_lock_t.self)
-    }
+    private static func payloadBytes(_ count: Int) -> Int { max(1, count) * MemoryLayout<Element>.stride }
 
     private var elements: UnsafeMutableBufferPointer<Element> {
-        UnsafeMutableBufferPointer(start: (memory.baseAddress + Self.elementsOffset).assumingMemoryBound(to: Element.self), count: count)
+        UnsafeMutableBufferPointer(start: region.payload, count: count)
     }
 
     /// Shared memory for `count` elements (zeroed) and the lock.
     private init(count: Int) throws {
         precondition(count >= 0, "a negative count")
         self.count = count
-        memory = try SharedMemory(size: Self.elementsOffset + max(1, count) * MemoryLayout<Element>.stride)
-        try check(cmp_lock_init(lockPointer, 1))
+        region = try LockedRegion(payloadBytes: Self.payloadBytes(count))
     }
 
     /// A shared array of `count` copies of `value`.
@@ -134,14 +139,7 @@ public final class SharedArray<Element: BitwiseCopyable>: Sendable, Codable {
     /// - Throws: ``SynchronizationError/previousOwnerDied`` (see
     ///   ``SharedValue/withLock(_:)``), or what `body` throws.
     public func withLock<Result>(_ body: (UnsafeMutableBufferPointer<Element>) throws -> Result) throws -> Result {
-        let code = cmp_lock_acquire(lockPointer, -1)
-        if code == EOWNERDEAD {
-            cmp_lock_release(lockPointer)
-            throw SynchronizationError.previousOwnerDied
-        }
-        try check(code)
-        defer { cmp_lock_release(lockPointer) }
-        return try body(elements)
+        try region.withLock { try body(elements) }
     }
 
     private enum CodingKeys: String, CodingKey { case memory, count }
@@ -149,15 +147,13 @@ public final class SharedArray<Element: BitwiseCopyable>: Sendable, Codable {
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         count = try container.decode(Int.self, forKey: .count)
-        memory = try container.decode(SharedMemory.self, forKey: .memory)
-        guard count >= 0, memory.size == Self.elementsOffset + max(1, count) * MemoryLayout<Element>.stride else {
-            throw SharedMemoryError.invalidSize(memory.size)
-        }
+        guard count >= 0 else { throw SharedMemoryError.invalidSize(count) }
+        region = try LockedRegion(memory: try container.decode(SharedMemory.self, forKey: .memory), payloadBytes: Self.payloadBytes(count))
     }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(memory, forKey: .memory)
+        try container.encode(region.memory, forKey: .memory)
         try container.encode(count, forKey: .count)
     }
 }
