@@ -249,6 +249,16 @@ void cmp_exit_now(int code) {
 
 void cmp_flush_stdio(void) { fflush(NULL); }
 
+void cmp_lock_stdio(void) {
+    flockfile(stdout);
+    flockfile(stderr);
+}
+
+void cmp_unlock_stdio(void) {
+    funlockfile(stderr);
+    funlockfile(stdout);
+}
+
 int cmp_affinity_cpu_count(void) {
     cpu_set_t set;
     CPU_ZERO(&set);

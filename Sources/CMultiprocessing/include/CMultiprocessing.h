@@ -69,6 +69,12 @@ int cmp_set_parent_death_signal(int sig);
 /// Flushes stdio and leaves with `_exit(code)`: no atexit handlers run.
 void cmp_exit_now(int code) __attribute__((noreturn));
 
+/// `flockfile` on stdout and stderr: held across a fork so that the child
+/// never inherits them locked by a thread it does not have.
+void cmp_lock_stdio(void);
+/// `funlockfile` on stdout and stderr.
+void cmp_unlock_stdio(void);
+
 /// `fflush(NULL)`.
 void cmp_flush_stdio(void);
 

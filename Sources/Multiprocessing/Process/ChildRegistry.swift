@@ -5,7 +5,7 @@ import Glibc
 internal final class ChildRegistry: Sendable {
     static let shared = ChildRegistry()
 
-    private struct State {
+    struct State {
         var ownerPID: pid_t = 0
         var children: [ObjectIdentifier: ChildProcess] = [:]
         var exitHandlerInstalled = false
@@ -14,6 +14,9 @@ internal final class ChildRegistry: Sendable {
     private let state = Locked(State())
 
     private init() {}
+
+    /// Its lock, for ``ForkGuard``.
+    var forkLock: Locked<State> { state }
 
     func add(_ child: ChildProcess) {
         state.withLock { state in

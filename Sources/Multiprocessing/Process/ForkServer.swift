@@ -71,7 +71,7 @@ internal enum ForkServer {
 internal final class ForkServerClient: Sendable {
     static let shared = ForkServerClient()
 
-    private struct Server {
+    struct Server {
         var ownerPID: pid_t
         var pid: pid_t
         var pidfd: FileDescriptor
@@ -125,6 +125,14 @@ internal final class ForkServerClient: Sendable {
             Syscall.close(statusHere)
             throw error
         }
+    }
+
+    /// In a forked child: forgets the parent's server without touching its
+    /// descriptors, and with a fresh lock (a parent thread may have held it
+    /// mid-request; it is not taken across forks, since a request may wait
+    /// for the launcher thread that forks).
+    func resetInChild() {
+        server.reinitializeInChild(nil)
     }
 
     /// Stops this process's forkserver, if it has one, and reaps it: closing

@@ -19,12 +19,15 @@ public struct ProcessDescription: Sendable, Hashable, Codable, CustomStringConve
 
 /// Who this process is, set when a child starts.
 internal enum ProcessContext {
-    private struct Identity {
+    struct Identity {
         var name = "MainProcess"
         var parent: ProcessDescription? = nil
     }
 
     private static let identity = Locked(Identity())
+
+    /// Its lock, for ``ForkGuard``.
+    static var forkLock: Locked<Identity> { identity }
 
     static func enterChild(name: String, parent: ProcessDescription) {
         identity.withLock { $0 = Identity(name: name, parent: parent) }

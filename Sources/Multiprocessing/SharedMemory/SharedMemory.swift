@@ -138,6 +138,9 @@ internal final class NamedSegments: Sendable {
     static let shared = NamedSegments()
     private let names = Locked<(pid: pid_t, names: Set<String>, installed: Bool)>((0, [], false))
 
+    /// Its lock, for ``ForkGuard``.
+    var forkLock: Locked<(pid: pid_t, names: Set<String>, installed: Bool)> { names }
+
     func add(_ path: String) {
         let install = names.withLock { state -> Bool in
             if state.pid != getpid() { state = (getpid(), [], false) }

@@ -8,14 +8,14 @@ import SystemPackage
 internal final class IOWatcher: Sendable {
     static let shared = IOWatcher()
 
-    private struct Waiter {
+    struct Waiter {
         var continuation: CheckedContinuation<Void, any Error>
         /// Duplicates registered with epoll, so that two waits on one
         /// descriptor never collide.
         var registered: [FileDescriptor]
     }
 
-    private struct State {
+    struct State {
         var ownerPID: pid_t = 0
         var epoll = FileDescriptor(rawValue: -1)
         var nextToken: UInt64 = 1
@@ -26,6 +26,9 @@ internal final class IOWatcher: Sendable {
     private let state = Locked(State())
 
     private init() {}
+
+    /// Its lock, for ``ForkGuard``.
+    var forkLock: Locked<State> { state }
 
     /// Returns once any of `descriptors` is readable (or hung up).
     /// Throws `CancellationError` if the task is cancelled first.

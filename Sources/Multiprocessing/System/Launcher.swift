@@ -10,11 +10,11 @@ import Glibc
 internal final class Launcher: Sendable {
     static let shared = Launcher()
 
-    private struct Request {
+    struct Request {
         let body: @Sendable () -> Void
     }
 
-    private struct State {
+    struct State {
         /// The process that started `thread`; in a forked child it is stale.
         var ownerPID: pid_t = 0
         var thread: pthread_t = pthread_t()
@@ -27,6 +27,9 @@ internal final class Launcher: Sendable {
     private let state = Locked(State())
 
     private init() {}
+
+    /// Its lock, for ``ForkGuard``.
+    var forkLock: Locked<State> { state }
 
     /// Runs `body` on the launcher thread and returns its result; inline when
     /// called from that thread (or its copy in a forked child).

@@ -22,6 +22,19 @@ internal final class Locked<Value>: @unchecked Sendable {  // `value` is only to
         mutex.deallocate()
     }
 
+    /// Takes the lock for the duration of a fork (see ``ForkGuard``).
+    func lockForFork() { pthread_mutex_lock(mutex) }
+
+    /// Lets the lock go after a fork, in the parent and in the child.
+    func unlockAfterFork() { pthread_mutex_unlock(mutex) }
+
+    /// In a forked child only: a fresh mutex and value, whatever state the
+    /// copy was in (a thread of the parent may have held it).
+    func reinitializeInChild(_ value: Value) {
+        pthread_mutex_init(mutex, nil)
+        self.value = value
+    }
+
     /// Runs `body` with the lock held. The corresponding C functions are
     /// `pthread_mutex_lock` and `pthread_mutex_unlock`.
     func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {

@@ -126,7 +126,7 @@ internal enum Syscall {
 
     /// `fork(2)` with stdio flushed and the child bound to its parent's life.
     static func fork() throws(Errno) -> pid_t {
-        try valueOrErrno { cmp_fork(SIGKILL) }
+        try ForkGuard.fork { () throws(Errno) in try valueOrErrno { cmp_fork(SIGKILL) } }
     }
 
     /// Forks and executes `path`; `descriptors` become 3, 4, … in the child.

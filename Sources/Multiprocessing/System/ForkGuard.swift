@@ -1,0 +1,41 @@
+import CMultiprocessing
+import Glibc
+import SystemPackage
+
+/// Makes `fork()` safe for the library's own state.
+///
+/// A forked child has one thread. Any lock another thread of the parent held
+/// at the instant of the fork stays locked in the child for ever, and the
+/// child hangs on it (seen: a child's `exit` waiting on the registry lock, a
+/// child flushing stdout). So, as `pthread_atfork` handlers would, every
+/// process-wide lock a child may take — and stdout and stderr — is held by
+/// the forking thread across the fork and released on both sides. These are
+/// leaf locks: nobody holding one waits for anything else. The forkserver
+/// client's lock is not one (a request may wait for the launcher thread), so
+/// the child gets a fresh one instead.
+internal enum ForkGuard {
+    static func fork(_ body: () throws(Errno) -> pid_t) throws(Errno) -> pid_t {
+        let launcher = Launcher.shared.forkLock
+        let watcher = IOWatcher.shared.forkLock
+        let registry = ChildRegistry.shared.forkLock
+        let identity = ProcessContext.forkLock
+        let segments = NamedSegments.shared.forkLock
+        cmp_lock_stdio()
+        launcher.lockForFork()
+        watcher.lockForFork()
+        registry.lockForFork()
+        identity.lockForFork()
+        segments.lockForFork()
+        let result = Result { () throws(Errno) in try body() }
+        segments.unlockAfterFork()
+        identity.unlockAfterFork()
+        registry.unlockAfterFork()
+        watcher.unlockAfterFork()
+        launcher.unlockAfterFork()
+        cmp_unlock_stdio()
+        if case .success(0) = result {
+            ForkServerClient.shared.resetInChild()
+        }
+        return try result.get()
+    }
+}
