@@ -211,12 +211,15 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
         }
     }
 
+    /// Whether bytes of a message were already read ahead into the buffer.
+    internal var hasBufferedBytes: Bool { receiveBuffer.withLock { $0.hasBufferedBytes } }
+
     /// Whether a message (or end of file) can be received without blocking,
     /// waiting at most `timeout` for one (nil: forever).
     @available(*, noasync, message: "use the async waitUntilReadable()")
     public func poll(timeout: Duration? = .zero) throws -> Bool {
         try check(reading: true)
-        if receiveBuffer.withLock({ $0.hasBufferedBytes }) { return true }
+        if hasBufferedBytes { return true }
         let events = try Syscall.poll([fileDescriptor], timeout: Self.milliseconds(timeout))
         return events[0] != 0
     }
@@ -233,7 +236,7 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
     /// Waits, without blocking a thread, until a message or end of file can be received.
     public func waitUntilReadable() async throws {
         try check(reading: true)
-        if receiveBuffer.withLock({ $0.hasBufferedBytes }) { return }
+        if hasBufferedBytes { return }
         try await IOWatcher.shared.waitUntilReadable([fileDescriptor])
     }
 
@@ -341,9 +344,7 @@ extension Connection: Codable {
     ///
     /// - Throws: `EncodingError` when not encoded for a child process.
     public func encode(to encoder: any Encoder) throws {
-        guard let attachments = encoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
-            throw EncodingError.invalidValue(self, .init(codingPath: encoder.codingPath, debugDescription: "a Connection can only be encoded in a job for a child process"))
-        }
+        let attachments = try DescriptorAttachments.of(encoder, encoding: self, what: "a Connection")
         if closed { throw ConnectionError.closed }
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(try attachments.attach(fileDescriptor), forKey: .descriptor)
@@ -358,9 +359,7 @@ extension Connection: Codable {
     /// Decodes a connection in a child process, taking the descriptor that
     /// came with the job.
     public convenience init(from decoder: any Decoder) throws {
-        guard let attachments = decoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "a Connection can only be decoded from a job"))
-        }
+        let attachments = try DescriptorAttachments.of(decoder, what: "a Connection")
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let first = try attachments.take(try container.decode(Int.self, forKey: .descriptor))
         let second = try container.decodeIfPresent(Int.self, forKey: .writeDescriptor).map { index throws in try attachments.take(index) }

@@ -34,7 +34,9 @@ extension Connection {
         }
     }
 
+    /// Whether a message is already read ahead (no system call: the poll in
+    /// `wait` looks at the descriptors themselves).
     var receiveBufferHasBytes: Bool {
-        (try? poll(timeout: .zero)) ?? true
+        hasBufferedBytes
     }
 }

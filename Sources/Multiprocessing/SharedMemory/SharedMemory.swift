@@ -173,9 +173,7 @@ extension SharedMemory: Codable {
     /// Encodes the memory for a child this process starts: its descriptor
     /// travels beside the job, and the child maps the same pages.
     public func encode(to encoder: any Encoder) throws {
-        guard let attachments = encoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
-            throw EncodingError.invalidValue(self, .init(codingPath: encoder.codingPath, debugDescription: "shared memory can only be encoded in a job for a child process"))
-        }
+        let attachments = try DescriptorAttachments.of(encoder, encoding: self, what: "shared memory")
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(try attachments.attach(descriptor), forKey: .descriptor)
         try container.encode(size, forKey: .size)
@@ -183,9 +181,7 @@ extension SharedMemory: Codable {
     }
 
     public convenience init(from decoder: any Decoder) throws {
-        guard let attachments = decoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "shared memory can only be decoded from a job"))
-        }
+        let attachments = try DescriptorAttachments.of(decoder, what: "shared memory")
         let container = try decoder.container(keyedBy: CodingKeys.self)
         let fd = try attachments.take(try container.decode(Int.self, forKey: .descriptor))
         let size = try container.decode(Int.self, forKey: .size)

@@ -15,6 +15,23 @@ internal final class DescriptorAttachments: @unchecked Sendable {  // used by on
         self.descriptors = descriptors
     }
 
+    /// The attachments of the job being encoded; `what` names the value in
+    /// the error thrown when it is encoded anywhere else.
+    static func of(_ encoder: any Encoder, encoding value: Any, what: String) throws -> DescriptorAttachments {
+        guard let attachments = encoder.userInfo[userInfoKey] as? DescriptorAttachments else {
+            throw EncodingError.invalidValue(value, .init(codingPath: encoder.codingPath, debugDescription: "\(what) can only be encoded in a job for a child process"))
+        }
+        return attachments
+    }
+
+    /// The attachments of the job being decoded.
+    static func of(_ decoder: any Decoder, what: String) throws -> DescriptorAttachments {
+        guard let attachments = decoder.userInfo[userInfoKey] as? DescriptorAttachments else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\(what) can only be decoded from a job"))
+        }
+        return attachments
+    }
+
     /// Encoding: attaches a duplicate of `fd`; returns its index.
     func attach(_ fd: FileDescriptor) throws -> Int {
         descriptors.append(try Syscall.duplicate(fd))
