@@ -23,7 +23,10 @@ extension Connection {
             var descriptors = connections.filter { !$0.closed }.map(\.fileDescriptor)
             let connectionCount = descriptors.count
             // A running job may need its report drained before it can exit.
-            for process in processes { descriptors += process.waitDescriptorsForSelection }
+            var copies: [FileDescriptor] = []
+            defer { copies.forEach(Syscall.close) }
+            for process in processes { copies += try process.duplicateWaitDescriptors() ?? [] }
+            descriptors += copies
             let remaining = deadline.map { $0 - ContinuousClock.now }
             if let remaining, remaining <= .zero { return ([], []) }
             let events = try Syscall.poll(descriptors, timeout: Connection.milliseconds(remaining))

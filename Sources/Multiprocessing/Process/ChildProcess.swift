@@ -283,16 +283,28 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         return code == 0 ? .success([]) : .failure(.exited(status: code))
     }
 
-    private var waitDescriptors: [FileDescriptor]? {
-        state.withLock { state in
+    /// Duplicates of the descriptors to wait on (the exit and the report
+    /// channel), made under the lock; the caller closes them. nil once the
+    /// child is reaped.
+    ///
+    /// Not the originals: another thread (`activeChildren()`, another join)
+    /// may reap the child and close them at any moment, and a number closed
+    /// and reused by an unrelated descriptor would leave a poll waiting for
+    /// ever (seen: about one suite run in five hung in a join). A duplicate
+    /// stays valid, and readable once the child has ended.
+    internal func duplicateWaitDescriptors() throws -> [FileDescriptor]? {
+        try state.withLock { state throws -> [FileDescriptor]? in
             guard case let .running(handle, report) = state.phase else { return nil }
-            return state.reportBuffer.reachedEnd ? [handle.exitDescriptor] : [handle.exitDescriptor, report]
+            let originals = state.reportBuffer.reachedEnd ? [handle.exitDescriptor] : [handle.exitDescriptor, report]
+            var copies: [FileDescriptor] = []
+            do {
+                for fd in originals { copies.append(try Syscall.duplicate(fd)) }
+            } catch {
+                copies.forEach(Syscall.close)
+                throw error
+            }
+            return copies
         }
-    }
-
-    /// What ``Connection/wait(_:processes:timeout:)`` polls for this process.
-    internal var waitDescriptorsForSelection: [FileDescriptor] {
-        waitDescriptors ?? []
     }
 
     // MARK: - Waiting
@@ -321,7 +333,8 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         while true {
             try checkStarted()
             if let code = try poll() { return code }
-            guard let fds = waitDescriptors else { continue }
+            guard let fds = try duplicateWaitDescriptors() else { continue }
+            defer { fds.forEach(Syscall.close) }
             var milliseconds: Int32 = -1
             if let deadline {
                 let remaining = deadline - ContinuousClock.now
@@ -342,12 +355,9 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         while true {
             try checkStarted()
             if let code = try poll() { return code }
-            guard let fds = waitDescriptors else { continue }
-            do {
-                try await IOWatcher.shared.waitUntilReadable(fds)
-            } catch let error as Errno where error == .badFileDescriptor {
-                // Another caller reaped the child and closed the descriptors.
-            }
+            guard let fds = try duplicateWaitDescriptors() else { continue }
+            defer { fds.forEach(Syscall.close) }
+            try await IOWatcher.shared.waitUntilReadable(fds)
         }
     }
 
