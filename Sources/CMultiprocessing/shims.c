@@ -242,6 +242,13 @@ void cmp_ignore_sigpipe_if_default(void) {
     }
 }
 
+void cmp_default_fault_signals(void) {
+    const int faults[] = { SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV };
+    for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++) {
+        signal(faults[i], SIG_DFL);
+    }
+}
+
 void cmp_exit_now(int code) {
     fflush(NULL);
     _exit(code);

@@ -89,6 +89,11 @@ void cmp_segfault(void) __attribute__((noreturn));
 /// killing the process. A handler someone installed is left alone.
 void cmp_ignore_sigpipe_if_default(void);
 
+/// Puts the fault signals (SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE,
+/// SIGSEGV) back to their default action: the process dies at once,
+/// without the Swift runtime's backtracer.
+void cmp_default_fault_signals(void);
+
 /// `pipe2(fds, O_CLOEXEC)` (Glibc's Swift overlay does not import `pipe2`),
 /// with the pipe's buffer raised to 1 MiB where the system allows.
 int cmp_pipe_cloexec(int fds[2]);

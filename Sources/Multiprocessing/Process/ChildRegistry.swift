@@ -73,6 +73,11 @@ internal final class ChildRegistry: Sendable {
             try? child.terminate()
         }
         for child in children {
+            // A daemon that ignores SIGTERM (or hangs in a crash handler) is
+            // killed: the program's exit must not wait on it for ever.
+            if child.daemon, (try? child.join(timeout: .seconds(2))) == nil {
+                try? child.kill()
+            }
             _ = try? child.join()
         }
         // Last, so that nothing it started is still wanted.

@@ -29,6 +29,18 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     case forkServerDied
     /// A system call failed.
     case systemCall(String, errno: Int32)
+    /// A pool task ran past its time limit; its worker was killed.
+    case timedOut(seconds: Double)
+    /// The work was cancelled before it delivered (a Swift `Task` was
+    /// cancelled, or ``AsyncResult/cancel()`` was called).
+    case cancelled
+    /// The pool was terminated before the task delivered.
+    case poolTerminated
+    /// The pool's initializer failed in a worker, so the pool runs no work
+    /// of that kind.
+    case initializerFailed(String)
+    /// A worker answered with bytes that are not a reply; it was killed.
+    case corruptReply(String)
 
     public var description: String {
         switch self {
@@ -45,6 +57,11 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case let .exited(status): "the child exited with status \(status)"
         case .forkServerDied: "the forkserver that started the child died"
         case let .systemCall(name, errno): "\(name) failed: \(String(cString: strerror(errno)))"
+        case let .timedOut(seconds): "the task ran past its limit of \(seconds) s; its worker was killed"
+        case .cancelled: "the work was cancelled"
+        case .poolTerminated: "the pool was terminated"
+        case let .initializerFailed(reason): "the pool's initializer failed: \(reason)"
+        case let .corruptReply(reason): "a worker sent a corrupt reply: \(reason)"
         }
     }
 }

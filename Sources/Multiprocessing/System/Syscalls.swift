@@ -68,6 +68,13 @@ internal enum Syscall {
         cmp_ignore_sigpipe_if_default()
     }
 
+    /// Lets a fault (trap, segfault…) end this process at once with its
+    /// signal, skipping the Swift runtime's backtracer: it takes seconds per
+    /// crash, and was seen to hang for ever when its target was killed.
+    static func defaultFaultSignals() {
+        cmp_default_fault_signals()
+    }
+
     /// `pipe2(O_CLOEXEC)`.
     static func pipe() throws(Errno) -> (readEnd: FileDescriptor, writeEnd: FileDescriptor) {
         var fds: (Int32, Int32) = (-1, -1)

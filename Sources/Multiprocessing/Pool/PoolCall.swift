@@ -1,0 +1,151 @@
+/// The work of a closure call, run only in the workers forked for it.
+internal final class ClosureProgram: @unchecked Sendable {  // its closures run only in forked children, never here
+    let execute: (Range<Int>) -> UnitOutcome
+    init(execute: @escaping (Range<Int>) -> UnitOutcome) { self.execute = execute }
+}
+
+/// One call on a pool (an apply, a map): its units, and their outcomes as
+/// they arrive. The engine schedules the units; the typed front ends
+/// (``AsyncResult``, ``MapResult``, ``PoolResults``) wait on and decode the outcomes.
+internal final class PoolCall: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
+    enum Work {
+        /// Work named by type: the kind, type name and encoded value, and
+        /// each unit's encoded inputs (none for a `.job`).
+        case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], inputs: [[UInt8]])
+        /// A closure over items the forked workers hold.
+        case closure(ClosureProgram)
+    }
+
+    struct State {
+        var outcomes: [Result<UnitOutcome, ProcessError>?]
+        /// Units in the order they completed.
+        var completionOrder: [Int] = []
+        var completedItems = 0
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+        var isFinished: Bool { completionOrder.count == outcomes.count }
+    }
+
+    let id: Int
+    let work: Work
+    /// The items of each unit.
+    let ranges: [Range<Int>]
+    let itemCount: Int
+    /// The limit per item; a unit of n items has n times this.
+    let timeout: Duration?
+    private let progress: (@Sendable (PoolProgress) -> Void)?
+    /// Called once, on the thread that completes the call. Not `@Sendable`:
+    /// it decodes a generic output type there, which is safe but not provably so.
+    private let completion: ((PoolCall) -> Void)?
+    let state: Monitor<State>
+    /// Set by the pool: cancels the call's outstanding work.
+    var cancelHandler: (@Sendable (PoolCall) -> Void)?
+
+    init(id: Int, work: Work, ranges: [Range<Int>], timeout: Duration?,
+         progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)?) {
+        self.id = id
+        self.work = work
+        self.ranges = ranges
+        self.itemCount = ranges.last?.upperBound ?? 0
+        self.timeout = timeout
+        self.progress = progress
+        self.completion = completion
+        self.state = Monitor(State(outcomes: Array(repeating: nil, count: ranges.count)))
+    }
+
+    var isClosureCall: Bool {
+        if case .closure = work { true } else { false }
+    }
+
+    /// The request for unit `unit`, numbered `id`.
+    func request(unit: Int, id: UInt64) -> UnitRequest {
+        switch work {
+        case let .named(kind, typeName, payload, inputs):
+            UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, inputs: kind == .job ? [] : inputs[unit])
+        case .closure:
+            UnitRequest(kind: .closureChunk, id: id, lower: ranges[unit].lowerBound, upper: ranges[unit].upperBound)
+        }
+    }
+
+    /// Records how `unit` ended, unless it already has; wakes waiters.
+    func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
+        deliver([(unit, outcome)])
+    }
+
+    /// Records outcomes of several units at once.
+    func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        let (changed, finished, completed) = state.update { state -> (Bool, Bool, Int) in
+            var changed = false
+            for (unit, outcome) in outcomes where state.outcomes[unit] == nil {
+                state.outcomes[unit] = outcome
+                state.completionOrder.append(unit)
+                state.completedItems += ranges[unit].count
+                changed = true
+            }
+            if changed {
+                waiters = Array(state.waiters.values)
+                state.waiters.removeAll()
+            }
+            return (changed, changed && state.isFinished, state.completedItems)
+        }
+        waiters.forEach { $0.resume() }
+        guard changed else { return }
+        progress?(PoolProgress(completed: completed, total: itemCount))
+        if finished { completion?(self) }
+    }
+
+    /// Fails every unit that has not ended with `error`.
+    func failRemaining(_ error: ProcessError) {
+        let open = state.withLock { state in state.outcomes.indices.filter { state.outcomes[$0] == nil } }
+        if !open.isEmpty { deliver(open.map { ($0, .failure(error)) }) }
+    }
+
+    var isFinished: Bool { state.withLock(\.isFinished) }
+
+    /// Cancels what has not ended: it fails with ``ProcessError/cancelled``
+    /// and workers running it are killed.
+    func cancel() {
+        cancelHandler?(self)
+        failRemaining(.cancelled)
+    }
+
+    /// Waits until `ready` gives a value or the deadline passes.
+    func wait<T>(until deadline: ContinuousClock.Instant?, _ ready: (State) -> T?) -> T? {
+        state.wait(until: deadline) { ready($0) }
+    }
+
+    /// Waits without blocking a thread until `ready` gives a value. A
+    /// cancelled task cancels the call, whose open units then fail with
+    /// ``ProcessError/cancelled``.
+    func wait<T>(_ ready: @escaping (State) -> T?) async -> T? {
+        await withTaskCancellationHandler {
+            while !Task.isCancelled {
+                if let value = state.withLock({ ready($0) }) { return value }
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if ready(state) != nil { return true }
+                        state.waiters[state.nextWaiter] = continuation
+                        state.nextWaiter += 1
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+            return state.withLock { ready($0) }
+        } onCancel: {
+            cancel()
+        }
+    }
+}
+
+/// How far a call has come: items completed (delivered or failed) of the total.
+public struct PoolProgress: Sendable, Equatable {
+    /// Items that have ended, successfully or not.
+    public var completed: Int
+    /// Items in the call.
+    public var total: Int
+
+    /// `completed` as a fraction of `total` (1 for an empty call).
+    public var fraction: Double { total == 0 ? 1 : Double(completed) / Double(total) }
+}

@@ -1,0 +1,524 @@
+import Glibc
+import SystemPackage
+
+/// The machinery of a ``ProcessPool``: one dispatcher thread that starts
+/// workers, hands them units, reads their replies, notices their deaths
+/// (through their pidfds, never by polling `waitpid`), enforces time limits
+/// and replaces workers. All scheduling state is behind one monitor; the
+/// dispatcher does its I/O with the monitor released.
+internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
+    enum Phase: Equatable {
+        case running
+        /// No new calls; leaves when the submitted ones are done.
+        case closing
+        /// Workers are killed and everything open fails.
+        case terminating
+        /// The dispatcher has left; every worker is reaped.
+        case finished
+    }
+
+    struct Configuration {
+        var processes: Int
+        var startMethod: StartMethod
+        var maxTasksPerChild: Int?
+        var initializer: PoolInitializer?
+    }
+
+    /// Units still to send for one call.
+    struct Pending {
+        var next = 0
+        let count: Int
+        /// Units given back by a worker that died before running them; they go first.
+        var returned: [Int] = []
+        var isEmpty: Bool { returned.isEmpty && next == count }
+        var remaining: Int { returned.count + count - next }
+
+        mutating func take() -> Int? {
+            if let unit = returned.popLast() { return unit }
+            guard next < count else { return nil }
+            defer { next += 1 }
+            return next
+        }
+    }
+
+    struct State {
+        var phase: Phase = .running
+        /// Calls with units not yet ended.
+        var calls: [Int: PoolCall] = [:]
+        var pending: [Int: Pending] = [:]
+        /// Named-work calls in submission order: job workers serve them first come, first served.
+        var namedOrder: [Int] = []
+        var workers: [PoolWorker] = []
+        var startingNamed = 0
+        var startingClosure = 0
+        /// Set when named-work workers cannot start (their initializer failed).
+        var namedFailure: ProcessError?
+        var nextCallID = 1
+        var nextUnitID: UInt64 = 1
+        var workerSerial = 0
+    }
+
+    /// At most this many units are sent to a worker ahead of its answers.
+    static let pipelineDepth = 2
+    /// A unit is sent ahead only if its request is at most this large, so the
+    /// send never blocks on a busy worker (the pipe holds 1 MiB).
+    static let prefetchLimit = 256 << 10
+
+    let configuration: Configuration
+    let state: Monitor<State>
+    private let wake: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
+    private var thread = pthread_t()
+
+    init(_ configuration: Configuration) throws {
+        self.configuration = configuration
+        self.state = Monitor(State())
+        wake = try Syscall.pipe()
+        try Syscall.setNonBlocking(wake.readEnd, true)
+        try Syscall.setNonBlocking(wake.writeEnd, true)
+        thread = SystemThread.start { [self] in serve() }
+    }
+
+    /// Whether the caller is the dispatcher thread (which must never wait for itself).
+    var isDispatcherThread: Bool { pthread_equal(pthread_self(), thread) != 0 }
+
+    private func signal() {
+        var byte: UInt8 = 1
+        _ = try? withUnsafeBytes(of: &byte) { try Syscall.write(wake.writeEnd, $0) }
+    }
+
+    // MARK: - Calls
+
+    /// Adds a call: its units are sent to workers as they free up.
+    func submit(_ call: PoolCall) throws(PoolError) {
+        call.cancelHandler = { [weak self] call in self?.cancel(call) }
+        let failure = try state.withLock { state throws(PoolError) -> ProcessError? in
+            guard state.phase == .running else { throw .notRunning }
+            if !call.isClosureCall, let failure = state.namedFailure { return failure }
+            state.calls[call.id] = call
+            state.pending[call.id] = Pending(count: call.ranges.count)
+            if !call.isClosureCall { state.namedOrder.append(call.id) }
+            return nil
+        }
+        if let failure {
+            call.failRemaining(failure)
+            return
+        }
+        if call.ranges.isEmpty { finish(call) }
+        signal()
+    }
+
+    func makeCallID() -> Int {
+        state.withLock { state in
+            defer { state.nextCallID += 1 }
+            return state.nextCallID
+        }
+    }
+
+    /// Forgets a call whose units have all ended.
+    private func finish(_ call: PoolCall) {
+        state.withLock { state in
+            state.calls[call.id] = nil
+            state.pending[call.id] = nil
+            state.namedOrder.removeAll { $0 == call.id }
+        }
+        signal()
+    }
+
+    /// Drops a call's unsent units and kills the workers running its units.
+    private func cancel(_ call: PoolCall) {
+        state.withLock { state in
+            state.pending[call.id] = nil
+            state.namedOrder.removeAll { $0 == call.id }
+            for worker in state.workers {
+                if worker.kind == .closure(callID: call.id) || worker.outstanding.first?.call === call {
+                    worker.kill(for: .cancelled)
+                }
+            }
+        }
+        signal()
+    }
+
+    // MARK: - Ending
+
+    func close() {
+        state.update { state in
+            if state.phase == .running { state.phase = .closing }
+        }
+        signal()
+    }
+
+    func terminate() {
+        let calls = state.update { state -> [PoolCall] in
+            guard state.phase == .running || state.phase == .closing else { return [] }
+            state.phase = .terminating
+            state.pending.removeAll()
+            state.namedOrder.removeAll()
+            for worker in state.workers { worker.kill(for: .poolTerminated) }
+            return Array(state.calls.values)
+        }
+        calls.forEach { $0.failRemaining(.poolTerminated) }
+        signal()
+    }
+
+    var phase: Phase { state.withLock(\.phase) }
+
+    /// Waits until the dispatcher has left and every worker is reaped.
+    func waitUntilFinished(until deadline: ContinuousClock.Instant? = nil) -> Bool {
+        state.wait(until: deadline) { $0.phase == .finished ? true : nil } ?? false
+    }
+
+    /// The process identifiers of the workers now running.
+    var workerPIDs: [Int32] {
+        state.withLock { $0.workers.compactMap { $0.process.pid } }
+    }
+
+    // MARK: - The dispatcher
+
+    private struct Plan {
+        var sends: [(PoolWorker, [UInt8])] = []
+        var starts: [PoolWorker.Kind] = []
+        var failures: [(PoolCall, Int, ProcessError)] = []
+        var watched: [PoolWorker] = []
+        var timeout: Int32 = -1
+        var done = false
+    }
+
+    private func serve() {
+        while true {
+            var plan = state.withLock { makePlan(&$0) }
+            deliverFailures(plan.failures)
+            if plan.done { break }
+            for (worker, bytes) in plan.sends {
+                do {
+                    try worker.connection.sendBytes(bytes)
+                } catch {
+                    // It is gone or not reading: its end comes through its pidfd.
+                    locked { worker.kill(for: nil) }
+                }
+            }
+            plan.sends.removeAll()
+            if !plan.starts.isEmpty {
+                plan.starts.forEach(startWorker)
+                continue
+            }
+            var descriptors = [wake.readEnd]
+            for worker in plan.watched {
+                descriptors.append(worker.exitDescriptor)
+                descriptors.append(worker.connectionEnded ? worker.exitDescriptor : worker.connection.fileDescriptor)
+            }
+            guard let events = try? Syscall.poll(descriptors, timeout: plan.timeout) else { continue }
+            if events[0] != 0 { drainWake() }
+            for (index, worker) in plan.watched.enumerated() {
+                let exited = events[1 + 2 * index] != 0
+                let readable = events[2 + 2 * index] != 0 && !worker.connectionEnded
+                if readable || exited { receiveReplies(from: worker) }
+                if exited { reap(worker) }
+            }
+        }
+        Syscall.close(wake.readEnd)
+        Syscall.close(wake.writeEnd)
+        state.update { $0.phase = .finished }
+    }
+
+    /// Runs `body` with the lock held (for the workers' fields).
+    private func locked(_ body: () -> Void) {
+        state.withLock { (_: inout State) in body() }
+    }
+
+    private func drainWake() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while let count = try? buffer.withUnsafeMutableBytes({ try Syscall.read(wake.readEnd, into: $0) }), count > 0 {}
+    }
+
+    /// Decides, with the lock held, what the dispatcher does next.
+    private func makePlan(_ state: inout State) -> Plan {
+        var plan = Plan()
+        let now = ContinuousClock.now
+        if state.phase == .terminating {
+            state.workers.forEach { $0.kill(for: .poolTerminated) }
+        }
+        // Idle workers first, then starting new ones, then sending ahead.
+        assign(&state, &plan, depth: 1)
+        plan.starts = workersToStart(state)
+        for kind in plan.starts {
+            if kind == .jobs { state.startingNamed += 1 } else { state.startingClosure += 1 }
+        }
+        if plan.starts.isEmpty { assign(&state, &plan, depth: Self.pipelineDepth) }
+        // Time limits.
+        var nearest: ContinuousClock.Instant? = nil
+        for worker in state.workers where worker.killedFor == nil {
+            guard let first = worker.outstanding.first, let timeout = first.call.timeout, let startedAt = worker.startedAt else { continue }
+            let deadline = startedAt + timeout * first.call.ranges[first.unit].count
+            if deadline <= now {
+                let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+                worker.kill(for: .timedOut(seconds: seconds * Double(first.call.ranges[first.unit].count)))
+            } else if nearest.map({ deadline < $0 }) ?? true {
+                nearest = deadline
+            }
+        }
+        if let nearest {
+            let remaining = nearest - now
+            plan.timeout = Int32(clamping: remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1)
+        }
+        // Retire the workers with nothing left to do.
+        for worker in state.workers where !worker.retiring && worker.outstanding.isEmpty {
+            let exhausted = configuration.maxTasksPerChild.map { worker.unitsDone >= $0 } ?? false
+            let idle: Bool
+            switch worker.kind {
+            case .jobs: idle = state.phase != .running && !hasPending(state, for: .jobs)
+            case let .closure(callID): idle = state.pending[callID]?.isEmpty ?? true
+            }
+            if exhausted || idle {
+                worker.retiring = true
+                if let bytes = try? ValueCodec.encode(UnitRequest(kind: .stop, id: 0)) { plan.sends.append((worker, bytes)) }
+            }
+        }
+        plan.watched = state.workers
+        let quiet = state.workers.isEmpty && state.startingNamed == 0 && state.startingClosure == 0
+        plan.done = quiet && (state.phase == .terminating || (state.phase == .closing && state.calls.isEmpty))
+        return plan
+    }
+
+    private func hasPending(_ state: State, for kind: PoolWorker.Kind) -> Bool {
+        switch kind {
+        case .jobs: state.namedOrder.contains { !(state.pending[$0]?.isEmpty ?? true) }
+        case let .closure(callID): !(state.pending[callID]?.isEmpty ?? true)
+        }
+    }
+
+    /// Gives each worker units until it has `depth` outstanding.
+    private func assign(_ state: inout State, _ plan: inout Plan, depth: Int) {
+        for worker in state.workers where !worker.retiring {
+            while worker.outstanding.count < depth {
+                if let limit = configuration.maxTasksPerChild, worker.unitsDone + worker.outstanding.count >= limit { break }
+                guard let (call, unit) = takeUnit(&state, for: worker.kind) else { break }
+                let id = state.nextUnitID
+                let request = call.request(unit: unit, id: id)
+                guard let bytes = try? ValueCodec.encode(request) else {
+                    plan.failures.append((call, unit, .corruptRequest("the request did not encode")))
+                    continue
+                }
+                if !worker.outstanding.isEmpty && bytes.count > Self.prefetchLimit {
+                    state.pending[call.id]?.returned.append(unit)
+                    break
+                }
+                state.nextUnitID += 1
+                if worker.outstanding.isEmpty { worker.startedAt = .now }
+                worker.outstanding.append(.init(call: call, unit: unit, id: id))
+                plan.sends.append((worker, bytes))
+            }
+        }
+    }
+
+    private func takeUnit(_ state: inout State, for kind: PoolWorker.Kind) -> (PoolCall, Int)? {
+        switch kind {
+        case .jobs:
+            for callID in state.namedOrder {
+                if let unit = state.pending[callID]?.take(), let call = state.calls[callID] { return (call, unit) }
+            }
+            return nil
+        case let .closure(callID):
+            guard let unit = state.pending[callID]?.take(), let call = state.calls[callID] else { return nil }
+            return (call, unit)
+        }
+    }
+
+    /// The workers to start for units no worker can take now.
+    private func workersToStart(_ state: State) -> [PoolWorker.Kind] {
+        guard state.phase == .running || state.phase == .closing else { return [] }
+        let processes = configuration.processes
+        var starts: [PoolWorker.Kind] = []
+        // Named work.
+        if state.namedFailure == nil {
+            let waiting = state.namedOrder.reduce(0) { $0 + (state.pending[$1]?.remaining ?? 0) }
+            let live = state.workers.filter { $0.kind == .jobs && !$0.retiring }.count + state.startingNamed
+            let count = min(waiting, processes - live)
+            if count > 0 { starts += Array(repeating: .jobs, count: count) }
+        }
+        // Closure calls, oldest first, sharing `processes` forked workers.
+        var closureLive = state.workers.filter { $0.kind != .jobs && !$0.retiring }.count + state.startingClosure
+        for (callID, pending) in state.pending.sorted(by: { $0.key < $1.key }) where !pending.isEmpty {
+            guard let call = state.calls[callID], call.isClosureCall else { continue }
+            let own = state.workers.filter { $0.kind == .closure(callID: callID) && !$0.retiring }.count
+            let idleOwn = state.workers.filter { $0.kind == .closure(callID: callID) && !$0.retiring && $0.outstanding.isEmpty }.count
+            let want = min(pending.remaining - idleOwn, processes - own, processes - closureLive)
+            if want > 0 {
+                starts += Array(repeating: .closure(callID: callID), count: want)
+                closureLive += want
+            }
+        }
+        return starts
+    }
+
+    private func startWorker(_ kind: PoolWorker.Kind) {
+        let call: PoolCall? = {
+            guard case let .closure(callID) = kind else { return nil }
+            return state.withLock { $0.calls[callID] }
+        }()
+        let worker: Result<PoolWorker, any Error>
+        if case .closure = kind, call == nil {
+            worker = .failure(ProcessError.cancelled)  // the call ended meanwhile
+        } else {
+            worker = Result { try PoolWorker.start(kind: kind, name: workerName(), launch: { try launch(kind, call: call, connection: $0) }) }
+        }
+        var failed: [PoolCall] = []
+        var error: ProcessError = .cancelled
+        state.withLock { state in
+            if kind == .jobs { state.startingNamed -= 1 } else { state.startingClosure -= 1 }
+            switch worker {
+            case let .success(worker):
+                state.workers.append(worker)
+                if state.phase == .terminating { worker.kill(for: .poolTerminated) }
+            case let .failure(startError):
+                // A worker that cannot start fails the work waiting for it, so nothing waits for ever.
+                if let call { if state.pending[call.id] != nil { failed = [call] } } else {
+                    failed = state.namedOrder.compactMap { state.calls[$0] }
+                }
+                error = (startError as? ProcessError) ?? .systemCall("starting a pool worker: \(startError)", errno: 0)
+                for call in failed { state.pending[call.id] = nil }
+                state.namedOrder.removeAll { id in failed.contains { $0.id == id } }
+            }
+        }
+        for call in failed {
+            call.failRemaining(error)
+            if call.isFinished { finish(call) }
+        }
+    }
+
+    private func workerName() -> String {
+        state.withLock { state in
+            state.workerSerial += 1
+            return "PoolWorker-\(state.workerSerial)"
+        }
+    }
+
+    private func launch(_ kind: PoolWorker.Kind, call: PoolCall?, connection: Connection) throws -> ChildProcess {
+        let name = "PoolWorker"
+        let process: ChildProcess
+        switch kind {
+        case .jobs:
+            var job = PoolWorkerJob(connection: connection, initializerType: nil, initializerPayload: [])
+            if case let .job(typeName, payload, _)? = configuration.initializer?.storage {
+                job.initializerType = typeName
+                job.initializerPayload = payload
+            }
+            if configuration.startMethod == .fork, case let .closure(body)? = configuration.initializer?.storage {
+                // Forked, the worker runs this very value: the closure is there.
+                job.forkedInitializer = body
+            }
+            process = try ChildProcess(job: job, startMethod: configuration.startMethod, name: name, daemon: true)
+        case .closure:
+            guard case let .closure(program)? = call.map(\.work) else { throw ProcessError.cancelled }
+            let initializer = configuration.initializer
+            process = ChildProcess(name: name, daemon: true) {
+                WorkerLoop.serve(connection, initialize: { initializer?.runHere() }, execute: { request in
+                    guard request.kind == .closureChunk, request.lower >= 0, request.lower <= request.upper else {
+                        return .failed(.corruptRequest("a closure worker was sent a \(request.kind) request"))
+                    }
+                    return program.execute(request.lower..<request.upper)
+                })
+            }
+        }
+        try process.start()
+        return process
+    }
+
+    // MARK: - Replies and deaths
+
+    private func receiveReplies(from worker: PoolWorker) {
+        while !worker.connectionEnded, (try? worker.connection.poll(timeout: .zero)) == true {
+            let reply: UnitReply
+            do {
+                reply = try ValueCodec.decode(UnitReply.self, from: try worker.connection.receiveBytes())
+            } catch let error as WireError where error == .endOfFile {
+                locked { worker.connectionEnded = true }
+                return
+            } catch {
+                locked {
+                    worker.connectionEnded = true
+                    worker.kill(for: .corruptReply(String(describing: error)))
+                }
+                return
+            }
+            handle(reply, from: worker)
+        }
+    }
+
+    private func handle(_ reply: UnitReply, from worker: PoolWorker) {
+        if reply.id == 0, case let .failed(error) = reply.outcome {
+            initializerFailed(error, in: worker)
+            return
+        }
+        let assignment: PoolWorker.Assignment? = state.withLock { state in
+            guard let first = worker.outstanding.first, first.id == reply.id else {
+                worker.kill(for: .corruptReply("an answer to a unit it was not running"))
+                return nil
+            }
+            worker.outstanding.removeFirst()
+            worker.unitsDone += 1
+            worker.startedAt = worker.outstanding.isEmpty ? nil : .now
+            return first
+        }
+        guard let assignment else { return }
+        assignment.call.deliver(assignment.unit, .success(reply.outcome))
+        if assignment.call.isFinished { finish(assignment.call) }
+    }
+
+    private func initializerFailed(_ error: ProcessError, in worker: PoolWorker) {
+        let failed: [PoolCall] = state.withLock { state in
+            worker.kill(for: error)
+            let calls: [PoolCall]
+            switch worker.kind {
+            case .jobs:
+                state.namedFailure = error
+                calls = state.namedOrder.compactMap { state.calls[$0] }
+                state.namedOrder.removeAll()
+            case let .closure(callID):
+                calls = state.calls[callID].map { [$0] } ?? []
+            }
+            for call in calls { state.pending[call.id] = nil }
+            return calls
+        }
+        for call in failed {
+            call.failRemaining(error)
+            if call.isFinished { finish(call) }
+        }
+    }
+
+    /// The worker ended: reap it, fail the unit it was running and give
+    /// back the ones it had not started.
+    private func reap(_ worker: PoolWorker) {
+        let code = (try? worker.process.join()) ?? -SIGKILL
+        worker.connection.close()
+        Syscall.close(worker.exitDescriptor)
+        let (failed, alsoFailed): (PoolWorker.Assignment?, [PoolWorker.Assignment]) = state.withLock { state in
+            state.workers.removeAll { $0 === worker }
+            var outstanding = worker.outstanding
+            worker.outstanding.removeAll()
+            guard !outstanding.isEmpty else { return (nil, []) }
+            let first = outstanding.removeFirst()
+            // Units it never started cannot run in a worker whose initializer
+            // fails; otherwise they go back to be sent again.
+            if case .initializerFailed = worker.killedFor { return (first, outstanding) }
+            for assignment in outstanding.reversed() where state.pending[assignment.call.id] != nil {
+                state.pending[assignment.call.id]!.returned.append(assignment.unit)
+            }
+            return (first, [])
+        }
+        if let failed {
+            let reason: ProcessError = worker.killedFor ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
+            for assignment in [failed] + alsoFailed {
+                assignment.call.deliver(assignment.unit, .failure(reason))
+                if assignment.call.isFinished { finish(assignment.call) }
+            }
+        }
+        signal()
+    }
+
+    private func deliverFailures(_ failures: [(PoolCall, Int, ProcessError)]) {
+        for (call, unit, error) in failures {
+            call.deliver(unit, .failure(error))
+            if call.isFinished { finish(call) }
+        }
+    }
+}

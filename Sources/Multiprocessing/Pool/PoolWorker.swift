@@ -1,0 +1,85 @@
+import Glibc
+import SystemPackage
+
+/// The pool's side of one worker process. Touched only with the engine's
+/// lock held, except its connection, which only the dispatcher thread uses.
+internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by the engine's lock
+    enum Kind: Equatable {
+        /// Runs work named by type, for every call; lives until the pool closes.
+        case jobs
+        /// Forked for the closure call with this id; leaves when it is done.
+        case closure(callID: Int)
+    }
+
+    struct Assignment {
+        let call: PoolCall
+        let unit: Int
+        let id: UInt64
+    }
+
+    let kind: Kind
+    let process: ChildProcess
+    /// The pool's end of the worker's connection.
+    let connection: Connection
+    /// A duplicate of the descriptor that becomes readable when the worker ends.
+    let exitDescriptor: FileDescriptor
+
+    /// Units sent and not yet answered, in the order the worker runs them.
+    var outstanding: [Assignment] = []
+    /// When the first outstanding unit started.
+    var startedAt: ContinuousClock.Instant?
+    var unitsDone = 0
+    /// Asked to leave (or killed): it gets no more work.
+    var retiring = false
+    /// Why it was killed: the first outstanding unit fails with this.
+    var killedFor: ProcessError?
+    /// The connection reached its end; it is not polled any more.
+    var connectionEnded = false
+
+    init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor) {
+        self.kind = kind
+        self.process = process
+        self.connection = connection
+        self.exitDescriptor = exitDescriptor
+    }
+
+    /// Kills the worker; its first outstanding unit fails with `reason`
+    /// (the first one given), or with what its exit status tells.
+    func kill(for reason: ProcessError?) {
+        if killedFor == nil { killedFor = reason }
+        retiring = true
+        try? process.kill()
+    }
+
+    /// Starts a worker of `kind` running `loop` in a child; returns it once started.
+    static func start(kind: Kind, name: String, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
+        let (here, there) = try Connection.pipe(duplex: true)
+        let process: ChildProcess
+        do {
+            process = try launch(there)
+        } catch {
+            here.close()
+            there.close()
+            throw error
+        }
+        there.close()
+        let exit: FileDescriptor
+        do {
+            if let descriptors = try process.duplicateWaitDescriptors() {
+                exit = descriptors[0]
+                descriptors.dropFirst().forEach(Syscall.close)
+            } else {
+                // Already reaped (it ended at once, and another thread reaped
+                // it): a pipe at its end stands in, readable at once.
+                let pipe = try Syscall.pipe()
+                Syscall.close(pipe.writeEnd)
+                exit = pipe.readEnd
+            }
+        } catch {
+            try? process.kill()
+            here.close()
+            throw error
+        }
+        return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit)
+    }
+}

@@ -1,0 +1,111 @@
+/// A function a ``ProcessPool`` maps over inputs in its workers, by any
+/// start method: Python's `pool.map(f, iterable)` with `f` named by type.
+///
+/// The value itself is sent once per chunk (it may carry parameters); the
+/// inputs travel in chunks, and a `BitwiseCopyable` input or output array
+/// crosses as raw bytes. As with ``ProcessJob``, the worker finds the type by
+/// its mangled name and runs nothing that is not a `ProcessFunction`.
+///
+/// ```swift
+/// struct Square: ProcessFunction {
+///     func callAsFunction(_ x: Int) -> Int { x * x }
+/// }
+/// let squares = try pool.map(Square(), over: 1...1_000_000)
+/// ```
+public protocol ProcessFunction: Codable, Sendable {
+    /// One input.
+    associatedtype Input: Codable & Sendable
+    /// What the function returns for one input.
+    associatedtype Output: Codable & Sendable
+
+    /// Computes the output for `input`, in a worker process.
+    func callAsFunction(_ input: Input) throws -> Output
+}
+
+extension ProcessFunction {
+    /// Worker side: decodes the function and a chunk of inputs, runs it over them.
+    fileprivate static func runChunk(function payload: [UInt8], inputs: [UInt8]) -> UnitOutcome {
+        let function: Self
+        let items: [Input]
+        do {
+            function = try ValueCodec.decode(Self.self, from: payload)
+            items = try ValueCodec.decode([Input].self, from: inputs)
+        } catch {
+            return .failed(.corruptRequest(error.description))
+        }
+        return ChunkRunner.run(items) { try function($0) }
+    }
+}
+
+extension ProcessJob {
+    /// Worker side: decodes a chunk of jobs and runs each.
+    fileprivate static func runChunk(_ inputs: [UInt8]) -> UnitOutcome {
+        let jobs: [Self]
+        do {
+            jobs = try ValueCodec.decode([Self].self, from: inputs)
+        } catch {
+            return .failed(.corruptRequest(error.description))
+        }
+        return ChunkRunner.run(jobs) { try $0.run() }
+    }
+}
+
+/// Runs work over a chunk in a worker and encodes the outcome.
+internal enum ChunkRunner {
+    /// Applies `body` to each item: all outputs as one array when every item
+    /// succeeds, else each item's output or error.
+    static func run<Item, Output: Encodable>(_ items: some Collection<Item>, _ body: (Item) throws -> Output) -> UnitOutcome {
+        var outputs: [Output] = []
+        outputs.reserveCapacity(items.count)
+        var mixed: [ItemOutcome]? = nil
+        for item in items {
+            do {
+                let output = try body(item)
+                if mixed == nil { outputs.append(output) } else { mixed!.append(encodeItem(output)) }
+            } catch {
+                if mixed == nil {
+                    mixed = []
+                    for output in outputs { mixed!.append(encodeItem(output)) }
+                }
+                mixed!.append(.failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error))))
+            }
+        }
+        if let mixed { return .mixed(mixed) }
+        do {
+            return .values(try ValueCodec.encode(outputs))
+        } catch {
+            return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the outputs: \(error)"))
+        }
+    }
+
+    private static func encodeItem<Output: Encodable>(_ output: Output) -> ItemOutcome {
+        do {
+            return .value(try ValueCodec.encode(output))
+        } catch {
+            return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the output: \(error)"))
+        }
+    }
+
+    /// Runs a request for work named by type (jobs and functions).
+    static func runNamed(_ request: UnitRequest) -> UnitOutcome {
+        guard let type = _typeByName(request.typeName) else {
+            return .failed(.unknownJobType(request.typeName))
+        }
+        switch request.kind {
+        case .job:
+            guard type is any ProcessJob.Type else { return .failed(.notAJob(request.typeName)) }
+            switch JobRunner.run(typeName: request.typeName, payload: request.payload) {
+            case let .success(bytes): return .values(bytes)
+            case let .failure(error): return .failed(error)
+            }
+        case .jobChunk:
+            guard let jobType = type as? any ProcessJob.Type else { return .failed(.notAJob(request.typeName)) }
+            return jobType.runChunk(request.inputs)
+        case .functionChunk:
+            guard let functionType = type as? any ProcessFunction.Type else { return .failed(.notAJob(request.typeName)) }
+            return functionType.runChunk(function: request.payload, inputs: request.inputs)
+        case .closureChunk, .stop:
+            return .failed(.corruptRequest("a worker for named work was sent a \(request.kind) request"))
+        }
+    }
+}

@@ -1,0 +1,324 @@
+/// A pool of worker processes: Python's `multiprocessing.Pool`, built so
+/// that nothing a worker does can make a call hang.
+///
+/// Work is given two ways:
+/// - **named by type** — a ``ProcessJob`` (`apply`, `applyAsync`) or a
+///   ``ProcessFunction`` mapped over inputs (`map`, `imap`, …). These run in
+///   the pool's long-lived workers, started by its ``StartMethod`` when work
+///   first arrives.
+/// - **closures** — `apply { … }`, `map(items) { … }`. Each such call forks
+///   its own workers from this process (at most `processes` at a time), so a
+///   closure may capture anything, and a large value it reads is shared
+///   copy-on-write rather than sent. The items stay here too: only the
+///   outputs travel. Forked workers run synchronous code only.
+///
+/// A worker that traps, segfaults or is killed fails only the unit it was
+/// running (one task, or one chunk), with ``ProcessError/crashed(signal:)``
+/// naming the signal; the pool starts another worker and every other task
+/// goes on. A unit running past its `timeout` kills its worker and fails
+/// with ``ProcessError/timedOut(seconds:)``. Cancelling a Swift task that
+/// awaits a result cancels the work.
+///
+/// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
+/// ``withProcessPool(processes:startMethod:initializer:maxTasksPerChild:_:)-1x5mk``,
+/// which always does. A pool dropped without either is terminated.
+public final class ProcessPool: Sendable {
+    let engine: PoolEngine
+
+    /// How many workers run at once (for named work; and again, at most, for closure calls).
+    public var processes: Int { engine.configuration.processes }
+
+    /// How the workers for named work are started.
+    public var startMethod: StartMethod { engine.configuration.startMethod }
+
+    /// Creates a pool. Workers start when work arrives.
+    ///
+    /// - Parameters:
+    ///   - processes: how many workers; nil means ``usableCPUCount()``.
+    ///   - startMethod: how workers for named work start (closure calls always fork).
+    ///   - initializer: what each worker runs before its first task.
+    ///   - maxTasksPerChild: a worker leaves after this many units and a
+    ///     fresh one replaces it (nil: workers live as long as the pool).
+    /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1, or
+    ///   a closure initializer with a start method other than `.fork` for
+    ///   named work is accepted but runs only in forked workers.
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil) throws {
+        let processes = processes ?? usableCPUCount()
+        guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
+        if let maxTasksPerChild, maxTasksPerChild < 1 {
+            throw PoolError.invalidArgument("maxTasksPerChild must be at least 1, not \(maxTasksPerChild)")
+        }
+        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer))
+    }
+
+    deinit {
+        engine.terminate()
+        if !engine.isDispatcherThread { _ = engine.waitUntilFinished() }
+    }
+
+    // MARK: - Ending
+
+    /// Takes no more work; the workers leave once the submitted work is done.
+    public func close() { engine.close() }
+
+    /// Kills every worker at once; work not yet done fails with
+    /// ``ProcessError/poolTerminated``. Returns once the workers are reaped.
+    public func terminate() {
+        engine.terminate()
+        if !engine.isDispatcherThread { _ = engine.waitUntilFinished() }
+    }
+
+    /// Waits until every worker has left, after ``close()`` or ``terminate()``.
+    ///
+    /// - Throws: ``PoolError/stillRunning`` if the pool was neither closed nor terminated.
+    @available(*, noasync, message: "use the async join()")
+    public func join() throws {
+        guard engine.phase != .running else { throw PoolError.stillRunning }
+        _ = engine.waitUntilFinished()
+    }
+
+    /// Waits, without blocking the cooperative pool, until every worker has left.
+    public func join() async throws {
+        guard engine.phase != .running else { throw PoolError.stillRunning }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            _ = SystemThread.start { [engine] in
+                _ = engine.waitUntilFinished()
+                continuation.resume()
+            }
+        }
+    }
+
+    /// The process identifiers of the workers now running.
+    public var workerProcessIDs: [Int32] { engine.workerPIDs }
+
+    // MARK: - Submitting
+
+    private func checkChunkSize(_ chunkSize: Int?) throws {
+        if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
+    }
+
+    /// Python's default chunk size for `map`: about four chunks per worker.
+    func defaultChunkSize(_ count: Int) -> Int {
+        max(1, (count + 4 * processes - 1) / (4 * processes))
+    }
+
+    static func ranges(count: Int, chunkSize: Int) -> [Range<Int>] {
+        stride(from: 0, to: count, by: chunkSize).map { $0..<min($0 + chunkSize, count) }
+    }
+
+    func submit(_ work: PoolCall.Work, ranges: [Range<Int>], timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
+        let call = PoolCall(id: engine.makeCallID(), work: work, ranges: ranges, timeout: timeout, progress: progress, completion: completion)
+        try engine.submit(call)
+        return call
+    }
+
+    static func callbacks<Output>(_ decoder: OutcomeDecoder<Output>, onSuccess: (@Sendable (Output) -> Void)?, onFailure: (@Sendable (ProcessError) -> Void)?) -> ((PoolCall) -> Void)? {
+        guard onSuccess != nil || onFailure != nil else { return nil }
+        return { call in
+            guard let outcome = call.state.withLock({ $0.outcomes[0] }) else { return }
+            do throws(ProcessError) {
+                let output = try decoder.values(outcome, count: 1)[0]
+                onSuccess?(output)
+            } catch {
+                onFailure?(error)
+            }
+        }
+    }
+}
+
+// MARK: - Named work
+
+extension ProcessPool {
+    /// Runs `job` in a worker and returns its output, in a worker (Python's `apply`).
+    ///
+    /// - Throws: the ``ProcessError`` the task failed with, or ``PoolError/notRunning``.
+    @available(*, noasync, message: "await applyAsync(_:).value instead")
+    public func apply<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil) throws -> Job.Output {
+        try applyAsync(job, timeout: timeout).get()
+    }
+
+    /// Sends `job` to a worker and returns at once (Python's `apply_async`).
+    ///
+    /// - Parameters:
+    ///   - timeout: the time the task may run; past it its worker is killed.
+    ///   - onSuccess: called with the output, on a pool thread; keep it short.
+    ///   - onFailure: called with the error instead, on a pool thread.
+    public func applyAsync<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil, onSuccess: (@Sendable (Job.Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil) throws -> AsyncResult<Job.Output> {
+        let decoder = OutcomeDecoder<Job.Output>(single: true)
+        let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job), inputs: [])
+        let call = try submit(work, ranges: [0..<1], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        return AsyncResult(call: call, decoder: decoder)
+    }
+
+    private func functionWork<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], _ ranges: [Range<Int>]) throws -> PoolCall.Work {
+        let encoded = try ranges.map { try ValueCodec.encode(Array(inputs[$0])) }
+        return .named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
+    }
+
+    /// Applies `function` to every input in the workers; returns the outputs
+    /// in input order (Python's `map`).
+    ///
+    /// - Parameters:
+    ///   - chunkSize: inputs sent to a worker at once; nil chooses about
+    ///     four chunks per worker, as Python does.
+    ///   - timeout: the time one item may take (a chunk gets as many times it).
+    ///   - progress: called on a pool thread as chunks end.
+    /// - Throws: the first failed item's ``ProcessError`` (in input order).
+    @available(*, noasync, message: "await mapAsync(_:over:).value instead")
+    public func map<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
+        try mapAsync(function, over: inputs, chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+    }
+
+    /// Starts mapping `function` over `inputs` and returns at once (Python's `map_async`).
+    public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
+        try checkChunkSize(chunkSize)
+        let inputs = Array(inputs)
+        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize ?? defaultChunkSize(inputs.count))
+        let call = try submit(try functionWork(function, inputs, ranges), ranges: ranges, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Runs every job in the workers; returns their outputs in order.
+    ///
+    /// - Throws: the first failed job's ``ProcessError`` (in input order).
+    @available(*, noasync, message: "await mapAsync(_:).value instead")
+    public func map<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
+        try mapAsync(jobs, chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+    }
+
+    /// Starts running every job in the workers and returns at once.
+    public func mapAsync<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
+        try checkChunkSize(chunkSize)
+        let jobs = Array(jobs)
+        let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
+        let encoded = try ranges.map { try ValueCodec.encode(Array(jobs[$0])) }
+        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
+        let call = try submit(work, ranges: ranges, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Applies `function` to every input; results come in input order as
+    /// they are ready (Python's `imap`).
+    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try namedResults(function, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
+    }
+
+    /// Applies `function` to every input; results come in the order they
+    /// complete (Python's `imap_unordered`).
+    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try namedResults(function, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
+    }
+
+    private func namedResults<Function: ProcessFunction>(_ function: Function, _ inputs: some Sequence<Function.Input>, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Function.Output> {
+        try checkChunkSize(chunkSize)
+        let inputs = Array(inputs)
+        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
+        let call = try submit(try functionWork(function, inputs, ranges), ranges: ranges, timeout: timeout, progress: progress)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+    }
+}
+
+// MARK: - Closures
+
+extension ProcessPool {
+    private func closureCall<Item, Output: Encodable>(_ items: [Item], ranges: [Range<Int>], timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolCall {
+        let program = ClosureProgram { range in
+            ChunkRunner.run(items[range], body)
+        }
+        return try submit(.closure(program), ranges: ranges, timeout: timeout, progress: progress, completion: completion)
+    }
+
+    /// Runs `body` in a worker forked for it and returns its output.
+    ///
+    /// - Throws: the ``ProcessError`` the task failed with.
+    @available(*, noasync, message: "await applyAsync { … }.value instead")
+    public func apply<Output: Codable & Sendable>(timeout: Duration? = nil, _ body: @escaping () throws -> Output) throws -> Output {
+        try applyAsync(timeout: timeout, body).get()
+    }
+
+    /// Starts `body` in a worker forked for it and returns at once (Python's
+    /// `apply_async(f, args)`: capture the arguments).
+    public func applyAsync<Output: Codable & Sendable>(timeout: Duration? = nil, onSuccess: (@Sendable (Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil, _ body: @escaping () throws -> Output) throws -> AsyncResult<Output> {
+        let decoder = OutcomeDecoder<Output>(single: false)
+        let call = try closureCall([()], ranges: [0..<1], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure)) { try body() }
+        return AsyncResult(call: call, decoder: decoder)
+    }
+
+    /// Applies `body` to every item in forked workers; returns the outputs
+    /// in item order (Python's `map`). The items need not be `Codable`:
+    /// the workers hold them already.
+    ///
+    /// - Throws: the first failed item's ``ProcessError`` (in item order).
+    @available(*, noasync, message: "await mapAsync(_:_:).value instead")
+    public func map<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> [Output] {
+        try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress, body).get()
+    }
+
+    /// Starts applying `body` to every item and returns at once.
+    public func mapAsync<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
+        try checkChunkSize(chunkSize)
+        let items = Array(items)
+        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize ?? defaultChunkSize(items.count))
+        let call = try closureCall(items, ranges: ranges, timeout: timeout, progress: progress, body)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Applies `body` to the elements of each tuple (Python's `starmap`).
+    @available(*, noasync, message: "await mapAsync(_:_:).value instead")
+    public func starmap<each Argument, Output: Codable & Sendable>(_ items: [(repeat each Argument)], chunkSize: Int? = nil, timeout: Duration? = nil, _ body: @escaping (repeat each Argument) throws -> Output) throws -> [Output] {
+        try mapAsync(items, chunkSize: chunkSize, timeout: timeout) { (item: (repeat each Argument)) in try body(repeat each item) }.get()
+    }
+
+    /// Applies `body` to every item; results come in item order as they are
+    /// ready (Python's `imap`).
+    public func imap<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try closureResults(items, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
+    }
+
+    /// Applies `body` to every item; results come in the order they complete
+    /// (Python's `imap_unordered`).
+    public func imapUnordered<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try closureResults(items, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    private func closureResults<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try checkChunkSize(chunkSize)
+        let items = Array(items)
+        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize)
+        let call = try closureCall(items, ranges: ranges, timeout: timeout, progress: progress, body)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+    }
+}
+
+// MARK: - Scoped
+
+/// Runs `body` with a new pool, then closes and joins it; if `body` throws,
+/// the pool is terminated instead. The workers never outlive the call.
+@available(*, noasync, message: "use the async withProcessPool")
+public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
+    let pool = try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+    do {
+        let result = try body(pool)
+        pool.close()
+        try pool.join()
+        return result
+    } catch {
+        pool.terminate()
+        throw error
+    }
+}
+
+/// Runs `body` with a new pool, then closes and joins it; if `body` throws
+/// (or its task is cancelled), the pool is terminated instead.
+public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    let pool = try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
+    do {
+        let result = try await body(pool)
+        pool.close()
+        try await pool.join()
+        return result
+    } catch {
+        pool.terminate()
+        throw error
+    }
+}
