@@ -131,7 +131,24 @@ def locked_value(count):
     assert value.value == count // 2 * 2
 
 
+def square(x):
+    return x * x
+
+
+def pool_map(count):
+    with mp.get_context("fork").Pool(2) as pool:
+        assert pool.map(square, range(count))[-1] == (count - 1) ** 2
+
+
+def pool_apply(count):
+    with mp.get_context("fork").Pool(2) as pool:
+        for i in range(count):
+            assert pool.apply_async(square, (i,)).get() == i * i
+
+
 SCENARIOS = {
+    "pool.map": pool_map,
+    "pool.apply": pool_apply,
     "queue.int": queue_ints,
     "queue.bytes": queue_bytes,
     "value.locked": locked_value,

@@ -1,7 +1,10 @@
-/// The work of a closure call, run only in the workers forked for it.
+/// The work of a closure call, run only in the workers forked for it: the
+/// encoded outcome of a range of items.
+@usableFromInline
 internal final class ClosureProgram: @unchecked Sendable {  // its closures run only in forked children, never here
-    let execute: (Range<Int>) -> UnitOutcome
-    init(execute: @escaping (Range<Int>) -> UnitOutcome) { self.execute = execute }
+    let execute: (Range<Int>) -> [UInt8]
+    @usableFromInline
+    init(execute: @escaping (Range<Int>) -> [UInt8]) { self.execute = execute }
 }
 
 /// One call on a pool (an apply, a map): its units, and their outcomes as
@@ -14,6 +17,12 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], inputs: [[UInt8]])
         /// A closure over items the forked workers hold.
         case closure(ClosureProgram)
+    }
+
+    /// The work and units of a call about to be submitted.
+    struct Pending {
+        var work: Work
+        var ranges: [Range<Int>]
     }
 
     struct State {

@@ -413,7 +413,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             process = ChildProcess(name: name, daemon: true) {
                 WorkerLoop.serve(connection, initialize: { initializer?.runHere() }, execute: { request in
                     guard request.kind == .closureChunk, request.lower >= 0, request.lower <= request.upper else {
-                        return .failed(.corruptRequest("a closure worker was sent a \(request.kind) request"))
+                        return UnitOutcome.failed(.corruptRequest("a closure worker was sent a \(request.kind) request")).encoded()
                     }
                     return program.execute(request.lower..<request.upper)
                 })
@@ -427,9 +427,9 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
 
     private func receiveReplies(from worker: PoolWorker) {
         while !worker.connectionEnded, (try? worker.connection.poll(timeout: .zero)) == true {
-            let reply: UnitReply
+            let reply: (id: UInt64, outcome: UnitOutcome)
             do {
-                reply = try ValueCodec.decode(UnitReply.self, from: try worker.connection.receiveBytes())
+                reply = try UnitReply.decode(try worker.connection.receiveBytes())
             } catch let error as WireError where error == .endOfFile {
                 locked { worker.connectionEnded = true }
                 return
@@ -444,7 +444,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         }
     }
 
-    private func handle(_ reply: UnitReply, from worker: PoolWorker) {
+    private func handle(_ reply: (id: UInt64, outcome: UnitOutcome), from worker: PoolWorker) {
         if reply.id == 0, case let .failed(error) = reply.outcome {
             initializerFailed(error, in: worker)
             return

@@ -20,40 +20,49 @@ public protocol ProcessFunction: Codable, Sendable {
 
     /// Computes the output for `input`, in a worker process.
     func callAsFunction(_ input: Input) throws -> Output
+
+    /// Worker side, not for calling: runs the function encoded in `payload`
+    /// over the inputs encoded in `inputs` and returns the encoded outcome.
+    /// Keep the default: being a requirement, it is compiled for each
+    /// conforming type, so the loop over a chunk is specialized for it.
+    static func _runChunk(payload: [UInt8], inputs: [UInt8]) -> [UInt8]
 }
 
 extension ProcessFunction {
-    /// Worker side: decodes the function and a chunk of inputs, runs it over them.
-    fileprivate static func runChunk(function payload: [UInt8], inputs: [UInt8]) -> UnitOutcome {
+    @inlinable
+    public static func _runChunk(payload: [UInt8], inputs: [UInt8]) -> [UInt8] {
         let function: Self
         let items: [Input]
         do {
-            function = try ValueCodec.decode(Self.self, from: payload)
-            items = try ValueCodec.decode([Input].self, from: inputs)
+            function = try WireCodec.decode(Self.self, from: payload)
+            items = try WireCodec.decode([Input].self, from: inputs)
         } catch {
-            return .failed(.corruptRequest(error.description))
+            return UnitOutcome.failed(.corruptRequest(error.description)).encoded()
         }
-        return ChunkRunner.run(items) { try function($0) }
+        return ChunkRunner.run(items) { try function($0) }.encoded()
     }
 }
 
 extension ProcessJob {
     /// Worker side: decodes a chunk of jobs and runs each.
-    fileprivate static func runChunk(_ inputs: [UInt8]) -> UnitOutcome {
+    fileprivate static func runChunk(_ inputs: [UInt8]) -> [UInt8] {
         let jobs: [Self]
         do {
             jobs = try ValueCodec.decode([Self].self, from: inputs)
         } catch {
-            return .failed(.corruptRequest(error.description))
+            return UnitOutcome.failed(.corruptRequest(error.description)).encoded()
         }
-        return ChunkRunner.run(jobs) { try $0.run() }
+        return ChunkRunner.run(jobs) { try $0.run() }.encoded()
     }
 }
 
 /// Runs work over a chunk in a worker and encodes the outcome.
+@usableFromInline
 internal enum ChunkRunner {
     /// Applies `body` to each item: all outputs as one array when every item
-    /// succeeds, else each item's output or error.
+    /// succeeds, else each item's output or error. Inlinable, so that it is
+    /// specialized where the item and output types are known.
+    @inlinable
     static func run<Item, Output: Encodable>(_ items: some Collection<Item>, _ body: (Item) throws -> Output) -> UnitOutcome {
         var outputs: [Output] = []
         outputs.reserveCapacity(items.count)
@@ -72,40 +81,41 @@ internal enum ChunkRunner {
         }
         if let mixed { return .mixed(mixed) }
         do {
-            return .values(try ValueCodec.encode(outputs))
+            return .values(try WireCodec.encode(outputs))
         } catch {
             return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the outputs: \(error)"))
         }
     }
 
-    private static func encodeItem<Output: Encodable>(_ output: Output) -> ItemOutcome {
+    @inlinable
+    static func encodeItem<Output: Encodable>(_ output: Output) -> ItemOutcome {
         do {
-            return .value(try ValueCodec.encode(output))
+            return .value(try WireCodec.encode(output))
         } catch {
             return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the output: \(error)"))
         }
     }
 
-    /// Runs a request for work named by type (jobs and functions).
-    static func runNamed(_ request: UnitRequest) -> UnitOutcome {
+    /// Runs a request for work named by type (jobs and functions); returns the encoded outcome.
+    static func runNamed(_ request: UnitRequest) -> [UInt8] {
         guard let type = _typeByName(request.typeName) else {
-            return .failed(.unknownJobType(request.typeName))
+            return UnitOutcome.failed(.unknownJobType(request.typeName)).encoded()
         }
         switch request.kind {
         case .job:
-            guard type is any ProcessJob.Type else { return .failed(.notAJob(request.typeName)) }
+            guard type is any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
             switch JobRunner.run(typeName: request.typeName, payload: request.payload) {
-            case let .success(bytes): return .values(bytes)
-            case let .failure(error): return .failed(error)
+            case let .success(bytes): return UnitOutcome.values(bytes).encoded()
+            case let .failure(error): return UnitOutcome.failed(error).encoded()
             }
         case .jobChunk:
-            guard let jobType = type as? any ProcessJob.Type else { return .failed(.notAJob(request.typeName)) }
+            guard let jobType = type as? any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
             return jobType.runChunk(request.inputs)
         case .functionChunk:
-            guard let functionType = type as? any ProcessFunction.Type else { return .failed(.notAJob(request.typeName)) }
-            return functionType.runChunk(function: request.payload, inputs: request.inputs)
+            guard let functionType = type as? any ProcessFunction.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
+            return functionType._runChunk(payload: request.payload, inputs: request.inputs)
         case .closureChunk, .stop:
-            return .failed(.corruptRequest("a worker for named work was sent a \(request.kind) request"))
+            return UnitOutcome.failed(.corruptRequest("a worker for named work was sent a \(request.kind) request")).encoded()
         }
     }
 }

@@ -106,8 +106,8 @@ public final class ProcessPool: Sendable {
         stride(from: 0, to: count, by: chunkSize).map { $0..<min($0 + chunkSize, count) }
     }
 
-    func submit(_ work: PoolCall.Work, ranges: [Range<Int>], timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
-        let call = PoolCall(id: engine.makeCallID(), work: work, ranges: ranges, timeout: timeout, progress: progress, completion: completion)
+    func submit(_ pending: PoolCall.Pending, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
+        let call = PoolCall(id: engine.makeCallID(), work: pending.work, ranges: pending.ranges, timeout: timeout, progress: progress, completion: completion)
         try engine.submit(call)
         return call
     }
@@ -146,13 +146,8 @@ extension ProcessPool {
     public func applyAsync<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil, onSuccess: (@Sendable (Job.Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil) throws -> AsyncResult<Job.Output> {
         let decoder = OutcomeDecoder<Job.Output>(single: true)
         let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job), inputs: [])
-        let call = try submit(work, ranges: [0..<1], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        let call = try submit(.init(work: work, ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
-    }
-
-    private func functionWork<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], _ ranges: [Range<Int>]) throws -> PoolCall.Work {
-        let encoded = try ranges.map { try ValueCodec.encode(Array(inputs[$0])) }
-        return .named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
     }
 
     /// Applies `function` to every input in the workers; returns the outputs
@@ -165,69 +160,83 @@ extension ProcessPool {
     ///   - progress: called on a pool thread as chunks end.
     /// - Throws: the first failed item's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:over:).value instead")
+    @inlinable
     public func map<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
-        try mapAsync(function, over: inputs, chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress).get()
     }
 
     /// Starts mapping `function` over `inputs` and returns at once (Python's `map_async`).
+    @inlinable
     public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
-        try checkChunkSize(chunkSize)
-        let inputs = Array(inputs)
-        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize ?? defaultChunkSize(inputs.count))
-        let call = try submit(try functionWork(function, inputs, ranges), ranges: ranges, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    /// Applies `function` to every input; results come in input order as
+    /// they are ready (Python's `imap`).
+    @inlinable
+    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
+    }
+
+    /// Applies `function` to every input; results come in the order they
+    /// complete (Python's `imap_unordered`).
+    @inlinable
+    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }
 
     /// Runs every job in the workers; returns their outputs in order.
     ///
     /// - Throws: the first failed job's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:).value instead")
+    @inlinable
     public func map<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
-        try mapAsync(jobs, chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+        try submitJobs(Array(jobs), chunkSize: chunkSize, timeout: timeout, progress: progress).get()
     }
 
     /// Starts running every job in the workers and returns at once.
+    @inlinable
     public func mapAsync<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
+        try submitJobs(Array(jobs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    }
+
+    // The parts that need not be specialized.
+
+    private func functionCall<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int) throws -> PoolCall.Pending {
+        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
+        let encoded = try ranges.map { try ValueCodec.encode(Array(inputs[$0])) }
+        let work = PoolCall.Work.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
+        return PoolCall.Pending(work: work, ranges: ranges)
+    }
+
+    @usableFromInline
+    func submitFunction<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Function.Output> {
         try checkChunkSize(chunkSize)
-        let jobs = Array(jobs)
-        let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
-        let encoded = try ranges.map { try ValueCodec.encode(Array(jobs[$0])) }
-        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
-        let call = try submit(work, ranges: ranges, timeout: timeout, progress: progress)
+        let call = try submit(functionCall(function, inputs, chunkSize: chunkSize ?? defaultChunkSize(inputs.count)), timeout: timeout, progress: progress)
         return MapResult(call: call, decoder: OutcomeDecoder(single: false))
     }
 
-    /// Applies `function` to every input; results come in input order as
-    /// they are ready (Python's `imap`).
-    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try namedResults(function, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
-    }
-
-    /// Applies `function` to every input; results come in the order they
-    /// complete (Python's `imap_unordered`).
-    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try namedResults(function, inputs, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
-    }
-
-    private func namedResults<Function: ProcessFunction>(_ function: Function, _ inputs: some Sequence<Function.Input>, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Function.Output> {
+    @usableFromInline
+    func submitFunction<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Function.Output> {
         try checkChunkSize(chunkSize)
-        let inputs = Array(inputs)
-        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
-        let call = try submit(try functionWork(function, inputs, ranges), ranges: ranges, timeout: timeout, progress: progress)
+        let call = try submit(functionCall(function, inputs, chunkSize: chunkSize), timeout: timeout, progress: progress)
         return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+    }
+
+    @usableFromInline
+    func submitJobs<Job: ProcessJob>(_ jobs: [Job], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Job.Output> {
+        try checkChunkSize(chunkSize)
+        let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
+        let encoded = try ranges.map { try ValueCodec.encode(Array(jobs[$0])) }
+        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
+        let call = try submit(PoolCall.Pending(work: work, ranges: ranges), timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
     }
 }
 
 // MARK: - Closures
 
 extension ProcessPool {
-    private func closureCall<Item, Output: Encodable>(_ items: [Item], ranges: [Range<Int>], timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolCall {
-        let program = ClosureProgram { range in
-            ChunkRunner.run(items[range], body)
-        }
-        return try submit(.closure(program), ranges: ranges, timeout: timeout, progress: progress, completion: completion)
-    }
-
     /// Runs `body` in a worker forked for it and returns its output.
     ///
     /// - Throws: the ``ProcessError`` the task failed with.
@@ -240,7 +249,8 @@ extension ProcessPool {
     /// `apply_async(f, args)`: capture the arguments).
     public func applyAsync<Output: Codable & Sendable>(timeout: Duration? = nil, onSuccess: (@Sendable (Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil, _ body: @escaping () throws -> Output) throws -> AsyncResult<Output> {
         let decoder = OutcomeDecoder<Output>(single: false)
-        let call = try closureCall([()], ranges: [0..<1], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure)) { try body() }
+        let program = ClosureProgram { _ in ChunkRunner.run(CollectionOfOne(())) { try body() }.encoded() }
+        let call = try submit(.init(work: .closure(program), ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
     }
 
@@ -250,42 +260,56 @@ extension ProcessPool {
     ///
     /// - Throws: the first failed item's ``ProcessError`` (in item order).
     @available(*, noasync, message: "await mapAsync(_:_:).value instead")
+    @inlinable
     public func map<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> [Output] {
         try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress, body).get()
     }
 
     /// Starts applying `body` to every item and returns at once.
+    @inlinable
     public func mapAsync<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
-        try checkChunkSize(chunkSize)
         let items = Array(items)
-        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize ?? defaultChunkSize(items.count))
-        let call = try closureCall(items, ranges: ranges, timeout: timeout, progress: progress, body)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
     }
 
     /// Applies `body` to the elements of each tuple (Python's `starmap`).
     @available(*, noasync, message: "await mapAsync(_:_:).value instead")
+    @inlinable
     public func starmap<each Argument, Output: Codable & Sendable>(_ items: [(repeat each Argument)], chunkSize: Int? = nil, timeout: Duration? = nil, _ body: @escaping (repeat each Argument) throws -> Output) throws -> [Output] {
         try mapAsync(items, chunkSize: chunkSize, timeout: timeout) { (item: (repeat each Argument)) in try body(repeat each item) }.get()
     }
 
     /// Applies `body` to every item; results come in item order as they are
     /// ready (Python's `imap`).
+    @inlinable
     public func imap<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
-        try closureResults(items, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
+        let items = Array(items)
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
     }
 
     /// Applies `body` to every item; results come in the order they complete
     /// (Python's `imap_unordered`).
+    @inlinable
     public func imapUnordered<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
-        try closureResults(items, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
+        let items = Array(items)
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }
 
-    private func closureResults<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+    @usableFromInline
+    func submitClosure<Output: Decodable & Sendable>(_ program: ClosureProgram, count: Int, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Output> {
         try checkChunkSize(chunkSize)
-        let items = Array(items)
-        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize)
-        let call = try closureCall(items, ranges: ranges, timeout: timeout, progress: progress, body)
+        let ranges = Self.ranges(count: count, chunkSize: chunkSize ?? defaultChunkSize(count))
+        let call = try submit(.init(work: .closure(program), ranges: ranges), timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    @usableFromInline
+    func submitClosure<Output: Decodable & Sendable>(_ program: ClosureProgram, count: Int, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Output> {
+        try checkChunkSize(chunkSize)
+        let call = try submit(.init(work: .closure(program), ranges: Self.ranges(count: count, chunkSize: chunkSize)), timeout: timeout, progress: progress)
         return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
     }
 }

@@ -23,12 +23,14 @@ internal struct UnitRequest: Codable, Sendable {
 }
 
 /// How one item of a chunk ended, when not every item succeeded.
+@usableFromInline
 internal enum ItemOutcome: Codable, Sendable {
     case value([UInt8])
     case failed(ProcessError)
 }
 
 /// How a unit ended in the worker.
+@usableFromInline
 internal enum UnitOutcome: Codable, Sendable {
     /// Every item succeeded: the encoded outputs (an array for chunks, the
     /// one output for a `.job` unit).
@@ -37,24 +39,44 @@ internal enum UnitOutcome: Codable, Sendable {
     case mixed([ItemOutcome])
     /// The whole unit failed before running (unknown type, corrupt request).
     case failed(ProcessError)
+
+    /// The outcome's encoding (a failure to encode is itself encoded).
+    @usableFromInline
+    func encoded() -> [UInt8] {
+        if let bytes = try? ValueCodec.encode(self) { return bytes }
+        return (try? ValueCodec.encode(UnitOutcome.failed(.corruptReply("the outcome did not encode")))) ?? []
+    }
 }
 
-/// A worker's answer to a request. `id` 0 reports a failed initializer.
-internal struct UnitReply: Codable, Sendable {
-    var id: UInt64
-    var outcome: UnitOutcome
+/// A worker's answer to a request: the unit's id (8 bytes, little-endian;
+/// 0 reports a failed initializer), then its encoded ``UnitOutcome``.
+internal enum UnitReply {
+    static func encode(id: UInt64, outcome: [UInt8]) -> [UInt8] {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(8 + outcome.count)
+        withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: outcome)
+        return bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome) {
+        guard bytes.count >= 8 else { throw .corrupt("a reply of \(bytes.count) bytes") }
+        var id: UInt64 = 0
+        for index in (0..<8).reversed() { id = id << 8 | UInt64(bytes[index]) }
+        return (id, try ValueCodec.decode(UnitOutcome.self, from: Array(bytes[8...])))
+    }
 }
 
 /// The loop every pool worker runs: initialize, then answer requests one by
 /// one until asked to stop or the pool's end of the connection closes.
 internal enum WorkerLoop {
-    static func serve(_ connection: Connection, initialize: () -> ProcessError?, execute: (UnitRequest) -> UnitOutcome) {
+    static func serve(_ connection: Connection, initialize: () -> ProcessError?, execute: (UnitRequest) -> [UInt8]) {
         // A fault fails its task by its signal, in milliseconds; the runtime
         // still prints the fatal error's message before it traps.
         Syscall.defaultFaultSignals()
         if let error = initialize() {
-            let reply = UnitReply(id: 0, outcome: .failed(.initializerFailed(error.description)))
-            if let bytes = try? ValueCodec.encode(reply) { try? connection.sendBytes(bytes) }
+            let reply = UnitReply.encode(id: 0, outcome: UnitOutcome.failed(.initializerFailed(error.description)).encoded())
+            try? connection.sendBytes(reply)
             return
         }
         while true {
@@ -62,8 +84,8 @@ internal enum WorkerLoop {
                   let request = try? ValueCodec.decode(UnitRequest.self, from: bytes),
                   request.kind != .stop
             else { return }
-            let reply = UnitReply(id: request.id, outcome: execute(request))
-            guard let encoded = try? ValueCodec.encode(reply), (try? connection.sendBytes(encoded)) != nil else { return }
+            let reply = UnitReply.encode(id: request.id, outcome: execute(request))
+            guard (try? connection.sendBytes(reply)) != nil else { return }
         }
     }
 }

@@ -1,0 +1,62 @@
+import Foundation
+import Multiprocessing
+
+/// x ↦ x², the trivial task.
+struct SquareTask: ProcessFunction {
+    func callAsFunction(_ x: Int) -> Int { x &* x }
+}
+
+/// The same as a job, for apply round trips.
+struct SquareJob: ProcessJob {
+    var x: Int
+    func run() throws -> Int { x &* x }
+}
+
+/// About a millisecond of arithmetic per item.
+struct Spin: ProcessFunction {
+    func callAsFunction(_ seed: Int) -> Double { spin(seed) }
+}
+
+@inline(never) func spin(_ seed: Int) -> Double {
+    var total = 0.0
+    for i in 0..<400_000 { total += (Double(i ^ seed) + 1).squareRoot() }
+    return total
+}
+
+/// One map of x² over `count` Ints on a new pool of two forked workers,
+/// default chunks (as Python's `with Pool(2) as p: p.map(square, range(n))`).
+@Sendable func poolMap(_ count: Int) throws {
+    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+        let squares = try pool.map(SquareTask(), over: 0..<count)
+        guard squares.last == (count - 1) * (count - 1) else { throw BenchmarkFailure(description: "wrong result") }
+    }
+}
+
+/// `count` applyAsync+get round trips, one at a time.
+@Sendable func poolApply(_ count: Int) throws {
+    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+        for i in 0..<count {
+            guard try pool.applyAsync(SquareJob(x: i)).get() == i * i else { throw BenchmarkFailure(description: "wrong result") }
+        }
+    }
+}
+
+/// A CPU-bound map on two workers…
+@Sendable func poolSpin(_ count: Int) throws {
+    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+        _ = try pool.map(Spin(), over: 0..<count)
+    }
+}
+
+/// …against the same work serially, in this process.
+@Sendable func serialSpin(_ count: Int) throws {
+    var total = 0.0
+    for i in 0..<count { total += spin(i) }
+    guard total > 0 else { throw BenchmarkFailure(description: "no work") }
+}
+
+let poolScenarios: [Scenario] = [
+    Scenario(name: "pool.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolMap),
+    Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
+    Scenario(name: "pool.cpu", unit: "items", count: 200, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
+]
