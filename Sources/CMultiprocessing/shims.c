@@ -235,6 +235,10 @@ int cmp_pipe_cloexec(int fds[2]) {
     return 0;
 }
 
+int cmp_pipe_capacity(int fd) {
+    return fcntl(fd, F_GETPIPE_SZ);
+}
+
 void cmp_ignore_sigpipe_if_default(void) {
     struct sigaction current;
     if (sigaction(SIGPIPE, NULL, &current) == 0 && current.sa_handler == SIG_DFL) {

@@ -98,6 +98,9 @@ void cmp_default_fault_signals(void);
 /// with the pipe's buffer raised to 1 MiB where the system allows.
 int cmp_pipe_cloexec(int fds[2]);
 
+/// The capacity of the pipe `fd` belongs to, in bytes; -1 with errno on failure.
+int cmp_pipe_capacity(int fd);
+
 /// `epoll_create1(EPOLL_CLOEXEC)`.
 int cmp_epoll_create(void);
 

@@ -152,6 +152,20 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
         }
     }
 
+    /// Sends `head` and `body` as one message without joining them first
+    /// (the body may be large: it is written as it is).
+    internal func sendBytes(head: [UInt8], body: [UInt8]) throws {
+        try check(reading: false)
+        if body.count <= 64 * 1024 {
+            try sendBytes(head + body)
+            return
+        }
+        try sendLock.withLock { _ in
+            try (Frame.header(for: head.count + body.count) + head).withUnsafeBytes { try sendAll($0) }
+            try body.withUnsafeBytes { try sendAll($0) }
+        }
+    }
+
     private func sendAll(_ bytes: UnsafeRawBufferPointer) throws {
         var offset = 0
         while offset < bytes.count {

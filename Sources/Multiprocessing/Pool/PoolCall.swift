@@ -2,9 +2,9 @@
 /// encoded outcome of a range of items.
 @usableFromInline
 internal final class ClosureProgram: @unchecked Sendable {  // its closures run only in forked children, never here
-    let execute: (Range<Int>) -> [UInt8]
+    let execute: (Range<Int>) -> (tag: UInt8, body: [UInt8])
     @usableFromInline
-    init(execute: @escaping (Range<Int>) -> [UInt8]) { self.execute = execute }
+    init(execute: @escaping (Range<Int>) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
 }
 
 /// One call on a pool (an apply, a map): its units, and their outcomes as

@@ -60,9 +60,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
 
     /// At most this many units are sent to a worker ahead of its answers.
     static let pipelineDepth = 2
-    /// A unit is sent ahead only if its request is at most this large, so the
-    /// send never blocks on a busy worker (the pipe holds 1 MiB).
-    static let prefetchLimit = 256 << 10
 
     let configuration: Configuration
     let state: Monitor<State>
@@ -104,7 +101,32 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             return
         }
         if call.ranges.isEmpty { finish(call) }
-        signal()
+        // Units that idle workers take at once need no wake-up of the
+        // dispatcher: it hears the answers anyway. One thread hop less per apply.
+        let handedOver = call.timeout == nil && state.withLock { sendToIdleWorkers(call, &$0) }
+        if !handedOver { signal() }
+    }
+
+    /// Sends units of `call` straight to idle workers, with the lock held;
+    /// returns whether no unit is left to send. Only requests that fit in
+    /// the worker's pipe go this way: an idle worker has read everything
+    /// sent to it, so the write cannot block.
+    private func sendToIdleWorkers(_ call: PoolCall, _ state: inout State) -> Bool {
+        let kind: PoolWorker.Kind = call.isClosureCall ? .closure(callID: call.id) : .jobs
+        for worker in state.workers where worker.kind == kind && !worker.retiring && worker.outstanding.isEmpty {
+            if let limit = configuration.maxTasksPerChild, worker.unitsDone >= limit { continue }
+            guard let unit = state.pending[call.id]?.take() else { break }
+            let id = state.nextUnitID
+            guard let (head, body) = try? call.request(unit: unit, id: id).wire(), head.count + body.count + 64 <= worker.requestCapacity else {
+                state.pending[call.id]?.returned.append(unit)
+                return false
+            }
+            state.nextUnitID += 1
+            worker.startedAt = .now
+            worker.outstanding.append(.init(call: call, unit: unit, id: id))
+            if (try? worker.connection.sendBytes(head: head, body: body)) == nil { worker.kill(for: nil) }
+        }
+        return state.pending[call.id]?.isEmpty ?? true
     }
 
     func makeCallID() -> Int {
@@ -175,7 +197,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     // MARK: - The dispatcher
 
     private struct Plan {
-        var sends: [(PoolWorker, [UInt8])] = []
+        var sends: [(PoolWorker, head: [UInt8], body: [UInt8])] = []
         var starts: [PoolWorker.Kind] = []
         var failures: [(PoolCall, Int, ProcessError)] = []
         var watched: [PoolWorker] = []
@@ -188,9 +210,9 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             var plan = state.withLock { makePlan(&$0) }
             deliverFailures(plan.failures)
             if plan.done { break }
-            for (worker, bytes) in plan.sends {
+            for (worker, head, body) in plan.sends {
                 do {
-                    try worker.connection.sendBytes(bytes)
+                    try worker.connection.sendBytes(head: head, body: body)
                 } catch {
                     // It is gone or not reading: its end comes through its pidfd.
                     locked { worker.kill(for: nil) }
@@ -270,7 +292,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             }
             if exhausted || idle {
                 worker.retiring = true
-                if let bytes = try? ValueCodec.encode(UnitRequest(kind: .stop, id: 0)) { plan.sends.append((worker, bytes)) }
+                if let (head, body) = try? UnitRequest(kind: .stop, id: 0).wire() { plan.sends.append((worker, head, body)) }
             }
         }
         plan.watched = state.workers
@@ -294,18 +316,22 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
                 guard let (call, unit) = takeUnit(&state, for: worker.kind) else { break }
                 let id = state.nextUnitID
                 let request = call.request(unit: unit, id: id)
-                guard let bytes = try? ValueCodec.encode(request) else {
+                guard let (head, body) = try? request.wire() else {
                     plan.failures.append((call, unit, .corruptRequest("the request did not encode")))
                     continue
                 }
-                if !worker.outstanding.isEmpty && bytes.count > Self.prefetchLimit {
+                // Sent ahead, a request must fit in the pipe (with its frame
+                // header) once the worker has read the one before: the worker
+                // reads a request whole before running it, so the send cannot
+                // block on a worker that is itself blocked sending its answer.
+                if !worker.outstanding.isEmpty && head.count + body.count + 64 > worker.requestCapacity {
                     state.pending[call.id]?.returned.append(unit)
                     break
                 }
                 state.nextUnitID += 1
                 if worker.outstanding.isEmpty { worker.startedAt = .now }
                 worker.outstanding.append(.init(call: call, unit: unit, id: id))
-                plan.sends.append((worker, bytes))
+                plan.sends.append((worker, head, body))
             }
         }
     }
@@ -413,7 +439,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             process = ChildProcess(name: name, daemon: true) {
                 WorkerLoop.serve(connection, initialize: { initializer?.runHere() }, execute: { request in
                     guard request.kind == .closureChunk, request.lower >= 0, request.lower <= request.upper else {
-                        return UnitOutcome.failed(.corruptRequest("a closure worker was sent a \(request.kind) request")).encoded()
+                        return UnitOutcome.failed(.corruptRequest("a closure worker was sent a \(request.kind) request")).wire()
                     }
                     return program.execute(request.lower..<request.upper)
                 })

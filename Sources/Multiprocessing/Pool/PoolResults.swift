@@ -33,10 +33,10 @@ internal struct OutcomeDecoder<Output: Decodable>: Sendable {
         switch outcome {
         case let .failure(error), let .success(.failed(error)):
             throw error
-        case let .success(.values(bytes)):
+        case let .success(.values(bytes, offset)):
             let outputs: [Output]
             do {
-                outputs = single ? [try ValueCodec.decode(Output.self, from: bytes)] : try ValueCodec.decode([Output].self, from: bytes)
+                outputs = single ? [try ValueCodec.decode(Output.self, from: bytes, startingAt: offset)] : try ValueCodec.decode([Output].self, from: bytes, startingAt: offset)
             } catch {
                 throw .corruptReply(error.description)
             }

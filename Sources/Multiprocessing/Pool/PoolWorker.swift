@@ -23,6 +23,9 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     let connection: Connection
     /// A duplicate of the descriptor that becomes readable when the worker ends.
     let exitDescriptor: FileDescriptor
+    /// How many bytes the pipe to the worker holds: a request sent ahead of
+    /// the worker's answers must fit, so that sending it never blocks.
+    let requestCapacity: Int
 
     /// Units sent and not yet answered, in the order the worker runs them.
     var outstanding: [Assignment] = []
@@ -41,6 +44,7 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         self.process = process
         self.connection = connection
         self.exitDescriptor = exitDescriptor
+        self.requestCapacity = (try? Syscall.pipeCapacity(connection.writeDescriptor)) ?? 0
     }
 
     /// Kills the worker; its first outstanding unit fails with `reason`

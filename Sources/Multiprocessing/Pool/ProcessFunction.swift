@@ -22,37 +22,38 @@ public protocol ProcessFunction: Codable, Sendable {
     func callAsFunction(_ input: Input) throws -> Output
 
     /// Worker side, not for calling: runs the function encoded in `payload`
-    /// over the inputs encoded in `inputs` and returns the encoded outcome.
+    /// over the inputs encoded in `inputs` from `offset` on, and returns the
+    /// encoded outcome.
     /// Keep the default: being a requirement, it is compiled for each
     /// conforming type, so the loop over a chunk is specialized for it.
-    static func _runChunk(payload: [UInt8], inputs: [UInt8]) -> [UInt8]
+    static func _runChunk(payload: [UInt8], inputs: [UInt8], offset: Int) -> (tag: UInt8, body: [UInt8])
 }
 
 extension ProcessFunction {
     @inlinable
-    public static func _runChunk(payload: [UInt8], inputs: [UInt8]) -> [UInt8] {
+    public static func _runChunk(payload: [UInt8], inputs: [UInt8], offset: Int) -> (tag: UInt8, body: [UInt8]) {
         let function: Self
         let items: [Input]
         do {
             function = try WireCodec.decode(Self.self, from: payload)
-            items = try WireCodec.decode([Input].self, from: inputs)
+            items = try WireCodec.decode([Input].self, from: inputs, startingAt: offset)
         } catch {
-            return UnitOutcome.failed(.corruptRequest(error.description)).encoded()
+            return UnitOutcome.failed(.corruptRequest(error.description)).wire()
         }
-        return ChunkRunner.run(items) { try function($0) }.encoded()
+        return ChunkRunner.run(items) { try function($0) }.wire()
     }
 }
 
 extension ProcessJob {
     /// Worker side: decodes a chunk of jobs and runs each.
-    fileprivate static func runChunk(_ inputs: [UInt8]) -> [UInt8] {
+    fileprivate static func runChunk(_ inputs: [UInt8], offset: Int) -> (tag: UInt8, body: [UInt8]) {
         let jobs: [Self]
         do {
-            jobs = try ValueCodec.decode([Self].self, from: inputs)
+            jobs = try ValueCodec.decode([Self].self, from: inputs, startingAt: offset)
         } catch {
-            return UnitOutcome.failed(.corruptRequest(error.description)).encoded()
+            return UnitOutcome.failed(.corruptRequest(error.description)).wire()
         }
-        return ChunkRunner.run(jobs) { try $0.run() }.encoded()
+        return ChunkRunner.run(jobs) { try $0.run() }.wire()
     }
 }
 
@@ -81,7 +82,7 @@ internal enum ChunkRunner {
         }
         if let mixed { return .mixed(mixed) }
         do {
-            return .values(try WireCodec.encode(outputs))
+            return .values(try WireCodec.encode(outputs), offset: 0)
         } catch {
             return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the outputs: \(error)"))
         }
@@ -96,26 +97,28 @@ internal enum ChunkRunner {
         }
     }
 
-    /// Runs a request for work named by type (jobs and functions); returns the encoded outcome.
-    static func runNamed(_ request: UnitRequest) -> [UInt8] {
-        guard let type = _typeByName(request.typeName) else {
-            return UnitOutcome.failed(.unknownJobType(request.typeName)).encoded()
+    /// Runs a request for work named by type (jobs and functions); returns
+    /// the encoded outcome. `types` keeps the names already resolved.
+    static func runNamed(_ request: UnitRequest, types: inout [String: Any.Type]) -> (tag: UInt8, body: [UInt8]) {
+        guard let type = types[request.typeName] ?? _typeByName(request.typeName) else {
+            return UnitOutcome.failed(.unknownJobType(request.typeName)).wire()
         }
+        types[request.typeName] = type
         switch request.kind {
         case .job:
-            guard type is any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
-            switch JobRunner.run(typeName: request.typeName, payload: request.payload) {
-            case let .success(bytes): return UnitOutcome.values(bytes).encoded()
-            case let .failure(error): return UnitOutcome.failed(error).encoded()
+            guard let jobType = type as? any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).wire() }
+            switch JobRunner.run(jobType, payload: request.payload) {
+            case let .success(bytes): return UnitOutcome.values(bytes, offset: 0).wire()
+            case let .failure(error): return UnitOutcome.failed(error).wire()
             }
         case .jobChunk:
-            guard let jobType = type as? any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
-            return jobType.runChunk(request.inputs)
+            guard let jobType = type as? any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).wire() }
+            return jobType.runChunk(request.inputs, offset: request.inputsOffset)
         case .functionChunk:
-            guard let functionType = type as? any ProcessFunction.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).encoded() }
-            return functionType._runChunk(payload: request.payload, inputs: request.inputs)
+            guard let functionType = type as? any ProcessFunction.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).wire() }
+            return functionType._runChunk(payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
         case .closureChunk, .stop:
-            return UnitOutcome.failed(.corruptRequest("a worker for named work was sent a \(request.kind) request")).encoded()
+            return UnitOutcome.failed(.corruptRequest("a worker for named work was sent a \(request.kind) request")).wire()
         }
     }
 }

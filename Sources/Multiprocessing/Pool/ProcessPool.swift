@@ -249,7 +249,7 @@ extension ProcessPool {
     /// `apply_async(f, args)`: capture the arguments).
     public func applyAsync<Output: Codable & Sendable>(timeout: Duration? = nil, onSuccess: (@Sendable (Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil, _ body: @escaping () throws -> Output) throws -> AsyncResult<Output> {
         let decoder = OutcomeDecoder<Output>(single: false)
-        let program = ClosureProgram { _ in ChunkRunner.run(CollectionOfOne(())) { try body() }.encoded() }
+        let program = ClosureProgram { _ in ChunkRunner.run(CollectionOfOne(())) { try body() }.wire() }
         let call = try submit(.init(work: .closure(program), ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
     }
@@ -269,7 +269,7 @@ extension ProcessPool {
     @inlinable
     public func mapAsync<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
         let items = Array(items)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
     }
 
@@ -285,7 +285,7 @@ extension ProcessPool {
     @inlinable
     public func imap<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
     }
 
@@ -294,7 +294,7 @@ extension ProcessPool {
     @inlinable
     public func imapUnordered<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).encoded() }
+        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }
 

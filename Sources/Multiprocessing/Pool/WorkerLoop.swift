@@ -17,9 +17,36 @@ internal struct UnitRequest: Codable, Sendable {
     var id: UInt64
     var typeName: String = ""
     var payload: [UInt8] = []
-    var inputs: [UInt8] = []
     var lower: Int = 0
     var upper: Int = 0
+    /// The encoded inputs: in `inputs` from `inputsOffset` on. They travel
+    /// after the rest, as they are, so a large chunk is never copied into a
+    /// bigger message.
+    var inputs: [UInt8] = []
+    var inputsOffset = 0
+
+    private enum CodingKeys: String, CodingKey {
+        case kind, id, typeName, payload, lower, upper
+    }
+
+    /// The message: the length of the encoded fields (4 bytes,
+    /// little-endian), the fields, then the inputs (sent as a second part).
+    func wire() throws -> (head: [UInt8], body: [UInt8]) {
+        let fields = try ValueCodec.encode(self)
+        guard fields.count < Int(UInt32.max) else { throw WireError.corrupt("request fields of \(fields.count) bytes") }
+        return (withUnsafeBytes(of: UInt32(fields.count).littleEndian) { Array($0) } + fields, inputs)
+    }
+
+    /// Reads a request; its inputs keep pointing into `bytes`.
+    static func decode(_ bytes: [UInt8]) throws(WireError) -> UnitRequest {
+        guard bytes.count >= 4 else { throw .corrupt("a request of \(bytes.count) bytes") }
+        let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
+        guard length <= bytes.count - 4 else { throw .corrupt("request fields of \(length) bytes in \(bytes.count)") }
+        var request = try ValueCodec.decode(UnitRequest.self, from: bytes, startingAt: 4, endingAt: 4 + length)
+        request.inputs = bytes
+        request.inputsOffset = 4 + length
+        return request
+    }
 }
 
 /// How one item of a chunk ended, when not every item succeeded.
@@ -31,61 +58,75 @@ internal enum ItemOutcome: Codable, Sendable {
 
 /// How a unit ended in the worker.
 @usableFromInline
-internal enum UnitOutcome: Codable, Sendable {
+internal enum UnitOutcome: Sendable {
     /// Every item succeeded: the encoded outputs (an array for chunks, the
-    /// one output for a `.job` unit).
-    case values([UInt8])
+    /// one output for a `.job` unit), from `offset` on in `bytes`.
+    case values([UInt8], offset: Int)
     /// Some item failed: each item's encoded output or error.
     case mixed([ItemOutcome])
     /// The whole unit failed before running (unknown type, corrupt request).
     case failed(ProcessError)
 
-    /// The outcome's encoding (a failure to encode is itself encoded).
+    @usableFromInline static let valuesTag: UInt8 = 0
+    @usableFromInline static let mixedTag: UInt8 = 1
+    @usableFromInline static let failedTag: UInt8 = 2
+
+    /// The outcome as it crosses: a tag and its body (the outputs as they
+    /// are, so that a large chunk is never copied into a bigger message).
     @usableFromInline
-    func encoded() -> [UInt8] {
-        if let bytes = try? ValueCodec.encode(self) { return bytes }
-        return (try? ValueCodec.encode(UnitOutcome.failed(.corruptReply("the outcome did not encode")))) ?? []
+    func wire() -> (tag: UInt8, body: [UInt8]) {
+        switch self {
+        case let .values(bytes, offset):
+            return (Self.valuesTag, offset == 0 ? bytes : Array(bytes[offset...]))
+        case let .mixed(items):
+            if let body = try? ValueCodec.encode(items) { return (Self.mixedTag, body) }
+            return UnitOutcome.failed(.corruptReply("the outcomes did not encode")).wire()
+        case let .failed(error):
+            return (Self.failedTag, (try? ValueCodec.encode(error)) ?? [])
+        }
     }
 }
 
 /// A worker's answer to a request: the unit's id (8 bytes, little-endian;
-/// 0 reports a failed initializer), then its encoded ``UnitOutcome``.
+/// 0 reports a failed initializer), the outcome's tag (1 byte), its body.
 internal enum UnitReply {
-    static func encode(id: UInt64, outcome: [UInt8]) -> [UInt8] {
-        var bytes = [UInt8]()
-        bytes.reserveCapacity(8 + outcome.count)
-        withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) }
-        bytes.append(contentsOf: outcome)
-        return bytes
+    static func head(id: UInt64, tag: UInt8) -> [UInt8] {
+        withUnsafeBytes(of: id.littleEndian) { Array($0) } + [tag]
     }
 
+    /// Reads a reply; a `.values` outcome keeps pointing into `bytes`.
     static func decode(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome) {
-        guard bytes.count >= 8 else { throw .corrupt("a reply of \(bytes.count) bytes") }
+        guard bytes.count >= 9 else { throw .corrupt("a reply of \(bytes.count) bytes") }
         var id: UInt64 = 0
         for index in (0..<8).reversed() { id = id << 8 | UInt64(bytes[index]) }
-        return (id, try ValueCodec.decode(UnitOutcome.self, from: Array(bytes[8...])))
+        switch bytes[8] {
+        case UnitOutcome.valuesTag: return (id, .values(bytes, offset: 9))
+        case UnitOutcome.mixedTag: return (id, .mixed(try ValueCodec.decode([ItemOutcome].self, from: bytes, startingAt: 9)))
+        case UnitOutcome.failedTag: return (id, .failed(try ValueCodec.decode(ProcessError.self, from: bytes, startingAt: 9)))
+        case let tag: throw .corrupt("a reply with tag \(tag)")
+        }
     }
 }
 
 /// The loop every pool worker runs: initialize, then answer requests one by
 /// one until asked to stop or the pool's end of the connection closes.
 internal enum WorkerLoop {
-    static func serve(_ connection: Connection, initialize: () -> ProcessError?, execute: (UnitRequest) -> [UInt8]) {
+    static func serve(_ connection: Connection, initialize: () -> ProcessError?, execute: (UnitRequest) -> (tag: UInt8, body: [UInt8])) {
         // A fault fails its task by its signal, in milliseconds; the runtime
         // still prints the fatal error's message before it traps.
         Syscall.defaultFaultSignals()
         if let error = initialize() {
-            let reply = UnitReply.encode(id: 0, outcome: UnitOutcome.failed(.initializerFailed(error.description)).encoded())
-            try? connection.sendBytes(reply)
+            let (tag, body) = UnitOutcome.failed(.initializerFailed(error.description)).wire()
+            try? connection.sendBytes(head: UnitReply.head(id: 0, tag: tag), body: body)
             return
         }
         while true {
             guard let bytes = try? connection.receiveBytes(),
-                  let request = try? ValueCodec.decode(UnitRequest.self, from: bytes),
+                  let request = try? UnitRequest.decode(bytes),
                   request.kind != .stop
             else { return }
-            let reply = UnitReply.encode(id: request.id, outcome: execute(request))
-            guard (try? connection.sendBytes(reply)) != nil else { return }
+            let (tag, body) = execute(request)
+            guard (try? connection.sendBytes(head: UnitReply.head(id: request.id, tag: tag), body: body)) != nil else { return }
         }
     }
 }
@@ -106,12 +147,13 @@ internal struct PoolWorkerJob: ProcessJob {
     }
 
     func run() throws -> Bool {
+        var types: [String: Any.Type] = [:]
         WorkerLoop.serve(connection, initialize: {
             forkedInitializer?()
             guard let initializerType else { return nil }
             if case let .failure(error) = JobRunner.run(typeName: initializerType, payload: initializerPayload) { return error }
             return nil
-        }, execute: ChunkRunner.runNamed)
+        }, execute: { request in ChunkRunner.runNamed(request, types: &types) })
         return true
     }
 }

@@ -31,6 +31,11 @@ internal enum JobRunner {
         }
         return jobType.runEncoded(payload, attachments: attachments)
     }
+
+    /// Runs the job of type `jobType` decoded from `payload`.
+    static func run(_ jobType: any ProcessJob.Type, payload: [UInt8]) -> Result<[UInt8], ProcessError> {
+        jobType.runEncoded(payload, attachments: nil)
+    }
 }
 
 extension ProcessJob {

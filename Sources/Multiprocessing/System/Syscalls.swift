@@ -86,6 +86,11 @@ internal enum Syscall {
         return (FileDescriptor(rawValue: fds.0), FileDescriptor(rawValue: fds.1))
     }
 
+    /// How many bytes the pipe holds (`fcntl(F_GETPIPE_SZ)`).
+    static func pipeCapacity(_ fd: FileDescriptor) throws(Errno) -> Int {
+        Int(try valueOrErrno { cmp_pipe_capacity(fd.rawValue) })
+    }
+
     /// `read(2)`.
     static func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
         try valueOrErrno { Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count) }

@@ -10,9 +10,9 @@ internal enum ValueCodec {
         try WireEncoder(attachments: nil).encodeFrame(value)
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], attachments: DescriptorAttachments? = nil) throws(WireError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], startingAt start: Int = 0, endingAt end: Int? = nil, attachments: DescriptorAttachments? = nil) throws(WireError) -> T {
         do {
-            return try WireDecoder(attachments: attachments).decode(T.self, from: bytes)
+            return try WireDecoder(attachments: attachments).decode(T.self, from: bytes, startingAt: start, endingAt: end)
         } catch let error as WireError {
             throw error
         } catch let DecodingError.dataCorrupted(context) {
@@ -35,6 +35,12 @@ public enum WireCodec {
 
     /// Decodes a `T` from bytes made by ``encode(_:)``.
     public static func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8]) throws(WireError) -> T {
-        try ValueCodec.decode(T.self, from: bytes)
+        try decode(type, from: bytes, startingAt: 0)
+    }
+
+    /// Decodes the value encoded in `bytes` from `start` on.
+    public static func decode<T: Decodable>(_ type: T.Type = T.self, from bytes: [UInt8], startingAt start: Int) throws(WireError) -> T {
+        guard start >= 0, start <= bytes.count else { throw .corrupt("an offset of \(start) in \(bytes.count) bytes") }
+        return try ValueCodec.decode(T.self, from: bytes, startingAt: start)
     }
 }

@@ -15,12 +15,14 @@ internal struct WireDecoder {
     /// Containers nested deeper than this are refused (a stack-overflow guard).
     static let maximumDepth = 100
 
-    func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
+    /// Decodes the value that fills `bytes` from `start` to `end` (nil: the end).
+    func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], startingAt start: Int = 0, endingAt end: Int? = nil) throws -> T {
         let reader = WireReader(bytes: bytes, attachments: attachments)
-        var cursor = 0
+        var cursor = start
+        let end = end ?? bytes.count
         let value = try reader.readValue(T.self, at: &cursor, parent: nil, key: nil, depth: 0)
-        guard cursor == bytes.count else {
-            throw reader.corrupt([], "\(bytes.count - cursor) bytes left after the value")
+        guard cursor == end else {
+            throw reader.corrupt([], "\(end - cursor) bytes left after the value")
         }
         return value
     }
