@@ -58,7 +58,7 @@ struct Spin: ProcessFunction {
 let poolScenarios: [Scenario] = [
     Scenario(name: "pool.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolMap),
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
-    Scenario(name: "pool.cpu", unit: "items", count: 200, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
+    Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
 ]
 @Sendable func tmpStart(_ count: Int) throws {
     for _ in 0..<count {

@@ -298,3 +298,26 @@ struct PoolTests {
         #expect(try slow.get() == 1)
     }
 }
+
+@Suite("Pool messages")
+struct PoolMessageTests {
+    @Test("a chunk of an array encodes exactly as the array it would make")
+    func chunksEncodeAsArrays() throws {
+        let numbers = Array(0..<100)
+        let words = numbers.map { "w\($0)" }
+        #expect(try ValueCodec.encode(ArrayChunk(slice: numbers[10..<40])) == ValueCodec.encode(Array(numbers[10..<40])))
+        #expect(try ValueCodec.encode(ArrayChunk(slice: words[3..<9])) == ValueCodec.encode(Array(words[3..<9])))
+        #expect(try ValueCodec.decode([Int].self, from: ValueCodec.encode(ArrayChunk(slice: numbers[5..<7]))) == [5, 6])
+    }
+
+    @Test("corrupt replies and requests are typed errors")
+    func corruptMessages() throws {
+        #expect(throws: WireError.self) { try UnitReply.decode([1, 2, 3]) }
+        #expect(throws: WireError.self) { try UnitReply.decode([1, 0, 0, 0, 0, 0, 0, 0, 9]) }
+        #expect(throws: WireError.self) { try UnitReply.decode([1, 0, 0, 0, 0, 0, 0, 0, UnitOutcome.mixedTag, 0xFF]) }
+        #expect(throws: WireError.self) { try UnitRequest.decode([200, 0, 0, 0, 1]) }
+        let (head, body) = try UnitRequest(kind: .functionChunk, id: 7, typeName: "T", inputs: [1, 2]).wire()
+        let request = try UnitRequest.decode(head + body)
+        #expect(request.id == 7 && request.typeName == "T" && Array(request.inputs[request.inputsOffset...]) == [1, 2])
+    }
+}

@@ -204,7 +204,7 @@ extension ProcessPool {
 
     private func functionCall<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int) throws -> PoolCall.Pending {
         let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
-        let encoded = try ranges.map { try ValueCodec.encode(Array(inputs[$0])) }
+        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: inputs[range])) }
         let work = PoolCall.Work.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
         return PoolCall.Pending(work: work, ranges: ranges)
     }
@@ -227,7 +227,7 @@ extension ProcessPool {
     func submitJobs<Job: ProcessJob>(_ jobs: [Job], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Job.Output> {
         try checkChunkSize(chunkSize)
         let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
-        let encoded = try ranges.map { try ValueCodec.encode(Array(jobs[$0])) }
+        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: jobs[range])) }
         let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
         let call = try submit(PoolCall.Pending(work: work, ranges: ranges), timeout: timeout, progress: progress)
         return MapResult(call: call, decoder: OutcomeDecoder(single: false))

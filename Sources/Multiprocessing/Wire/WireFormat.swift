@@ -74,6 +74,30 @@ extension Array: WireRawArray where Element: WireRawElement {
     }
 }
 
+/// A part of an array, encoded exactly as the array it would make (so it
+/// decodes as one), without making that array first.
+internal struct ArrayChunk<Element: Encodable>: Encodable {
+    let slice: ArraySlice<Element>
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.unkeyedContainer()
+        for element in slice { try container.encode(element) }
+    }
+}
+
+extension ArrayChunk: WireRawArray where Element: WireRawElement {
+    static var elementKind: UInt8 { Element.wireKind }
+    static var elementStride: Int { MemoryLayout<Element>.stride }
+
+    func withRawBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try slice.withUnsafeBytes(body)
+    }
+
+    static func fromRaw(_ bytes: UnsafeRawBufferPointer, count: Int) -> ArrayChunk<Element> {
+        ArrayChunk(slice: ArraySlice([Element].fromRaw(bytes, count: count)))
+    }
+}
+
 /// The coding key of an element of an unkeyed container, for coding paths.
 internal struct IndexKey: CodingKey {
     var stringValue: String { "Index \(intValue!)" }
