@@ -60,22 +60,3 @@ let poolScenarios: [Scenario] = [
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
     Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
 ]
-@Sendable func tmpStart(_ count: Int) throws {
-    for _ in 0..<count {
-    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
-        _ = try pool.map(SquareTask(), over: 0..<2, chunkSize: 1)
-    }
-    }
-}
-@Sendable func tmpWarm(_ count: Int) throws {
-    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
-        _ = try pool.map(SquareTask(), over: 0..<2, chunkSize: 1)
-        let t = ContinuousClock.now
-        for _ in 0..<10 { _ = try pool.map(SquareTask(), over: 0..<count) }
-        print("warm map", (ContinuousClock.now - t) / 10)
-    }
-}
-let tmpScenarios: [Scenario] = [
-    Scenario(name: "tmp.start", unit: "pools", count: 50, quickCount: 2, run: tmpStart),
-    Scenario(name: "tmp.warm", unit: "x", count: 1_000_000, quickCount: 2, run: tmpWarm),
-]

@@ -115,12 +115,67 @@ func queueExample() throws {
     try consumer.join()
 }
 
+/// Seed program 5: a pool of `cpuCount` workers; `applyAsync(doSomething, 3)`,
+/// close, join, print the result.
+func doSomething(_ x: Int) -> Int {
+    x * x
+}
+
+func poolApplyExample() throws {
+    let pool = try ProcessPool(processes: cpuCount())
+    let result = try pool.applyAsync { doSomething(3) }
+    pool.close()
+    try pool.join()
+    say("\(try result.get())")
+}
+
+/// Seed program 6: `imap` over [1, 3, 5] prints in submission order,
+/// `imapUnordered` in completion order (the longer a task sleeps, the later it ends).
+func slowIdentity(_ x: Int) -> Int {
+    usleep(UInt32(6 - x) * 100_000)  // 1 sleeps longest
+    return x
+}
+
+func poolImapExample() throws {
+    try withProcessPool(processes: 3) { (pool: ProcessPool) throws in
+        for result in try pool.imap([1, 3, 5], slowIdentity) { say("imap: \(try result.get())") }
+        for result in try pool.imapUnordered([1, 3, 5], slowIdentity) { say("imapUnordered: \(try result.get())") }
+    }
+}
+
+/// A long map with a progress bar drawn as chunks complete.
+func poolProgressExample() throws {
+    let bar = ProgressBar()
+    try withProcessPool { (pool: ProcessPool) throws in
+        let sums = try pool.map(1...400, chunkSize: 10, progress: bar.draw) { n in
+            usleep(5_000)
+            return (1...n).reduce(0, +)
+        }
+        say("")
+        say("400 sums, the last \(sums.last!)")
+    }
+}
+
+/// Draws `[#####.....] 50%` on one terminal line.
+final class ProgressBar: Sendable {
+    func draw(_ progress: PoolProgress) {
+        let width = 30
+        let filled = Int(progress.fraction * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        print("\r[\(bar)] \(progress.completed)/\(progress.total)", terminator: "")
+        fflush(nil)
+    }
+}
+
 let examples: [(String, () throws -> Void)] = [
     ("fork", forkExample),
     ("process", processExample),
     ("process subclass", subclassExample),
     ("pipe", pipeExample),
     ("queue", queueExample),
+    ("pool", poolApplyExample),
+    ("imap", poolImapExample),
+    ("progress", poolProgressExample),
 ]
 
 let chosen = CommandLine.arguments.dropFirst()

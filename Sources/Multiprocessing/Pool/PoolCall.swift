@@ -81,10 +81,17 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         deliver([(unit, outcome)])
     }
 
-    /// Records outcomes of several units at once.
+    /// Records outcomes of several units at once. Progress and callbacks
+    /// come before waiters wake, so a caller woken by the end of a call has
+    /// seen its last progress report and its callback.
     func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
-        var waiters: [CheckedContinuation<Void, Never>] = []
-        let (changed, finished, completed) = state.update { state -> (Bool, Bool, Int) in
+        if let progress {
+            let completed = state.withLock { state in
+                state.completedItems + Set(outcomes.map(\.0)).filter { state.outcomes[$0] == nil }.reduce(0) { $0 + ranges[$1].count }
+            }
+            progress(PoolProgress(completed: completed, total: itemCount))
+        }
+        let (changed, finished) = state.withLock { state -> (Bool, Bool) in
             var changed = false
             for (unit, outcome) in outcomes where state.outcomes[unit] == nil {
                 state.outcomes[unit] = outcome
@@ -92,16 +99,16 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
                 state.completedItems += ranges[unit].count
                 changed = true
             }
-            if changed {
-                waiters = Array(state.waiters.values)
-                state.waiters.removeAll()
-            }
-            return (changed, changed && state.isFinished, state.completedItems)
+            return (changed, changed && state.isFinished)
+        }
+        guard changed else { return }
+        // As in Python, callbacks run before waiters wake.
+        if finished { completion?(self) }
+        let waiters = state.update { state in
+            defer { state.waiters.removeAll() }
+            return Array(state.waiters.values)
         }
         waiters.forEach { $0.resume() }
-        guard changed else { return }
-        progress?(PoolProgress(completed: completed, total: itemCount))
-        if finished { completion?(self) }
     }
 
     /// Fails every unit that has not ended with `error`.
