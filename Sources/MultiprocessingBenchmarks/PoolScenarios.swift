@@ -23,10 +23,11 @@ struct Spin: ProcessFunction {
     return total
 }
 
-/// One map of x² over `count` Ints on a new pool of two forked workers,
+/// One map of x² over `count` Ints on a new pool of two workers (the default
+/// start method, forkserver: workers are forked from a small clean server),
 /// default chunks (as Python's `with Pool(2) as p: p.map(square, range(n))`).
 @Sendable func poolMap(_ count: Int) throws {
-    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
         let squares = try pool.map(SquareTask(), over: 0..<count)
         guard squares.last == (count - 1) * (count - 1) else { throw BenchmarkFailure(description: "wrong result") }
     }
@@ -34,7 +35,7 @@ struct Spin: ProcessFunction {
 
 /// `count` applyAsync+get round trips, one at a time.
 @Sendable func poolApply(_ count: Int) throws {
-    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
         for i in 0..<count {
             guard try pool.applyAsync(SquareJob(x: i)).get() == i * i else { throw BenchmarkFailure(description: "wrong result") }
         }
@@ -43,7 +44,7 @@ struct Spin: ProcessFunction {
 
 /// A CPU-bound map on two workers…
 @Sendable func poolSpin(_ count: Int) throws {
-    try withProcessPool(processes: 2, startMethod: .fork) { (pool: ProcessPool) throws in
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
         _ = try pool.map(Spin(), over: 0..<count)
     }
 }

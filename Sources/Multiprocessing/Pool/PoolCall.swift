@@ -1,3 +1,6 @@
+import Glibc
+import Synchronization
+
 /// The work of a closure call, run only in the workers forked for it: the
 /// encoded outcome of a range of items.
 @usableFromInline
@@ -102,6 +105,7 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
             return (changed, changed && state.isFinished)
         }
         guard changed else { return }
+        if finished { finishedFlag.store(true, ordering: .releasing) }
         // As in Python, callbacks run before waiters wake.
         if finished { completion?(self) }
         let waiters = state.update { state in
@@ -118,6 +122,19 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     }
 
     var isFinished: Bool { state.withLock(\.isFinished) }
+
+    /// Set once every unit has ended: read without the lock, for spinning.
+    private let finishedFlag = Atomic<Bool>(false)
+
+    /// Spins for a short while (a few tens of microseconds) until the call
+    /// finishes: a round trip to an idle worker often ends in that time, and
+    /// a waiter that has not gone to sleep needs no wake-up.
+    func spinBriefly() {
+        let deadline = ContinuousClock.now + .microseconds(40)
+        while !finishedFlag.load(ordering: .acquiring) && ContinuousClock.now < deadline {
+            sched_yield()
+        }
+    }
 
     /// Cancels what has not ended: it fails with ``ProcessError/cancelled``
     /// and workers running it are killed.

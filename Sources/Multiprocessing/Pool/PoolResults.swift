@@ -67,6 +67,7 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
     ///   crashed or overran its limit, it was cancelled…).
     @available(*, noasync, message: "await value instead")
     public func get(timeout: Duration? = nil) throws -> Output {
+        call.spinBriefly()
         guard let outcome = call.wait(until: timeout.map { .now + $0 }, { $0.outcomes[0] }) else {
             throw PoolError.resultNotReady
         }
