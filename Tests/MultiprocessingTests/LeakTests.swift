@@ -22,6 +22,13 @@ struct LeakTests {
         }
     }
 
+    @Test("30 pools with crashes, timeouts, cancellations and terminations leave descriptors and children where they were")
+    func poolCycles() async {
+        await #expect(processExitsWith: .success) {
+            exit(LeakScenarios.poolCycles())
+        }
+    }
+
     @Test("at exit, daemonic children are terminated and the others joined")
     func exitHandling() async {
         await #expect(processExitsWith: .success) {
@@ -32,6 +39,44 @@ struct LeakTests {
 
 /// The bodies of the exit tests: synchronous code, returning the exit status.
 enum LeakScenarios {
+    static func poolCycles() -> Int32 {
+        do {
+            // Warm up: the launcher thread and the forkserver exist from here on.
+            _ = try ChildProcess.execute(Square(value: 1), startMethod: .forkserver)
+            let descriptors = openDescriptorCount()
+            let children = childPIDs()
+            for round in 0..<30 {
+                let pool = try ProcessPool(processes: 2, startMethod: jobStartMethods[round % 3], maxTasksPerChild: round % 2 == 0 ? 3 : nil)
+                guard try pool.map(SquareFunction(), over: 0..<20, chunkSize: 2) == (0..<20).map({ $0 * $0 }) else { return 2 }
+                let crash = try pool.applyAsync { () -> Int in if round >= 0 { cmp_segfault() }; return 0 }
+                guard case .failure(.crashed(signal: SIGSEGV)) = Result(catching: { () throws(ProcessError) in
+                    do { return try crash.get() } catch let error as ProcessError { throw error } catch { throw .cancelled }
+                }) else { return 3 }
+                let slow = try pool.applyAsync(timeout: .milliseconds(50)) { () -> Int in sleep(10); return 0 }
+                guard (try? slow.get()) == nil else { return 4 }
+                let cancelled = try pool.mapAsync(0..<4, chunkSize: 1) { (x: Int) -> Int in sleep(10); return x }
+                cancelled.cancel()
+                if round % 3 == 0 {
+                    pool.terminate()
+                } else {
+                    pool.close()
+                }
+                try pool.join()
+            }
+            let settled = eventually(within: .seconds(10)) {
+                openDescriptorCount() == descriptors && childPIDs() == children
+            }
+            guard settled else {
+                print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
+                return 1
+            }
+            return 0
+        } catch {
+            print("failed: \(error)")
+            return 5
+        }
+    }
+
     static func startJoinCycles() -> Int32 {
         do {
             // Warm up: the launcher thread, the watcher and the forkserver exist from here on.

@@ -321,3 +321,4 @@ struct PoolMessageTests {
         #expect(request.id == 7 && request.typeName == "T" && Array(request.inputs[request.inputsOffset...]) == [1, 2])
     }
 }
+

@@ -52,6 +52,9 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     let state: Monitor<State>
     /// Set by the pool: cancels the call's outstanding work.
     var cancelHandler: (@Sendable (PoolCall) -> Void)?
+    /// Set by the pool: forgets the call once every unit has ended, however
+    /// it ended (answered, failed, cancelled from any thread).
+    var finishHandler: (@Sendable (PoolCall) -> Void)?
 
     init(id: Int, work: Work, ranges: [Range<Int>], timeout: Duration?,
          progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)?) {
@@ -107,7 +110,10 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         guard changed else { return }
         if finished { finishedFlag.store(true, ordering: .releasing) }
         // As in Python, callbacks run before waiters wake.
-        if finished { completion?(self) }
+        if finished {
+            completion?(self)
+            finishHandler?(self)
+        }
         let waiters = state.update { state in
             defer { state.waiters.removeAll() }
             return Array(state.waiters.values)

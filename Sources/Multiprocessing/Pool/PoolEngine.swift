@@ -88,6 +88,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// Adds a call: its units are sent to workers as they free up.
     func submit(_ call: PoolCall) throws(PoolError) {
         call.cancelHandler = { [weak self] call in self?.cancel(call) }
+        call.finishHandler = { [weak self] call in self?.finish(call) }
         let failure = try state.withLock { state throws(PoolError) -> ProcessError? in
             guard state.phase == .running else { throw .notRunning }
             if !call.isClosureCall, let failure = state.namedFailure { return failure }
@@ -100,7 +101,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             call.failRemaining(failure)
             return
         }
-        if call.ranges.isEmpty { finish(call) }
+        if call.ranges.isEmpty { finish(call) }  // nothing will ever be delivered
         // Units that idle workers take at once need no wake-up of the
         // dispatcher: it hears the answers anyway. One thread hop less per apply.
         let handedOver = call.timeout == nil && state.withLock { sendToIdleWorkers(call, &$0) }
@@ -407,7 +408,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         }
         for call in failed {
             call.failRemaining(error)
-            if call.isFinished { finish(call) }
         }
     }
 
@@ -487,7 +487,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         }
         guard let assignment else { return }
         assignment.call.deliver(assignment.unit, .success(reply.outcome))
-        if assignment.call.isFinished { finish(assignment.call) }
     }
 
     private func initializerFailed(_ error: ProcessError, in worker: PoolWorker) {
@@ -507,7 +506,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         }
         for call in failed {
             call.failRemaining(error)
-            if call.isFinished { finish(call) }
         }
     }
 
@@ -535,7 +533,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             let reason: ProcessError = worker.killedFor ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
             for assignment in [failed] + alsoFailed {
                 assignment.call.deliver(assignment.unit, .failure(reason))
-                if assignment.call.isFinished { finish(assignment.call) }
             }
         }
         signal()
@@ -544,7 +541,6 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     private func deliverFailures(_ failures: [(PoolCall, Int, ProcessError)]) {
         for (call, unit, error) in failures {
             call.deliver(unit, .failure(error))
-            if call.isFinished { finish(call) }
         }
     }
 }
