@@ -39,13 +39,13 @@ internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only t
     }
 
     /// Runs `body` with the lock held, then wakes every waiter.
-    func update<Result>(_ body: (inout Value) -> Result) -> Result {
+    func update<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer {
             pthread_cond_broadcast(condition)
             pthread_mutex_unlock(mutex)
         }
-        return body(&value)
+        return try body(&value)
     }
 
     /// Waits until `ready` returns a value, at most until `deadline`; nil if

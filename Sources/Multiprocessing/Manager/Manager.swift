@@ -1,0 +1,167 @@
+import Glibc
+
+/// A server process that owns shared objects, and the factory of proxies
+/// to them: Python's `multiprocessing.Manager()` and `BaseManager`.
+///
+/// Each method makes an object in the server and returns a typed proxy
+/// (``ManagedDictionary``, ``ManagedList``, ``ManagedQueue``, …). Proxies are
+/// `Codable` and `Sendable`: they pass to child processes and pool workers
+/// by every start method, and every call goes to the server, so all
+/// processes see one object. Keys and values are `Codable`; the server keeps
+/// them encoded and never needs their types.
+///
+/// The server listens on a fresh abstract Unix socket, or at `address` (a
+/// TCP address for use from other hosts with ``connect(to:authenticationKey:)``);
+/// every connection proves it knows the authentication key. The server dies
+/// with this process, and ``shutdown()`` (or dropping the manager, or the end
+/// of ``withManager(address:authenticationKey:startMethod:_:)``) ends it. A
+/// proxy whose server is gone throws ``ManagerError/managerUnreachable(_:)``
+/// at once; it never hangs.
+public final class Manager: Sendable {
+    /// Where the server listens.
+    public let address: ConnectionAddress
+    let client: ManagerClient
+    /// The server process, when this manager started it.
+    private let server: ChildProcess?
+
+    /// Starts a manager's server process.
+    ///
+    /// - Parameters:
+    ///   - address: where to listen; nil for a fresh abstract Unix address.
+    ///     A TCP address with port 0 gets a free port (see ``address``).
+    ///   - authenticationKey: the key clients must know; nil for 32 random bytes.
+    ///   - startMethod: how the server process starts. The default,
+    ///     forkserver, gives it a clean single-threaded parent: a server forked
+    ///     from a busy multi-threaded process can inherit a lock another
+    ///     thread held.
+    /// - Throws: ``ManagerError/managerUnreachable(_:)`` if it cannot listen.
+    public init(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver) throws {
+        let key = authenticationKey ?? (0..<32).map { _ in UInt8.random(in: 0...255) }
+        let (here, there) = try Connection.pipe()
+        let server = try ChildProcess(job: ManagerServerJob(address: address, authenticationKey: key, ready: there), startMethod: startMethod, name: "Manager", daemon: true)
+        try server.start()
+        there.close()
+        let start: ServerStart
+        do {
+            start = try here.receive(ServerStart.self)
+        } catch {
+            try? server.kill()
+            _ = try? server.join()
+            throw ManagerError.managerUnreachable("the server did not start: \(error)")
+        }
+        here.close()
+        guard case let .listening(address) = start else {
+            _ = try? server.join()
+            if case let .failed(reason) = start { throw ManagerError.managerUnreachable(reason) }
+            throw ManagerError.managerUnreachable("the server did not start")
+        }
+        self.address = address
+        self.client = ManagerClient(address: address, authenticationKey: key)
+        self.server = server
+    }
+
+    private init(address: ConnectionAddress, client: ManagerClient) {
+        self.address = address
+        self.client = client
+        self.server = nil
+    }
+
+    /// Connects to a manager started elsewhere (another process or host).
+    ///
+    /// - Throws: ``ManagerError/managerUnreachable(_:)`` if it cannot be
+    ///   reached or refuses the key.
+    public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8]) throws(ManagerError) -> Manager {
+        let client = ManagerClient(address: address, authenticationKey: authenticationKey)
+        _ = try client.call(0, "ping")
+        return Manager(address: address, client: client)
+    }
+
+    deinit { shutdown() }
+
+    /// Ends the server (if this manager started it) and waits for it; every
+    /// proxy then throws ``ManagerError/managerUnreachable(_:)``. Idempotent.
+    public func shutdown() {
+        guard let server, server.exitCode == nil else { return }
+        _ = try? client.call(0, "shutdown")
+        if (try? server.join(timeout: .seconds(2))) == nil {
+            try? server.kill()
+            _ = try? server.join()
+        }
+    }
+
+    /// The server's process identifier, when this manager started it.
+    public var serverPID: Int32? { server?.pid }
+
+    private func make(_ kind: String, _ arguments: [[UInt8]] = []) throws(ManagerError) -> ManagedReference {
+        let id = try client.call(0, "create", [try managerArgument(kind)] + arguments, as: UInt64.self)
+        return ManagedReference(client: client, id: id)
+    }
+
+    /// A shared dictionary (Python's `manager.dict()`).
+    public func dictionary<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>(_ initial: [Key: Value] = [:]) throws(ManagerError) -> ManagedDictionary<Key, Value> {
+        let dictionary = ManagedDictionary<Key, Value>(reference: try make("dict"))
+        if !initial.isEmpty { try dictionary.merge(initial) }
+        return dictionary
+    }
+
+    /// A shared list (Python's `manager.list()`).
+    public func list<Element: Codable & Sendable>(_ initial: [Element] = []) throws(ManagerError) -> ManagedList<Element> {
+        ManagedList(reference: try make("list", try initial.map { value throws(ManagerError) in try managerArgument(value) }))
+    }
+
+    /// A shared array of fixed length (Python's `manager.Array()`).
+    public func array<Element: Codable & Sendable>(_ initial: [Element]) throws(ManagerError) -> ManagedArray<Element> {
+        ManagedArray(reference: try make("array", try initial.map { value throws(ManagerError) in try managerArgument(value) }))
+    }
+
+    /// A shared value (Python's `manager.Value()`).
+    public func value<Value: Codable & Sendable>(_ initial: Value) throws(ManagerError) -> ManagedValue<Value> {
+        ManagedValue(reference: try make("value", [try managerArgument(initial)]))
+    }
+
+    /// A namespace of named values (Python's `manager.Namespace()`).
+    public func namespace() throws(ManagerError) -> ManagedNamespace {
+        ManagedNamespace(reference: try make("namespace"))
+    }
+
+    /// A shared queue, bounded when `maxSize` > 0 (Python's `manager.Queue()`,
+    /// joinable like `manager.JoinableQueue()`).
+    public func queue<Element: Codable & Sendable>(of type: Element.Type = Element.self, maxSize: Int = 0) throws(ManagerError) -> ManagedQueue<Element> {
+        ManagedQueue(reference: try make("queue", [try managerArgument(maxSize)]))
+    }
+
+    /// A lock held by one thread of one process at a time (`manager.Lock()`).
+    public func lock() throws(ManagerError) -> ManagedLock { ManagedLock(reference: try make("lock")) }
+
+    /// A lock its holder may take again (`manager.RLock()`).
+    public func recursiveLock() throws(ManagerError) -> ManagedLock { ManagedLock(reference: try make("rlock")) }
+
+    /// A condition with its own recursive lock (`manager.Condition()`).
+    public func condition() throws(ManagerError) -> ManagedCondition { ManagedCondition(reference: try make("condition")) }
+
+    /// A counting semaphore (`manager.Semaphore(value)`; `bounded`: `BoundedSemaphore`).
+    public func semaphore(value: Int = 1, bounded: Bool = false) throws(ManagerError) -> ManagedSemaphore {
+        ManagedSemaphore(reference: try make(bounded ? "boundedSemaphore" : "semaphore", [try managerArgument(value)]))
+    }
+
+    /// An event (`manager.Event()`).
+    public func event() throws(ManagerError) -> ManagedEvent { ManagedEvent(reference: try make("event")) }
+
+    /// A barrier for `parties` threads (`manager.Barrier(parties)`).
+    public func barrier(parties: Int) throws(ManagerError) -> ManagedBarrier {
+        ManagedBarrier(reference: try make("barrier", [try managerArgument(parties)]))
+    }
+
+    /// Serves `object`, a type of your own (Python's `BaseManager.register`).
+    public func serve<Object: ManagedObject>(_ object: Object) throws(ManagerError) -> ManagedObjectProxy<Object> {
+        let typeName = _mangledTypeName(Object.self) ?? String(reflecting: Object.self)
+        return ManagedObjectProxy(reference: try make("object", [try managerArgument(typeName), try managerArgument(object)]))
+    }
+}
+
+/// Runs `body` with a new manager and shuts it down after, whatever happens.
+public func withManager<Result>(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver, _ body: (Manager) throws -> Result) throws -> Result {
+    let manager = try Manager(address: address, authenticationKey: authenticationKey, startMethod: startMethod)
+    defer { manager.shutdown() }
+    return try body(manager)
+}

@@ -1,0 +1,165 @@
+import CMultiprocessing
+import Glibc
+
+/// The manager's server process: started as a job, it listens, tells its
+/// parent where, and serves each client connection on a thread of its own
+/// (so a call that waits — a queue's `get`, a lock — blocks only its caller).
+internal struct ManagerServerJob: ProcessJob {
+    var address: ConnectionAddress?
+    var authenticationKey: [UInt8]
+    /// Where the server reports the address it listens at (or why it cannot).
+    var ready: Connection
+
+    func run() throws -> Bool {
+        let listener: Listener
+        do {
+            // Clients authenticate on their own threads, so that one that
+            // stalls mid-handshake never holds up the others.
+            listener = try Listener(address: address)
+        } catch {
+            try? ready.send(ServerStart.failed("cannot listen: \(error)"))
+            throw error
+        }
+        try ready.send(ServerStart.listening(listener.address))
+        ready.close()
+        ManagerServer(listener: listener, authenticationKey: authenticationKey).serve()
+        return true
+    }
+}
+
+/// What the server tells its parent once it runs.
+internal enum ServerStart: Codable {
+    case listening(ConnectionAddress)
+    case failed(String)
+}
+
+internal final class ManagerServer: @unchecked Sendable {  // mutable state is behind `state`
+    private struct State {
+        var objects: [UInt64: any ServedObject] = [:]
+        var nextID: UInt64 = 1
+        /// Open connections per client process, to release its locks when the last closes.
+        var connections: [String: Int] = [:]
+    }
+
+    private let listener: Listener
+    private let authenticationKey: [UInt8]
+    private let state = Locked(State())
+
+    init(listener: Listener, authenticationKey: [UInt8]) {
+        self.listener = listener
+        self.authenticationKey = authenticationKey
+    }
+
+    /// Accepts clients until the process is asked to shut down (it then exits).
+    func serve() {
+        while true {
+            guard let connection = try? listener.accept() else { return }
+            _ = SystemThread.start { [self] in
+                // A client without the key is refused; the others go on.
+                guard (try? Authentication.serve(connection, key: authenticationKey)) != nil else {
+                    connection.close()
+                    return
+                }
+                serve(connection)
+            }
+        }
+    }
+
+    private func serve(_ connection: Connection) {
+        var client: String? = nil
+        defer {
+            connection.close()
+            if let client { disconnected(client) }
+        }
+        while true {
+            guard let bytes = try? connection.receiveBytes() else { return }
+            let reply: ManagerReply
+            do {
+                let request = try ValueCodec.decode(ManagerRequest.self, from: bytes)
+                if client == nil, let pid = request.owner.split(separator: ":").first {
+                    client = String(pid)
+                    state.withLock { $0.connections[client!, default: 0] += 1 }
+                }
+                reply = .value(try handle(request))
+            } catch let error as ManagerError {
+                reply = .failure(error)
+            } catch {
+                reply = .failure(.badRequest("unreadable request: \(error)"))
+            }
+            guard let encoded = try? ValueCodec.encode(reply), (try? connection.sendBytes(encoded)) != nil else { return }
+        }
+    }
+
+    private func disconnected(_ client: String) {
+        let (last, objects) = state.withLock { state -> (Bool, [any ServedObject]) in
+            state.connections[client, default: 1] -= 1
+            guard state.connections[client] == 0 else { return (false, []) }
+            state.connections[client] = nil
+            return (true, Array(state.objects.values))
+        }
+        // A client keeps its connections until it ends: when the last one
+        // closes, the process is gone (done, or killed) and holds no locks.
+        if last { objects.forEach { $0.release(ownersOf: client) } }
+    }
+
+    private func handle(_ request: ManagerRequest) throws(ManagerError) -> [UInt8] {
+        let context = CallContext(owner: request.owner, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) })
+        guard request.object != 0 else { return try handleManager(request) }
+        guard let object = state.withLock({ $0.objects[request.object] }) else { throw .unknownObject(request.object) }
+        return try object.call(request.method, request.arguments, context)
+    }
+
+    private func handleManager(_ request: ManagerRequest) throws(ManagerError) -> [UInt8] {
+        switch request.method {
+        case "ping":
+            return Served.none
+        case "shutdown":
+            listener.close()
+            cmp_exit_now(0)
+        case "create":
+            let kind = try Served.decode(String.self, Served.argument(request.arguments, 0, "create"))
+            let object = try make(kind, Array(request.arguments.dropFirst()))
+            let id = state.withLock { state -> UInt64 in
+                defer { state.nextID += 1 }
+                state.objects[state.nextID] = object
+                return state.nextID
+            }
+            return try Served.encode(id)
+        default:
+            throw Served.noSuchMethod(request.method, "manager")
+        }
+    }
+
+    private func make(_ kind: String, _ arguments: [[UInt8]]) throws(ManagerError) -> any ServedObject {
+        func integer(_ name: String) throws(ManagerError) -> Int {
+            try Served.decode(Int.self, Served.argument(arguments, 0, name))
+        }
+        switch kind {
+        case "dict", "namespace": return ServedDictionary()
+        case "list": return ServedList(arguments, fixedLength: false)
+        case "array": return ServedList(arguments, fixedLength: true)
+        case "value": return ServedValue(try Served.argument(arguments, 0, kind))
+        case "queue": return ServedQueue(maxSize: try integer(kind))
+        case "lock": return ServedLock(recursive: false, kind: kind)
+        case "rlock": return ServedLock(recursive: true, kind: kind)
+        case "condition": return ServedLock(recursive: true, kind: kind)
+        case "semaphore", "boundedSemaphore":
+            let value = try integer(kind)
+            guard value >= 0 else { throw .invalidArgument("a semaphore's value must be at least 0, not \(value)") }
+            return ServedSemaphore(value: value, bounded: kind == "boundedSemaphore")
+        case "event": return ServedEvent()
+        case "barrier":
+            let parties = try integer(kind)
+            guard parties >= 1 else { throw .invalidArgument("a barrier needs at least 1 party, not \(parties)") }
+            return ServedBarrier(parties: parties)
+        case "object":
+            let typeName = try Served.decode(String.self, Served.argument(arguments, 0, kind))
+            guard let type = _typeByName(typeName) as? any ManagedObject.Type else {
+                throw .badRequest("'\(typeName)' is not a ManagedObject type")
+            }
+            return ServedUserObject(try type._decodeServed(Served.argument(arguments, 1, kind)))
+        default:
+            throw .badRequest("no kind of object '\(kind)'")
+        }
+    }
+}
