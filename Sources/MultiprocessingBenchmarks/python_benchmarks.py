@@ -146,7 +146,23 @@ def pool_apply(count):
             assert pool.apply_async(square, (i,)).get() == i * i
 
 
+def set_items(shared, count):
+    for i in range(count):
+        shared[i] = i
+
+
+def manager_dict(count):
+    ctx = mp.get_context("fork")
+    with ctx.Manager() as manager:
+        shared = manager.dict()
+        child = ctx.Process(target=set_items, args=(shared, count))
+        child.start()
+        child.join()
+        assert len(shared) == count
+
+
 SCENARIOS = {
+    "manager.dict": manager_dict,
     "pool.map": pool_map,
     "pool.apply": pool_apply,
     "queue.int": queue_ints,

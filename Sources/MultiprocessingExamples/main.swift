@@ -167,6 +167,57 @@ final class ProgressBar: Sendable {
     }
 }
 
+/// Seed program 7: a pool of 2 whose producer and consumer share a
+/// manager's queue of size 10 (a plain `Queue` cannot reach workers that
+/// already run; a manager's can).
+struct ProduceLetters: ProcessJob {
+    var queue: ManagedQueue<String>
+    func run() throws -> Bool {
+        for letter in ["a", "b", "c"] { try queue.put(letter) }
+        return true
+    }
+}
+
+struct ConsumeLetters: ProcessJob {
+    var queue: ManagedQueue<String>
+    func run() throws -> String {
+        try (0..<3).map { _ in try queue.get() }.joined(separator: " ")
+    }
+}
+
+func managerQueueExample() throws {
+    try withManager { manager in
+        let queue = try manager.queue(of: String.self, maxSize: 10)
+        try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+            let producer = try pool.applyAsync(ProduceLetters(queue: queue))
+            let consumer = try pool.applyAsync(ConsumeLetters(queue: queue))
+            _ = try producer.get()
+            say("consumer got: \(try consumer.get())")
+        }
+    }
+}
+
+/// Seed program 8: a manager's dictionary, list and array used from child processes.
+func managerStateExample() throws {
+    try withManager { manager in
+        let dictionary = try manager.dictionary([String: Double]())
+        let list = try manager.list(Array(0..<10))
+        let array = try manager.array([Double](repeating: 0, count: 4))
+        let children = (0..<2).map { child in
+            ChildProcess {
+                try dictionary.set(0.25 * Double(child + 1), for: "child \(child)")
+                try list.set(child, to: -child - 100)
+                try array.set(child, to: Double(child) + 0.5)
+            }
+        }
+        for child in children { try child.start() }
+        for child in children { try child.join() }
+        say("dictionary: \(try dictionary.snapshot().sorted { $0.key < $1.key })")
+        say("list: \(try list.snapshot())")
+        say("array: \(try array.snapshot())")
+    }
+}
+
 let examples: [(String, () throws -> Void)] = [
     ("fork", forkExample),
     ("process", processExample),
@@ -176,6 +227,8 @@ let examples: [(String, () throws -> Void)] = [
     ("pool", poolApplyExample),
     ("imap", poolImapExample),
     ("progress", poolProgressExample),
+    ("manager queue", managerQueueExample),
+    ("manager state", managerStateExample),
 ]
 
 let chosen = CommandLine.arguments.dropFirst()

@@ -238,6 +238,18 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
         return events[0] != 0
     }
 
+    /// Checks for a message for a short while before the caller blocks on
+    /// it: the answer to a request often arrives within microseconds, and a
+    /// thread that has not gone to sleep needs no wake-up (on this kind of
+    /// VM, a wake-up across CPUs costs more than the whole exchange).
+    internal func spinUntilReadable(for duration: Duration) {
+        let deadline = ContinuousClock.now + duration
+        while ContinuousClock.now < deadline {
+            if (try? poll(timeout: .zero)) != false { return }
+            sched_yield()
+        }
+    }
+
     static func milliseconds(_ timeout: Duration?) -> Int32 {
         guard let timeout else { return -1 }
         if timeout <= .zero { return 0 }

@@ -57,6 +57,7 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
         let reply: ManagerReply
         do {
             try connection.send(request)
+            connection.spinUntilReadable(for: .microseconds(50))
             reply = try connection.receive(ManagerReply.self)
         } catch {
             connection.close()

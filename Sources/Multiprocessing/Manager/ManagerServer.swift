@@ -72,6 +72,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             if let client { disconnected(client) }
         }
         while true {
+            connection.spinUntilReadable(for: .microseconds(50))
             guard let bytes = try? connection.receiveBytes() else { return }
             let reply: ManagerReply
             do {
