@@ -66,10 +66,21 @@ int cmp_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0);
 }
 
+/* The Swift runtime's hooks called on every `throw`. A framework of the
+   parent may have set one (swift-testing records a backtrace for each thrown
+   error under a lock of its own); in a forked child that lock may be held
+   for ever by a thread the child does not have, so the child clears them. */
+extern void *_swift_willThrow;
+extern void *_swift_willThrowTypedImpl;
+
 pid_t cmp_fork(int death_signal) {
     fflush(NULL);
     pid_t parent = getpid();
     pid_t pid = fork();
+    if (pid == 0) {
+        __atomic_store_n(&_swift_willThrow, NULL, __ATOMIC_RELAXED);
+        __atomic_store_n(&_swift_willThrowTypedImpl, NULL, __ATOMIC_RELAXED);
+    }
     if (pid == 0 && death_signal != 0) {
         /* The forking thread may have signals blocked (Dispatch's threads
            do); a new child starts with none, as a spawned one does. */
