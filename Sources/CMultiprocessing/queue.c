@@ -105,18 +105,72 @@ static int repair_writer(cmp_queue_t *queue, const struct timespec *deadline) {
     return rc;
 }
 
+/* Room for one more message of `total` bytes that fits the ring. */
+static int has_room(cmp_queue_t *queue, uint64_t total) {
+    return queue->messages_written - queue->messages_read < queue->max_messages
+        && queue->capacity - (queue->written - queue->read) >= total;
+}
+
+/* Puts a message that fits the ring under the mutex alone, unless a writer
+   holds the writer lock: 0, ETIMEDOUT, or EAGAIN (take the writer lock). */
+static int put_small(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns, const struct timespec *deadline) {
+    uint64_t total = 8 + length + 1;
+    lock_mutex(queue);
+    for (;;) {
+        /* A writer holds the lock, or one died inside a message that the
+           next holder of the lock must finish first. */
+        if (queue->writer_busy || queue->writer_remaining > 0) {
+            unlock_mutex(queue);
+            return EAGAIN;
+        }
+        if (has_room(queue, total)) break;
+        if (timeout_ns == 0) {
+            unlock_mutex(queue);
+            return ETIMEDOUT;
+        }
+        int rc = wait_on(queue, &queue->not_full, timeout_ns > 0 ? deadline : NULL);
+        if (rc) {
+            unlock_mutex(queue);
+            return rc;
+        }
+    }
+    __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
+    unsigned char trailer = 1;
+    uint64_t position = queue->written;
+    copy_in(queue, position, (const unsigned char *)&length, 8);
+    copy_in(queue, position + 8, bytes, length);
+    copy_in(queue, position + 8 + length, &trailer, 1);
+    __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->written, position + total, __ATOMIC_RELEASE);
+    cmp_futex_condition_signal(&queue->not_empty, 0);
+    unlock_mutex(queue);
+    return 0;
+}
+
+static void set_busy(cmp_queue_t *queue, uint32_t *flag, uint32_t value) {
+    lock_mutex(queue);
+    __atomic_store_n(flag, value, __ATOMIC_RELEASE);
+    unlock_mutex(queue);
+}
+
 int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns) {
     struct timespec deadline;
     if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
+    if (8 + length + 1 <= queue->capacity) {
+        int fast = put_small(queue, bytes, length, timeout_ns, &deadline);
+        if (fast != EAGAIN) return fast;
+    }
     int rc = cmp_lock_acquire(&queue->writer, timeout_ns);
     if (rc == EOWNERDEAD) rc = 0;
     if (rc) return rc;
+    set_busy(queue, &queue->writer_busy, 1);
     if (__atomic_load_n(&queue->writer_remaining, __ATOMIC_ACQUIRE) > 0) {
         /* Writers finish what they begin before letting go: this message's
            writer died. Finish it as abandoned (or as far as room allows). */
         struct timespec now_deadline = cmp_deadline_after(0);
         rc = repair_writer(queue, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
         if (rc) {
+            set_busy(queue, &queue->writer_busy, 0);
             cmp_lock_release(&queue->writer);
             return rc;
         }
@@ -133,6 +187,7 @@ int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long l
         if (rc) break;
     }
     if (rc) {
+        __atomic_store_n(&queue->writer_busy, 0, __ATOMIC_RELEASE);
         unlock_mutex(queue);
         cmp_lock_release(&queue->writer);
         return rc;
@@ -158,6 +213,7 @@ int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long l
         write_stream(queue, bytes, length, NULL);
         write_stream(queue, &trailer, 1, NULL);
     }
+    set_busy(queue, &queue->writer_busy, 0);
     return cmp_lock_release(&queue->writer);
 }
 
@@ -191,12 +247,14 @@ int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *leng
     int rc = cmp_lock_acquire(&queue->reader, timeout_ns);
     if (rc == EOWNERDEAD) rc = 0;
     if (rc) return rc;
+    set_busy(queue, &queue->reader_busy, 1);
     if (__atomic_load_n(&queue->reader_remaining, __ATOMIC_ACQUIRE) > 0) {
         /* Readers finish what they begin: this one died inside a message,
            and the rest of that message goes too. */
         struct timespec now_deadline = cmp_deadline_after(0);
         rc = read_stream(queue, NULL, queue->reader_remaining, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
         if (rc) {
+            set_busy(queue, &queue->reader_busy, 0);
             cmp_lock_release(&queue->reader);
             return rc;
         }
@@ -208,6 +266,7 @@ int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *leng
         if (rc) break;
     }
     if (rc) {
+        __atomic_store_n(&queue->reader_busy, 0, __ATOMIC_RELEASE);
         unlock_mutex(queue);
         cmp_lock_release(&queue->reader);
         return rc;
@@ -225,8 +284,43 @@ int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length) {
     read_stream(queue, bytes, length, NULL);
     unsigned char trailer = 0;
     read_stream(queue, &trailer, 1, NULL);
+    set_busy(queue, &queue->reader_busy, 0);
     cmp_lock_release(&queue->reader);
     return trailer == 1 ? 0 : ECANCELED;
+}
+
+int cmp_queue_get_small(cmp_queue_t *queue, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns) {
+    struct timespec deadline;
+    if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
+    lock_mutex(queue);
+    for (;;) {
+        if (queue->reader_busy || queue->reader_remaining > 0) break;
+        uint64_t available = queue->written - queue->read;
+        if (queue->messages_written != queue->messages_read && available >= 8) {
+            copy_out(queue, queue->read, (unsigned char *)length, 8);
+            /* Whole in the ring, and small enough: take it in one step. */
+            if (*length > capacity || available < 8 + *length + 1) break;
+            unsigned char trailer = 0;
+            copy_out(queue, queue->read + 8, bytes, *length);
+            copy_out(queue, queue->read + 8 + *length, &trailer, 1);
+            __atomic_store_n(&queue->read, queue->read + 8 + *length + 1, __ATOMIC_RELEASE);
+            __atomic_store_n(&queue->messages_read, queue->messages_read + 1, __ATOMIC_RELEASE);
+            cmp_futex_condition_signal(&queue->not_full, 1);
+            unlock_mutex(queue);
+            return trailer == 1 ? 0 : ECANCELED;
+        }
+        if (timeout_ns == 0) {
+            unlock_mutex(queue);
+            return ETIMEDOUT;
+        }
+        int rc = wait_on(queue, &queue->not_empty, timeout_ns > 0 ? &deadline : NULL);
+        if (rc) {
+            unlock_mutex(queue);
+            return rc;
+        }
+    }
+    unlock_mutex(queue);
+    return EAGAIN;
 }
 
 uint64_t cmp_queue_count(cmp_queue_t *queue) {

@@ -33,6 +33,19 @@ struct QueueConsumer: ProcessJob {
     }
 }
 
+/// Connects to a manager by address and key, from a process of its own.
+struct RemoteUser: ProcessJob {
+    var address: ConnectionAddress
+    var key: [UInt8]
+    var shared: ManagedDictionary<String, String>
+    func run() throws -> Bool {
+        let remote = try Manager.connect(to: address, authenticationKey: key)
+        let list = try remote.list(["from the other process"])
+        try shared.set("\(try list.count())", for: "count")
+        return true
+    }
+}
+
 @Suite("Managers")
 struct ManagerTests {
     @Test("concurrent updates from several processes to a dict and a list are all there")
@@ -169,11 +182,7 @@ struct ManagerTests {
         try shared.set("hello", for: "greeting")
         let address = manager.address
         // Another process connects by address and key only.
-        let other = ChildProcess {
-            let remote = try Manager.connect(to: address, authenticationKey: key)
-            let list = try remote.list(["from the other process"])
-            try shared.set("\(try list.count())", for: "count")
-        }
+        let other = try ChildProcess(job: RemoteUser(address: address, key: key, shared: shared), startMethod: .forkserver)
         try other.start()
         #expect(try other.join() == 0)
         #expect(try shared.get("count") == "1")

@@ -241,6 +241,12 @@ typedef struct {
     uint64_t writer_remaining;
     uint64_t reader_remaining;
     int64_t unfinished;
+    /// Set (under the mutex) while a writer or reader holds its lock: whole
+    /// messages then go through the locks, so none interleaves with one
+    /// that crosses in pieces or is being repaired. Clear, a message that
+    /// fits the ring is put or taken under the mutex alone.
+    uint32_t writer_busy;
+    uint32_t reader_busy;
 } cmp_queue_t;
 
 /// The bytes needed for a queue whose ring holds `capacity` bytes.
@@ -251,6 +257,11 @@ int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long l
 /// Takes the next message's length, holding the reader lock until
 /// `cmp_queue_get_finish`. 0, ETIMEDOUT when the queue stayed empty, or an error.
 int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length);
+/// Takes the next message in one step if it is whole in the ring and fits
+/// `capacity` bytes: 0 (its length in `*length`), ECANCELED if its writer
+/// abandoned it, ETIMEDOUT when the queue stayed empty, or EAGAIN: use
+/// `cmp_queue_get_begin` (a large message, or a reader streaming one).
+int cmp_queue_get_small(cmp_queue_t *queue, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns);
 /// Reads the payload begun with `cmp_queue_get_begin` into `bytes` and lets
 /// the reader lock go. 0, or ECANCELED if its writer abandoned it.
 int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length);

@@ -39,6 +39,7 @@ internal final class Launcher: Sendable {
             state.ownerPID != 0 && pthread_equal(state.thread, pthread_self()) != 0
         }
         if inline { return try body() }
+        ForkWarmUp.runOnce()
 
         do {
             let done = DispatchSemaphore(value: 0)
