@@ -75,6 +75,11 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         thread = SystemThread.start { [self] in serve() }
     }
 
+    deinit {
+        Syscall.close(wake.readEnd)
+        Syscall.close(wake.writeEnd)
+    }
+
     /// Whether the caller is the dispatcher thread (which must never wait for itself).
     var isDispatcherThread: Bool { pthread_equal(pthread_self(), thread) != 0 }
 
@@ -238,8 +243,10 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
                 if exited { reap(worker) }
             }
         }
-        Syscall.close(wake.readEnd)
-        Syscall.close(wake.writeEnd)
+        // The wake pipe stays open until the engine is gone (`deinit`):
+        // `signal()` may still be called after this, and a byte written to
+        // a closed number that another pipe has taken corrupted that pipe's
+        // messages (a pool worker then waited for ever on a bad frame).
         state.update { $0.phase = .finished }
     }
 
@@ -452,6 +459,13 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     // MARK: - Replies and deaths
 
     private func receiveReplies(from worker: PoolWorker) {
+        #if DEBUG
+        if !worker.connection.closed, let expected = worker.readIdentity,
+           let now = Syscall.identity(of: worker.connection.fileDescriptor), now != expected {
+            let message = "swift-multiprocessing: pool worker \(worker.process.pid ?? 0): descriptor \(worker.connection.fileDescriptor.rawValue) was closed elsewhere and reused\n"
+            _ = message.withCString { write(2, $0, strlen($0)) }
+        }
+        #endif
         while !worker.connectionEnded, (try? worker.connection.poll(timeout: .zero)) == true {
             let reply: (id: UInt64, outcome: UnitOutcome)
             do {

@@ -26,6 +26,9 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     /// How many bytes the pipe to the worker holds: a request sent ahead of
     /// the worker's answers must fit, so that sending it never blocks.
     let requestCapacity: Int
+    /// What the connection's read end is, to catch a descriptor closed by
+    /// someone else and reused (debug builds check it before each read).
+    let readIdentity: (device: UInt, inode: UInt)?
 
     /// Units sent and not yet answered, in the order the worker runs them.
     var outstanding: [Assignment] = []
@@ -45,6 +48,7 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         self.connection = connection
         self.exitDescriptor = exitDescriptor
         self.requestCapacity = (try? Syscall.pipeCapacity(connection.writeDescriptor)) ?? 0
+        self.readIdentity = Syscall.identity(of: connection.fileDescriptor)
     }
 
     /// Kills the worker; its first outstanding unit fails with `reason`

@@ -86,6 +86,13 @@ internal enum Syscall {
         return (FileDescriptor(rawValue: fds.0), FileDescriptor(rawValue: fds.1))
     }
 
+    /// What `fd` refers to (device and inode, from `fstat`); nil if it is not open.
+    static func identity(of fd: FileDescriptor) -> (device: UInt, inode: UInt)? {
+        var info = stat()
+        guard fstat(fd.rawValue, &info) == 0 else { return nil }
+        return (UInt(info.st_dev), UInt(info.st_ino))
+    }
+
     /// How many bytes the pipe holds (`fcntl(F_GETPIPE_SZ)`).
     static func pipeCapacity(_ fd: FileDescriptor) throws(Errno) -> Int {
         Int(try valueOrErrno { cmp_pipe_capacity(fd.rawValue) })
