@@ -90,8 +90,22 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
 
     // MARK: - Calls
 
+    /// Types whose worker-side decoding was done once here (see `prepareForFork`).
+    private let prepared = Locked(Set<String>())
+
+    /// With the fork start method, workers are copies of this process: do
+    /// once, here, the type lookups and decoding a worker will do for this
+    /// call's type, before any worker for it is forked.
+    private func prepareForFork(_ call: PoolCall) {
+        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _) = call.work, !call.ranges.isEmpty else { return }
+        guard prepared.withLock({ $0.insert(typeName).inserted }) else { return }
+        guard let (head, body) = try? call.request(unit: 0, id: 0).wire(), let request = try? UnitRequest.decode(head + body) else { return }
+        ChunkRunner.prepareInParent(request)
+    }
+
     /// Adds a call: its units are sent to workers as they free up.
     func submit(_ call: PoolCall) throws(PoolError) {
+        prepareForFork(call)
         call.cancelHandler = { [weak self] call in self?.cancel(call) }
         call.finishHandler = { [weak self] call in self?.finish(call) }
         let failure = try state.withLock { state throws(PoolError) -> ProcessError? in

@@ -44,7 +44,24 @@ extension ProcessFunction {
     }
 }
 
+extension ProcessFunction {
+    /// Parent side: decodes what a worker will decode, without running it.
+    fileprivate static func decodeOnly(payload: [UInt8], inputs: [UInt8], offset: Int) {
+        _ = try? ValueCodec.decode(Self.self, from: payload)
+        _ = try? ValueCodec.decode([Input].self, from: inputs, startingAt: offset)
+    }
+}
+
 extension ProcessJob {
+    /// Parent side: decodes what a worker will decode, without running it.
+    fileprivate static func decodeOnly(single payload: [UInt8]) {
+        _ = try? ValueCodec.decode(Self.self, from: payload)
+    }
+
+    fileprivate static func decodeOnly(chunk inputs: [UInt8], offset: Int) {
+        _ = try? ValueCodec.decode([Self].self, from: inputs, startingAt: offset)
+    }
+
     /// Worker side: decodes a chunk of jobs and runs each.
     fileprivate static func runChunk(_ inputs: [UInt8], offset: Int) -> (tag: UInt8, body: [UInt8]) {
         let jobs: [Self]
@@ -94,6 +111,21 @@ internal enum ChunkRunner {
             return .value(try WireCodec.encode(output))
         } catch {
             return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the output: \(error)"))
+        }
+    }
+
+    /// In the parent, before workers are forked: resolves and decodes what a
+    /// worker will for `request`, so that the runtime's metadata and
+    /// conformance records exist before the fork (a forked child that must
+    /// make them can wait for ever on a runtime lock another thread held at
+    /// the fork).
+    static func prepareInParent(_ request: UnitRequest) {
+        guard let type = _typeByName(request.typeName) else { return }
+        switch request.kind {
+        case .job: (type as? any ProcessJob.Type)?.decodeOnly(single: request.payload)
+        case .jobChunk: (type as? any ProcessJob.Type)?.decodeOnly(chunk: request.inputs, offset: request.inputsOffset)
+        case .functionChunk: (type as? any ProcessFunction.Type)?.decodeOnly(payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
+        case .closureChunk, .stop: break
         }
     }
 
