@@ -54,6 +54,21 @@ int cmp_lock_init(cmp_lock_t *lock, int recursive) {
 
 int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
     int rc;
+    /* A lock is mostly held for a few instructions: try for a moment before
+       sleeping in the kernel (glibc's adaptive mutexes do the same, but a
+       mutex cannot be both adaptive and robust). */
+    for (int spin = 0; spin < 200; spin++) {
+        rc = pthread_mutex_trylock(&lock->mutex);
+        if (rc == 0) return 0;
+        if (rc == EOWNERDEAD) {
+            pthread_mutex_consistent(&lock->mutex);
+            return rc;
+        }
+        if (rc != EBUSY) break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
     if (timeout_ns < 0) {
         rc = pthread_mutex_lock(&lock->mutex);
     } else {
