@@ -111,6 +111,19 @@ static int has_room(cmp_queue_t *queue, uint64_t total) {
         && queue->capacity - (queue->written - queue->read) >= total;
 }
 
+/* Writes a whole message that fits the free room, with the mutex held:
+   nothing is visible until `written` moves. */
+static void write_whole(cmp_queue_t *queue, const void *bytes, uint64_t length) {
+    unsigned char trailer = 1;
+    uint64_t position = queue->written;
+    copy_in(queue, position, (const unsigned char *)&length, 8);
+    copy_in(queue, position + 8, bytes, length);
+    copy_in(queue, position + 8 + length, &trailer, 1);
+    __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->written, position + 8 + length + 1, __ATOMIC_RELEASE);
+    cmp_futex_condition_signal(&queue->not_empty, 0);
+}
+
 /* Puts a message that fits the ring under the mutex alone, unless a writer
    holds the writer lock: 0, ETIMEDOUT, or EAGAIN (take the writer lock). */
 static int put_small(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns, const struct timespec *deadline) {
@@ -135,14 +148,7 @@ static int put_small(cmp_queue_t *queue, const void *bytes, uint64_t length, lon
         }
     }
     __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
-    unsigned char trailer = 1;
-    uint64_t position = queue->written;
-    copy_in(queue, position, (const unsigned char *)&length, 8);
-    copy_in(queue, position + 8, bytes, length);
-    copy_in(queue, position + 8 + length, &trailer, 1);
-    __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&queue->written, position + total, __ATOMIC_RELEASE);
-    cmp_futex_condition_signal(&queue->not_empty, 0);
+    write_whole(queue, bytes, length);
     unlock_mutex(queue);
     return 0;
 }
@@ -195,14 +201,7 @@ int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long l
     __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
     unsigned char trailer = 1;
     if (total <= queue->capacity - (queue->written - queue->read)) {
-        /* All at once: nothing is visible until `written` moves. */
-        uint64_t position = queue->written;
-        copy_in(queue, position, (const unsigned char *)&length, 8);
-        copy_in(queue, position + 8, bytes, length);
-        copy_in(queue, position + 8 + length, &trailer, 1);
-        __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&queue->written, position + total, __ATOMIC_RELEASE);
-        cmp_futex_condition_signal(&queue->not_empty, 0);
+        write_whole(queue, bytes, length);
         unlock_mutex(queue);
     } else {
         __atomic_store_n(&queue->writer_length, length, __ATOMIC_RELEASE);

@@ -407,7 +407,8 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         if case .closure = kind, call == nil {
             worker = .failure(ProcessError.cancelled)  // the call ended meanwhile
         } else {
-            worker = Result { try PoolWorker.start(kind: kind, name: workerName(), launch: { try launch(kind, call: call, connection: $0) }) }
+            let name = workerName()
+            worker = Result { try PoolWorker.start(kind: kind, launch: { try launch(kind, name: name, call: call, connection: $0) }) }
         }
         var failed: [PoolCall] = []
         var error: ProcessError = .cancelled
@@ -439,8 +440,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         }
     }
 
-    private func launch(_ kind: PoolWorker.Kind, call: PoolCall?, connection: Connection) throws -> ChildProcess {
-        let name = "PoolWorker"
+    private func launch(_ kind: PoolWorker.Kind, name: String, call: PoolCall?, connection: Connection) throws -> ChildProcess {
         let process: ChildProcess
         switch kind {
         case .jobs:

@@ -59,8 +59,9 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         try? process.kill()
     }
 
-    /// Starts a worker of `kind` running `loop` in a child; returns it once started.
-    static func start(kind: Kind, name: String, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
+    /// Starts a worker of `kind`: `launch` starts the child that serves the
+    /// connection's other end; returns the worker once started.
+    static func start(kind: Kind, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
         let (here, there) = try Connection.pipe(duplex: true)
         let process: ChildProcess
         do {
