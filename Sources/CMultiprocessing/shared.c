@@ -52,22 +52,36 @@ int cmp_lock_init(cmp_lock_t *lock, int recursive) {
     return rc;
 }
 
+static inline void cpu_relax(unsigned times) {
+    for (unsigned i = 0; i < times; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
     int rc;
     /* A lock is mostly held for a few instructions: try for a moment before
        sleeping in the kernel (glibc's adaptive mutexes do the same, but a
-       mutex cannot be both adaptive and robust). */
-    for (int spin = 0; spin < 200; spin++) {
-        rc = pthread_mutex_trylock(&lock->mutex);
-        if (rc == 0) return 0;
-        if (rc == EOWNERDEAD) {
-            pthread_mutex_consistent(&lock->mutex);
-            return rc;
+       mutex cannot be both adaptive and robust). While it is held, only read
+       its word, and less often the longer it stays held: every read takes
+       the cache line from the holder, and a failing compare-and-swap would
+       take it for writing. */
+    unsigned delay = 1;
+    for (unsigned spent = 0; spent < 4000; spent += delay) {
+        int word = __atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED);
+        if (word == 0 || (word & FUTEX_OWNER_DIED)) {
+            rc = pthread_mutex_trylock(&lock->mutex);
+            if (rc == 0) return 0;
+            if (rc == EOWNERDEAD) {
+                pthread_mutex_consistent(&lock->mutex);
+                return rc;
+            }
+            if (rc != EBUSY) break;
         }
-        if (rc != EBUSY) break;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        cpu_relax(delay);
+        if (delay < 64) delay *= 2;
     }
     if (timeout_ns < 0) {
         rc = pthread_mutex_lock(&lock->mutex);

@@ -3,10 +3,11 @@ import Glibc
 
 /// Shared memory that starts with a robust recursive lock, followed by the
 /// payload at `payloadOffset` (aligned for `Payload`).
+@usableFromInline
 internal struct LockedRegion<Payload>: Sendable {
-    let memory: SharedMemory
+    @usableFromInline let memory: SharedMemory
 
-    static var payloadOffset: Int {
+    @inlinable static var payloadOffset: Int {
         let alignment = MemoryLayout<Payload>.alignment
         return (MemoryLayout<cmp_lock_t>.size + alignment - 1) / alignment * alignment
     }
@@ -23,15 +24,15 @@ internal struct LockedRegion<Payload>: Sendable {
         self.memory = memory
     }
 
-    var lock: UnsafeMutablePointer<cmp_lock_t> { memory.baseAddress.assumingMemoryBound(to: cmp_lock_t.self) }
+    @inlinable var lock: UnsafeMutablePointer<cmp_lock_t> { memory.baseAddress.assumingMemoryBound(to: cmp_lock_t.self) }
 
-    var payload: UnsafeMutablePointer<Payload> {
+    @inlinable var payload: UnsafeMutablePointer<Payload> {
         (memory.baseAddress + Self.payloadOffset).assumingMemoryBound(to: Payload.self)
     }
 
     /// Runs `body` with the lock held. If a process died holding it, the lock
     /// is released again and ``SynchronizationError/previousOwnerDied`` thrown.
-    func withLock<Result>(_ body: () throws -> Result) throws -> Result {
+    @inlinable func withLock<Result>(_ body: () throws -> Result) throws -> Result {
         let code = cmp_lock_acquire(lock, -1)
         if code == EOWNERDEAD {
             cmp_lock_release(lock)
@@ -50,7 +51,7 @@ internal struct LockedRegion<Payload>: Sendable {
 /// must use ``withLock(_:)`` to be atomic across processes. Passes to
 /// children by every start method.
 public final class SharedValue<Element: BitwiseCopyable>: Sendable, Codable {
-    let region: LockedRegion<Element>
+    @usableFromInline let region: LockedRegion<Element>
 
     /// A shared value holding `initial`.
     public init(_ initial: Element) throws {
@@ -70,6 +71,7 @@ public final class SharedValue<Element: BitwiseCopyable>: Sendable, Codable {
     /// - Throws: ``SynchronizationError/previousOwnerDied`` if a process died
     ///   holding the lock (the value may be half-written; the lock is
     ///   released and usable again), or what `body` throws.
+    @inlinable
     public func withLock<Result>(_ body: (inout Element) throws -> Result) throws -> Result {
         try region.withLock { try body(&region.payload.pointee) }
     }

@@ -28,7 +28,7 @@ public enum SynchronizationError: Error, Sendable, Equatable, CustomStringConver
         }
     }
 
-    init(code: Int32) {
+    @usableFromInline init(code: Int32) {
         switch code {
         case EOWNERDEAD: self = .previousOwnerDied
         case EPERM: self = .notOwner
@@ -49,7 +49,7 @@ internal func nanoseconds(_ timeout: Duration?) -> Int64 {
     return overflow ? Int64.max / 2 : product + attoseconds / 1_000_000_000
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 internal func check(_ code: Int32) throws(SynchronizationError) {
     if code != 0 { throw SynchronizationError(code: code) }
 }
