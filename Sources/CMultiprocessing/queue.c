@@ -28,7 +28,7 @@ static void unlock_mutex(cmp_queue_t *queue) { cmp_lock_release(&queue->mutex); 
 
 /* Waits on `condition`; ETIMEDOUT once `deadline` (if any) passes. */
 static int wait_on(cmp_queue_t *queue, cmp_futex_condition_t *condition, const struct timespec *deadline) {
-    int rc = cmp_futex_condition_wait(condition, &queue->mutex, deadline);
+    int rc = cmp_futex_condition_wait_spinning(condition, &queue->mutex, deadline, 1000);
     if (rc == ETIMEDOUT && deadline) {
         /* A futex may report a timeout a hair early or late: trust the clock. */
         struct timespec now;

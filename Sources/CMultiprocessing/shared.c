@@ -81,7 +81,7 @@ int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
             if (rc != EBUSY) break;
         }
         cpu_relax(delay);
-        if (delay < 64) delay *= 2;
+        if (delay < 16) delay *= 2;
     }
     if (timeout_ns < 0) {
         rc = pthread_mutex_lock(&lock->mutex);
@@ -133,6 +133,26 @@ static int condition_init(cmp_futex_condition_t *condition) {
     condition->sequence = 0;
     condition->sleepers = 0;
     return 0;
+}
+
+int cmp_futex_condition_wait_spinning(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline, unsigned spins) {
+    uint32_t sequence = __atomic_load_n(&condition->sequence, __ATOMIC_ACQUIRE);
+    if (spins > 0) {
+        /* Watch for a signal for a moment without sleeping: a waiter that is
+           not asleep costs its signaller no wake-up system call. */
+        cmp_lock_release(lock);
+        for (unsigned i = 0; i < spins; i++) {
+            if (__atomic_load_n(&condition->sequence, __ATOMIC_ACQUIRE) != sequence) {
+                cmp_lock_acquire(lock, -1);
+                return 0;
+            }
+            cpu_relax(4);
+        }
+        cmp_lock_acquire(lock, -1);
+        /* The caller's predicate may have changed while the lock was free. */
+        if (__atomic_load_n(&condition->sequence, __ATOMIC_ACQUIRE) != sequence) return 0;
+    }
+    return cmp_futex_condition_wait(condition, lock, deadline);
 }
 
 int cmp_futex_condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline) {

@@ -171,6 +171,10 @@ typedef struct { uint32_t sequence; uint32_t sleepers; } cmp_futex_condition_t;
 /// none) passes.
 int cmp_futex_condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline);
 
+/// The same, but first watches for a signal for `spins` short pauses with
+/// the lock released (returning 0 at once if one came), and only then sleeps.
+int cmp_futex_condition_wait_spinning(cmp_futex_condition_t *condition, cmp_lock_t *lock, const struct timespec *deadline, unsigned spins);
+
 /// Wakes one waiter, or all.
 void cmp_futex_condition_signal(cmp_futex_condition_t *condition, int all);
 
