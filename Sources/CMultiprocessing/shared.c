@@ -2,6 +2,7 @@
 #include "CMultiprocessing.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -147,6 +148,11 @@ int cmp_futex_condition_wait_spinning(cmp_futex_condition_t *condition, cmp_lock
                 return 0;
             }
             cpu_relax(4);
+            /* Now and then let another thread of this CPU run: when the
+               signaller shares the CPU, it can go on at once, and two
+               threads that stay runnable are soon moved apart by the
+               scheduler (two that sleep and wake each other stay together). */
+            if (i % 4 == 3) sched_yield();
         }
         cmp_lock_acquire(lock, -1);
         /* The caller's predicate may have changed while the lock was free. */

@@ -73,6 +73,22 @@ int cmp_set_parent_death_signal(int sig) {
 extern void *_swift_willThrow;
 extern void *_swift_willThrowTypedImpl;
 
+/* The process id, read once and again in every forked child (an atfork
+   handler): getpid is a system call, and a manager's proxy names its
+   process in every request. */
+static pid_t cached_pid;
+static pthread_once_t cached_pid_once = PTHREAD_ONCE_INIT;
+static void refresh_cached_pid(void) { __atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED); }
+static void start_caching_pid(void) {
+    refresh_cached_pid();
+    pthread_atfork(NULL, NULL, refresh_cached_pid);
+}
+
+pid_t cmp_current_pid(void) {
+    pthread_once(&cached_pid_once, start_caching_pid);
+    return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+}
+
 pid_t cmp_fork(int death_signal) {
     fflush(NULL);
     pid_t parent = getpid();

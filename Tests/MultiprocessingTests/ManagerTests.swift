@@ -228,13 +228,13 @@ struct ManagerTests {
             let raw = try Client.connect(to: manager.address, authenticationKey: key)
             defer { raw.close() }
             try raw.sendBytes([0xFF, 0x00, 0x13, 0x37])
-            guard case .failure(.badRequest) = try raw.receive(ManagerReply.self) else { Issue.record("no error reply"); return }
-            try raw.send(ManagerRequest(object: 999, method: "get"))
-            guard case .failure(.unknownObject(999)) = try raw.receive(ManagerReply.self) else { Issue.record("no unknown-object reply"); return }
-            try raw.send(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("nonsense")]))
-            guard case .failure(.badRequest) = try raw.receive(ManagerReply.self) else { Issue.record("no bad-kind reply"); return }
-            try raw.send(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("object"), try ValueCodec.encode("Si"), []]))
-            guard case .failure(.badRequest) = try raw.receive(ManagerReply.self) else { Issue.record("a non-ManagedObject type was made"); return }
+            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no error reply"); return }
+            try raw.sendBytes(ManagerRequest(object: 999, method: "get").encoded())
+            guard case .failure(.unknownObject(999)) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no unknown-object reply"); return }
+            try raw.sendBytes(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("nonsense")]).encoded())
+            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no bad-kind reply"); return }
+            try raw.sendBytes(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("object"), try ValueCodec.encode("Si"), []]).encoded())
+            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("a non-ManagedObject type was made"); return }
             #expect(try value.get() == 7)
             #expect(throws: ManagerError.self) { try ManagedValue<[String]>(reference: value.reference).get() }
         }

@@ -30,6 +30,9 @@ int cmp_waitid_pidfd(int pidfd, int nohang, int *exit_code);
 /// exit code in Python's convention), 0 if none, -1 with errno set.
 pid_t cmp_reap_any(int *exit_code);
 
+/// This process's id without a system call (refreshed in forked children).
+pid_t cmp_current_pid(void);
+
 /// `fork(2)` after flushing every stdio stream. If `death_signal` is not 0,
 /// the child clears its signal mask, sets `PR_SET_PDEATHSIG` to it and exits
 /// at once if the parent is already gone. Returns like `fork`.

@@ -8,7 +8,7 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
     let authenticationKey: [UInt8]
     /// Idle connections, and the process they belong to: a forked child
     /// must not share its parent's.
-    private let idle = Locked((pid: getpid(), connections: [Connection]()))
+    private let idle = Locked((pid: Syscall.currentProcessID, connections: [ManagerChannel]()))
 
     init(address: ConnectionAddress, authenticationKey: [UInt8]) {
         self.address = address
@@ -17,30 +17,26 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
 
     deinit {
         idle.withLock { state in
-            if state.pid == getpid() { state.connections.forEach { $0.close() } }
+            if state.pid == Syscall.currentProcessID { state.connections.forEach { $0.close() } }
         }
     }
 
-    private func take() throws(ManagerError) -> Connection {
-        let reused = idle.withLock { state -> Connection? in
-            if state.pid != getpid() {
+    private func take() throws(ManagerError) -> ManagerChannel {
+        let reused = idle.withLock { state -> ManagerChannel? in
+            if state.pid != Syscall.currentProcessID {
                 // Inherited from the parent: this copy is closed, the parent's stays.
                 state.connections.forEach { $0.close() }
-                state = (getpid(), [])
+                state = (Syscall.currentProcessID, [])
             }
             return state.connections.popLast()
         }
         if let reused { return reused }
-        do {
-            return try Client.connect(to: address, authenticationKey: authenticationKey)
-        } catch {
-            throw .managerUnreachable("connecting to \(address): \(error)")
-        }
+        return try ManagerChannel.connect(to: address, authenticationKey: authenticationKey)
     }
 
-    private func giveBack(_ connection: Connection) {
+    private func giveBack(_ connection: ManagerChannel) {
         idle.withLock { state in
-            if state.pid == getpid() && state.connections.count < 8 {
+            if state.pid == Syscall.currentProcessID && state.connections.count < 8 {
                 state.connections.append(connection)
             } else {
                 connection.close()
@@ -50,17 +46,15 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
 
     /// Calls `method` of object `object` on the server and returns the encoded result.
     func call(_ object: UInt64, _ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil) throws(ManagerError) -> [UInt8] {
-        let owner = "\(getpid()):\(UInt(bitPattern: Int(bitPattern: pthread_self())))"
         let seconds = timeout.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
-        let request = ManagerRequest(object: object, method: method, arguments: arguments, owner: owner, timeout: seconds)
+        let request = ManagerRequest.fromHere(object: object, method: method, arguments: arguments, timeout: seconds)
         let connection = try take()
         let reply: ManagerReply
         do {
-            try connection.send(request)
-            connection.spinUntilReadable(for: .microseconds(50))
-            reply = try connection.receive(ManagerReply.self)
+            reply = try ManagerReply(decoding: try connection.call(request.encoded()))
         } catch {
             connection.close()
+            if case let error as ManagerError = error { throw error }
             throw .managerUnreachable("\(error)")
         }
         giveBack(connection)

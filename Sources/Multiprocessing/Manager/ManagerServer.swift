@@ -67,27 +67,47 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
 
     private func serve(_ connection: Connection) {
         var client: String? = nil
+        var channel = ManagerChannel.overSocket(connection)
         defer {
-            connection.close()
+            channel.close()
             if let client { disconnected(client) }
         }
         while true {
-            connection.spinUntilReadable(for: .microseconds(50))
-            guard let bytes = try? connection.receiveBytes() else { return }
+            guard let bytes = channel.nextRequest() else { return }
             let reply: ManagerReply
+            var openRings = false
+            var shuttingDown = false
             do {
-                let request = try ValueCodec.decode(ManagerRequest.self, from: bytes)
-                if client == nil, let pid = request.owner.split(separator: ":").first {
-                    client = String(pid)
+                let request = try ManagerRequest(decoding: bytes)
+                if client == nil {
+                    client = String(request.process)
                     state.withLock { $0.connections[client!, default: 0] += 1 }
                 }
-                reply = .value(try handle(request))
+                if request.object == 0 && request.method == ManagerRequest.openRings && !channel.isShared {
+                    openRings = true
+                    reply = .value(Served.none)
+                } else if request.object == 0 && request.method == "shutdown" {
+                    shuttingDown = true
+                    reply = .value(Served.none)
+                } else {
+                    reply = .value(try handle(request))
+                }
             } catch let error as ManagerError {
                 reply = .failure(error)
             } catch {
                 reply = .failure(.badRequest("unreadable request: \(error)"))
             }
-            guard let encoded = try? ValueCodec.encode(reply), (try? connection.sendBytes(encoded)) != nil else { return }
+            guard channel.reply(reply.encoded()) else { return }
+            if shuttingDown {
+                // Answered first, so the caller need not wait to see the server gone.
+                listener.close()
+                cmp_exit_now(0)
+            }
+            if openRings {
+                // The client sends the rings' descriptors once it has the answer.
+                guard let shared = try? ManagerChannel.accept(connection) else { return }
+                channel = shared
+            }
         }
     }
 
@@ -104,7 +124,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
     }
 
     private func handle(_ request: ManagerRequest) throws(ManagerError) -> [UInt8] {
-        let context = CallContext(owner: request.owner, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) })
+        let context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) })
         guard request.object != 0 else { return try handleManager(request) }
         guard let object = state.withLock({ $0.objects[request.object] }) else { throw .unknownObject(request.object) }
         return try object.call(request.method, request.arguments, context)
@@ -114,9 +134,6 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         switch request.method {
         case "ping":
             return Served.none
-        case "shutdown":
-            listener.close()
-            cmp_exit_now(0)
         case "create":
             let kind = try Served.decode(String.self, Served.argument(request.arguments, 0, "create"))
             let object = try make(kind, Array(request.arguments.dropFirst()))

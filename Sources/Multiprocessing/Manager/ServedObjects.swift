@@ -2,9 +2,13 @@ import Glibc
 
 /// What a call on a served object knows of its caller.
 internal struct CallContext {
-    /// `pid:tid` of the calling thread: who owns a lock.
-    var owner: String
+    /// The calling process and thread.
+    var process: Int32
+    var thread: UInt64
     var deadline: ContinuousClock.Instant?
+
+    /// `pid:tid` of the calling thread: who owns a lock.
+    var owner: String { "\(process):\(thread)" }
 }
 
 /// An object the manager's server owns. It holds encoded values only: the
@@ -45,7 +49,7 @@ internal enum Served {
         .badRequest("a \(kind) has no method '\(method)'")
     }
 
-    static let none: [UInt8] = []
+    static var none: [UInt8] { [] }
 }
 
 /// A dictionary of encoded keys and values, in insertion order.

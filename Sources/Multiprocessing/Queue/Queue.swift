@@ -61,7 +61,13 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/full`` if it stayed full.
     public func put(_ item: Element, timeout: Duration? = nil) throws {
         try checkOpen()
-        let bytes = try ValueCodec.encode(item)
+        try putEncoded(try ValueCodec.encode(item), timeout: timeout)
+    }
+
+    /// Puts an item that is already encoded (or any bytes, for a queue used
+    /// as a channel of raw messages).
+    internal func putEncoded(_ bytes: [UInt8], timeout: Duration? = nil) throws {
+        try checkOpen()
         let code = bytes.withUnsafeBytes { buffer in
             cmp_queue_put(state, buffer.baseAddress, UInt64(buffer.count), nanoseconds(timeout))
         }
@@ -78,6 +84,11 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/empty`` if it stayed empty; a ``WireError`` if
     ///   the item does not decode as `Element`.
     public func get(timeout: Duration? = nil) throws -> Element {
+        try ValueCodec.decode(Element.self, from: try getEncoded(timeout: timeout))
+    }
+
+    /// Takes the front item's bytes, not decoded.
+    internal func getEncoded(timeout: Duration? = nil) throws -> [UInt8] {
         try checkOpen()
         let deadline = timeout.map { ContinuousClock.now + $0 }
         while true {
@@ -90,7 +101,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
                 fast = cmp_queue_get_small(state, buffer.baseAddress, UInt64(Self.smallItem), &length, nanoseconds(remaining))
                 count = fast == 0 ? Int(length) : 0
             }
-            if fast == 0 { return try ValueCodec.decode(Element.self, from: small) }
+            if fast == 0 { return small }
             if fast == ECANCELED { continue }  // its writer died while writing it
             if fast == ETIMEDOUT { throw QueueError.empty }
             if fast != EAGAIN { try check(fast) }
@@ -101,7 +112,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
             var bytes = [UInt8](repeating: 0, count: Int(length))
             let finished = bytes.withUnsafeMutableBytes { cmp_queue_get_finish(state, $0.baseAddress, length) }
             if finished == ECANCELED { continue }  // its writer died while writing it
-            return try ValueCodec.decode(Element.self, from: bytes)
+            return bytes
         }
     }
 

@@ -12,7 +12,8 @@ import SystemPackage
 /// the forking thread across the fork and released on both sides. These are
 /// leaf locks: nobody holding one waits for anything else. The forkserver
 /// client's lock is not one (a request may wait for the launcher thread), so
-/// the child gets a fresh one instead.
+/// the child gets a fresh one instead. Every global the child touches here is
+/// made before the fork (Swift makes globals lazily, under a once-flag).
 internal enum ForkGuard {
     static func fork(_ body: () throws(Errno) -> pid_t) throws(Errno) -> pid_t {
         let launcher = Launcher.shared.forkLock
@@ -20,6 +21,10 @@ internal enum ForkGuard {
         let registry = ChildRegistry.shared.forkLock
         let identity = ProcessContext.forkLock
         let segments = NamedSegments.shared.forkLock
+        // Made here, in the parent: a lazy global first touched in the child
+        // hangs it for ever if another thread of the parent was making it at
+        // the instant of the fork (seen: a child stuck in swift_once here).
+        let forkServer = ForkServerClient.shared
         cmp_lock_stdio()
         launcher.lockForFork()
         watcher.lockForFork()
@@ -34,7 +39,7 @@ internal enum ForkGuard {
         launcher.unlockAfterFork()
         cmp_unlock_stdio()
         if case .success(0) = result {
-            ForkServerClient.shared.resetInChild()
+            forkServer.resetInChild()
         }
         return try result.get()
     }

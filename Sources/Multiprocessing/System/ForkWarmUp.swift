@@ -49,11 +49,16 @@ internal enum ForkWarmUp {
             }
             _ = ChunkRunner.run([1]) { (x: Int) -> Int in x }.wire()
             // Manager messages, both ways.
-            let managerRequest = try ValueCodec.encode(ManagerRequest(object: 1, method: "m", arguments: [[1]], owner: "1:1", timeout: 1))
-            _ = try ValueCodec.decode(ManagerRequest.self, from: managerRequest)
+            _ = try ManagerRequest(decoding: ManagerRequest.fromHere(object: 1, method: "m", arguments: [[1]], timeout: 1).encoded())
             for reply in [ManagerReply.value([1]), .failure(.timedOut)] {
-                _ = try ValueCodec.decode(ManagerReply.self, from: ValueCodec.encode(reply))
+                _ = try ManagerReply(decoding: reply.encoded())
             }
+            // A manager channel's rings (a forked client opens its own).
+            let ring = try Queue<[UInt8]>(bufferSize: 4096)
+            try ring.putEncoded([1])
+            _ = try ring.getEncoded(timeout: .zero)
+            _ = try Queue<[UInt8]>(sharing: ring.memory)
+            ring.close()
         } catch {
             // A warm-up that fails only leaves some metadata to be made later.
         }

@@ -21,6 +21,9 @@ internal func valueOrErrno<I: FixedWidthInteger>(
 }
 
 internal enum Syscall {
+    /// This process's id, without a system call (kept right across `fork`).
+    static var currentProcessID: pid_t { cmp_current_pid() }
+
     /// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)`: both ends close on exec.
     static func socketPair() throws(Errno) -> (FileDescriptor, FileDescriptor) {
         var fds: (Int32, Int32) = (-1, -1)
