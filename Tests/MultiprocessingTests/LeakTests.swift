@@ -29,6 +29,13 @@ struct LeakTests {
         }
     }
 
+    @Test("20 managers used from children over rings, one client killed mid-call, leave descriptors and children where they were")
+    func managerCycles() async {
+        await #expect(processExitsWith: .success) {
+            exit(LeakScenarios.managerCycles())
+        }
+    }
+
     @Test("at exit, daemonic children are terminated and the others joined")
     func exitHandling() async {
         await #expect(processExitsWith: .success) {
@@ -62,6 +69,43 @@ enum LeakScenarios {
                     pool.close()
                 }
                 try pool.join()
+            }
+            let settled = eventually(within: .seconds(10)) {
+                openDescriptorCount() == descriptors && childPIDs() == children
+            }
+            guard settled else {
+                print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
+                return 1
+            }
+            return 0
+        } catch {
+            print("failed: \(error)")
+            return 5
+        }
+    }
+
+    static func managerCycles() -> Int32 {
+        do {
+            _ = try ChildProcess.execute(Square(value: 1), startMethod: .forkserver)
+            let descriptors = openDescriptorCount()
+            let children = childPIDs()
+            for round in 0..<20 {
+                try withManager { manager in
+                    let dictionary = try manager.dictionary([Int: [UInt8]]())
+                    let queue = try manager.queue(of: Int.self)
+                    let writer = ChildProcess {
+                        for i in 0..<50 { try dictionary.set([UInt8](repeating: UInt8(i), count: 16), for: i) }
+                    }
+                    // A client killed while its call waits on the server.
+                    let doomed = ChildProcess { _ = try queue.get() }
+                    try writer.start()
+                    try doomed.start()
+                    guard try writer.join() == 0, try dictionary.count() == 50 else { throw ManagerError.badRequest("round \(round): lost entries") }
+                    try doomed.kill()
+                    _ = try doomed.join()
+                    try queue.put(round)  // the server is still serving
+                    guard try queue.get(timeout: .seconds(5)) == round else { throw ManagerError.badRequest("round \(round): queue") }
+                }
             }
             let settled = eventually(within: .seconds(10)) {
                 openDescriptorCount() == descriptors && childPIDs() == children

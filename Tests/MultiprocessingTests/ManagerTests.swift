@@ -240,6 +240,21 @@ struct ManagerTests {
         }
     }
 
+    @Test("values larger than a channel's ring cross whole, both ways, from a child")
+    func largeValues() throws {
+        try withManager { manager in
+            let big = (0..<(300_000)).map { UInt8(truncatingIfNeeded: $0 &* 7) }  // more than the 256 KiB rings
+            let shared = try manager.dictionary([String: [UInt8]]())
+            let child = ChildProcess {
+                try shared.set(big, for: "big")
+                guard try shared.get("big") == big else { exit(3) }
+            }
+            try child.start()
+            #expect(try child.join() == 0)
+            #expect(try shared.get("big") == big)
+        }
+    }
+
     @Test("shutdown ends the server; proxies then fail at once")
     func shutdown() throws {
         let manager = try Manager()

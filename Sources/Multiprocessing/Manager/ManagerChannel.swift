@@ -124,7 +124,12 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
 
     /// Whether the peer is gone: its socket reads end of file (or, on a
     /// socket that carries nothing else once rings are in use, anything).
-    private func peerGone() -> Bool {
+    /// Over a plain socket, only a closed one counts.
+    func peerGone() -> Bool {
+        guard rings != nil else {
+            guard let events = try? Syscall.poll([socket.fileDescriptor], events: 0x2000 /* POLLRDHUP: the peer closed */, timeout: 0) else { return true }
+            return events[0] != 0
+        }
         guard let events = try? Syscall.poll([socket.fileDescriptor], timeout: 0) else { return true }
         return events[0] != 0
     }

@@ -90,7 +90,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
                     shuttingDown = true
                     reply = .value(Served.none)
                 } else {
-                    reply = .value(try handle(request))
+                    reply = .value(try handle(request, callerGone: { [channel] in channel.peerGone() }))
                 }
             } catch let error as ManagerError {
                 reply = .failure(error)
@@ -123,8 +123,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         if last { objects.forEach { $0.release(ownersOf: client) } }
     }
 
-    private func handle(_ request: ManagerRequest) throws(ManagerError) -> [UInt8] {
-        let context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) })
+    private func handle(_ request: ManagerRequest, callerGone: @escaping @Sendable () -> Bool) throws(ManagerError) -> [UInt8] {
+        let context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) }, callerGone: callerGone)
         guard request.object != 0 else { return try handleManager(request) }
         guard let object = state.withLock({ $0.objects[request.object] }) else { throw .unknownObject(request.object) }
         return try object.call(request.method, request.arguments, context)

@@ -7,8 +7,37 @@ internal struct CallContext {
     var thread: UInt64
     var deadline: ContinuousClock.Instant?
 
+    /// Whether the caller is gone (its connection closed): a call that waits
+    /// looks now and then, and gives up rather than take an item or a count
+    /// that nobody would receive.
+    var callerGone: @Sendable () -> Bool = { false }
+
     /// `pid:tid` of the calling thread: who owns a lock.
     var owner: String { "\(process):\(thread)" }
+}
+
+extension Monitor {
+    /// ``wait(until:_:)`` for a call: in slices, between which it checks that
+    /// the caller is still there (else ``ManagerError/managerUnreachable(_:)``,
+    /// an answer nobody reads).
+    func wait<Result>(for context: CallContext, until deadline: ContinuousClock.Instant?, _ ready: (inout Value) -> Result?) throws(ManagerError) -> Result? {
+        var first = true
+        var gone = false
+        while true {
+            let slice = ContinuousClock.now + .milliseconds(100)
+            let end = deadline.map { min($0, slice) } ?? slice
+            let result = wait(until: end) { value -> Result? in
+                // After a wait, the caller may have died meanwhile: look before
+                // taking what it waited for.
+                if !first && !gone && context.callerGone() { gone = true }
+                first = false
+                return gone ? nil : ready(&value)
+            }
+            if let result { return result }
+            if gone || context.callerGone() { throw .managerUnreachable("the caller is gone") }
+            if let deadline, ContinuousClock.now >= deadline { return nil }
+        }
+    }
 }
 
 /// An object the manager's server owns. It holds encoded values only: the
@@ -180,7 +209,7 @@ internal final class ServedQueue: ServedObject, @unchecked Sendable {  // state 
         case "put", "putNoWait":
             let item = try Served.argument(arguments, 0, method)
             let deadline = method == "putNoWait" ? .now : context.deadline
-            let put = state.wait(until: deadline) { state -> Bool? in
+            let put = try state.wait(for: context, until: deadline) { state -> Bool? in
                 guard maxSize <= 0 || state.count < maxSize else { return nil }
                 state.items.append(item)
                 state.unfinished += 1
@@ -191,7 +220,7 @@ internal final class ServedQueue: ServedObject, @unchecked Sendable {  // state 
             return Served.none
         case "get", "getNoWait":
             let deadline = method == "getNoWait" ? .now : context.deadline
-            let item = state.wait(until: deadline) { state -> [UInt8]? in
+            let item = try state.wait(for: context, until: deadline) { state -> [UInt8]? in
                 guard state.count > 0 else { return nil }
                 let item = state.items[state.head]
                 state.head += 1
@@ -215,7 +244,7 @@ internal final class ServedQueue: ServedObject, @unchecked Sendable {  // state 
             guard done else { throw .invalidArgument("taskDone() called more times than items were put") }
             return Served.none
         case "join":
-            guard state.wait(until: context.deadline, { $0.unfinished == 0 ? true : nil }) != nil else { throw .timedOut }
+            guard try state.wait(for: context, until: context.deadline, { $0.unfinished == 0 ? true : nil }) != nil else { throw .timedOut }
             return Served.none
         default:
             throw Served.noSuchMethod(method, "queue")
@@ -247,7 +276,7 @@ internal final class ServedLock: ServedObject, @unchecked Sendable {  // state b
         switch method {
         case "acquire":
             let blocking = arguments.isEmpty ? true : try Served.decode(Bool.self, arguments[0])
-            return try Served.encode(acquire(context.owner, until: blocking ? context.deadline : .now))
+            return try Served.encode(acquire(context, until: blocking ? context.deadline : .now))
         case "release":
             try release(context.owner)
             return Served.none
@@ -269,8 +298,9 @@ internal final class ServedLock: ServedObject, @unchecked Sendable {  // state b
         }
     }
 
-    private func acquire(_ owner: String, until deadline: ContinuousClock.Instant?) -> Bool {
-        state.wait(until: deadline) { state -> Bool? in
+    private func acquire(_ context: CallContext, until deadline: ContinuousClock.Instant?) throws(ManagerError) -> Bool {
+        let owner = context.owner
+        return try state.wait(for: context, until: deadline) { state -> Bool? in
             if state.owner == nil {
                 state.owner = owner
                 state.depth = 1
@@ -305,7 +335,7 @@ internal final class ServedLock: ServedObject, @unchecked Sendable {  // state b
             state.depth = 0
             return (ticket, depth)
         }
-        let notified = state.wait(until: context.deadline) { $0.waiters[ticket] == true ? true : nil } ?? false
+        let notified = (try? state.wait(for: context, until: context.deadline) { $0.waiters[ticket] == true ? true : nil }) ?? false
         state.withLock { _ = $0.waiters.removeValue(forKey: ticket) }
         _ = state.wait(until: nil) { state -> Bool? in
             guard state.owner == nil else { return nil }
@@ -340,7 +370,7 @@ internal final class ServedSemaphore: ServedObject, @unchecked Sendable {  // st
         switch method {
         case "acquire":
             let blocking = arguments.isEmpty ? true : try Served.decode(Bool.self, arguments[0])
-            let taken = state.wait(until: blocking ? context.deadline : .now) { value -> Bool? in
+            let taken = try state.wait(for: context, until: blocking ? context.deadline : .now) { value -> Bool? in
                 guard value > 0 else { return nil }
                 value -= 1
                 return true
@@ -369,7 +399,7 @@ internal final class ServedEvent: ServedObject, @unchecked Sendable {  // state 
         case "set": state.update { $0 = true }
         case "clear": state.update { $0 = false }
         case "isSet": return try Served.encode(state.withLock { $0 })
-        case "wait": return try Served.encode(state.wait(until: context.deadline) { $0 ? true : nil } ?? false)
+        case "wait": return try Served.encode(try state.wait(for: context, until: context.deadline) { $0 ? true : nil } ?? false)
         default: throw Served.noSuchMethod(method, "event")
         }
         return Served.none
