@@ -191,6 +191,20 @@ struct QueueTests {
         #expect(try writer.get() == "42")
     }
 
+    @Test("numbers of every size cross, and a short item that is not one is a typed error")
+    func numbers() throws {
+        let queue = try Queue<Int>()
+        let values = [0, -1, 1, Int.max, Int.min, 1 << 40, -(1 << 40)]
+        for value in values { try queue.put(value) }
+        for value in values { #expect(try queue.get() == value) }
+        let strings = try Queue<String>(memoryOf: queue)
+        try strings.put("x")  // three bytes: small enough for the numbers' short cut
+        try queue.put(7)
+        #expect(throws: WireError.self) { try queue.get() }
+        #expect(try queue.get() == 7)
+        #expect(throws: QueueError.empty) { try queue.get(timeout: .milliseconds(10)) }
+    }
+
     @Test("a joinable queue's join waits until every item is done")
     func joinable() throws {
         let queue = try JoinableQueue<Int>()

@@ -115,6 +115,24 @@ struct WireTests {
         #expect(try roundTrip(Suit.hearts) == .hearts)
     }
 
+    @Test("a lone Int takes a short cut that writes and reads exactly what the encoder does")
+    func loneIntegers() throws {
+        var random = SplitMix(state: 0x1D)
+        let edges = [0, 1, -1, 63, -64, 64, -65, 1 << 62, Int.max, Int.min, Int.max - 1, Int.min + 1]
+        for value in edges + (0..<500).map({ _ in Int.random(in: .min ... .max, using: &random) >> Int.random(in: 0...63, using: &random) }) {
+            let fast = try ValueCodec.encode(value)
+            #expect(fast == (try WireEncoder(attachments: nil).encode(value)))
+            #expect(try ValueCodec.decode(Int.self, from: fast) == value)
+        }
+        // Short random inputs: the short cut and the general decoder agree, value or error.
+        for _ in 0..<5000 {
+            let bytes = (0..<Int.random(in: 0...12, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+            let general = try? WireDecoder(attachments: nil).decode(Int.self, from: bytes)
+            let fast = try? ValueCodec.decode(Int.self, from: bytes)
+            #expect(fast == general, "\(bytes)")
+        }
+    }
+
     @Test("large arrays of numbers cross as raw bytes")
     func largeArrays() throws {
         let ints = Array(0..<1_000_000)

@@ -61,6 +61,15 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/full`` if it stayed full.
     public func put(_ item: Element, timeout: Duration? = nil) throws {
         try checkOpen()
+        if Element.self == Int.self {
+            // Numbers are encoded on the stack: no allocation.
+            let code = withUnsafeTemporaryAllocation(byteCount: ValueCodec.integerCapacity, alignment: 1) { buffer in
+                let count = ValueCodec.encodeInteger(_identityCast(item, to: Int.self), into: buffer)
+                return cmp_queue_put(state, buffer.baseAddress, UInt64(count), nanoseconds(timeout))
+            }
+            if code == ETIMEDOUT { throw QueueError.full }
+            return try check(code)
+        }
         try putEncoded(try ValueCodec.encode(item), timeout: timeout)
     }
 
@@ -84,7 +93,27 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/empty`` if it stayed empty; a ``WireError`` if
     ///   the item does not decode as `Element`.
     public func get(timeout: Duration? = nil) throws -> Element {
-        try ValueCodec.decode(Element.self, from: try getEncoded(timeout: timeout))
+        if Element.self == Int.self, let number = try getInteger(timeout: timeout) {
+            return _identityCast(number, to: Element.self)
+        }
+        return try ValueCodec.decode(Element.self, from: try getEncoded(timeout: timeout))
+    }
+
+    /// Takes a number put by ``put(_:timeout:)`` straight off the ring onto
+    /// the stack; nil if the front item needs the general path.
+    private func getInteger(timeout: Duration?) throws -> Int? {
+        try checkOpen()
+        var length: UInt64 = 0
+        var code: Int32 = 0
+        let number = withUnsafeTemporaryAllocation(byteCount: ValueCodec.integerCapacity, alignment: 1) { buffer -> Int? in
+            code = cmp_queue_get_small(state, buffer.baseAddress, UInt64(buffer.count), &length, nanoseconds(timeout))
+            return code == 0 ? ValueCodec.decodeInteger(UnsafeRawBufferPointer(rebasing: buffer[..<Int(length)])) : nil
+        }
+        if let number { return number }
+        if code == ETIMEDOUT { throw QueueError.empty }
+        // Taken but not a number: cannot happen with this queue's own puts.
+        if code == 0 { throw WireError.corrupt("an item of \(length) bytes is not an Int") }
+        return nil  // EAGAIN (a writer or reader is mid-message), ECANCELED, or too large: the general path
     }
 
     /// Takes the front item's bytes, not decoded.
