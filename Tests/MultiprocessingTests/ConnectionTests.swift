@@ -56,6 +56,21 @@ struct ConnectionTests {
         #expect(try b.receiveBytes() == big)
     }
 
+    @Test("numbers cross by their short cut; a message that is not one is a typed error and the next still arrives")
+    func numbers() throws {
+        let (here, there) = try Connection.pipe()
+        defer { here.close(); there.close() }
+        let values = [0, -1, Int.max, Int.min, 300, -(1 << 50)]
+        for value in values { try here.send(value) }
+        for value in values { #expect(try there.receive(Int.self) == value) }
+        try here.sendBytes([7, 1, 0x78])  // a one-letter String: short, but no number
+        try here.sendBytes([3, 0x80])  // a varint cut short
+        try here.send("a String too long for a number")
+        try here.send(42)
+        for _ in 0..<3 { #expect(throws: WireError.self) { try there.receive(Int.self) } }
+        #expect(try there.receive(Int.self) == 42)
+    }
+
     @Test("a one-way pipe refuses the wrong direction")
     func oneWay() throws {
         let (reader, writer) = try Connection.pipe(duplex: false)

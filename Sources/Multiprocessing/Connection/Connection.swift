@@ -110,6 +110,14 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
     /// kernel, which is at once unless the peer has stopped reading.
     public func send<T: Encodable>(_ value: T) throws {
         try check(reading: false)
+        if T.self == Int.self {
+            // A number's frame is made on the stack: no allocation.
+            return try withUnsafeTemporaryAllocation(byteCount: Frame.headerSize + ValueCodec.integerCapacity, alignment: 8) { buffer in
+                let count = ValueCodec.encodeInteger(_identityCast(value, to: Int.self), into: UnsafeMutableRawBufferPointer(rebasing: buffer[Frame.headerSize...]))
+                buffer.storeBytes(of: UInt64(count).littleEndian, as: UInt64.self)
+                try sendLock.withLock { _ in try sendAll(UnsafeRawBufferPointer(rebasing: buffer[..<(Frame.headerSize + count)])) }
+            }
+        }
         let frame = try ValueCodec.encodeFrame(value)
         try sendLock.withLock { _ in
             try frame.withUnsafeBytes { try sendAll($0) }
@@ -188,7 +196,18 @@ public final class Connection: @unchecked Sendable {  // the descriptor is immut
     @available(*, noasync, message: "use the async receive(_:)")
     public func receive<T: Decodable>(_ type: T.Type = T.self) throws -> T {
         try check(reading: true)
+        if T.self == Int.self, let number = try receiveInteger() { return _identityCast(number, to: T.self) }
         return try ValueCodec.decode(T.self, from: try receiveFrame())
+    }
+
+    /// The next message decoded as a number straight from the receive
+    /// buffer, when it is one; nil (nothing taken) when it is not.
+    private func receiveInteger() throws -> Int? {
+        try receiveBuffer.withLock { state in
+            let length = try state.nextLength(from: fileDescriptor)
+            guard length <= ValueCodec.integerCapacity else { return nil }
+            return try state.peekPayload(length, from: fileDescriptor) { ValueCodec.decodeInteger($0) }
+        }
     }
 
     /// Receives the next message as raw bytes (Python's `recv_bytes`).
@@ -313,6 +332,18 @@ private struct ReceiveBuffer {
     mutating func nextLength(from fd: FileDescriptor) throws -> Int {
         try fill(atLeast: Frame.headerSize, from: fd)
         return try Frame.length(fromHeader: storage[start..<(start + Frame.headerSize)])
+    }
+
+    /// Reads the payload of the next message (its header already buffered)
+    /// and gives it to `body`; the message is consumed only if `body`
+    /// returns a value.
+    mutating func peekPayload<R>(_ length: Int, from fd: FileDescriptor, _ body: (UnsafeRawBufferPointer) -> R?) throws -> R? {
+        try fill(atLeast: Frame.headerSize + length, from: fd)
+        let payloadStart = start + Frame.headerSize
+        guard let result = storage.withUnsafeBytes({ body(UnsafeRawBufferPointer(rebasing: $0[payloadStart..<(payloadStart + length)])) }) else { return nil }
+        start = payloadStart + length
+        if start == end { start = 0; end = 0 }
+        return result
     }
 
     /// Consumes the header and `length` payload bytes into `buffer`.
