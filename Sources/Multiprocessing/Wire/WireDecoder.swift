@@ -32,6 +32,7 @@ internal struct WireDecoder {
 internal final class WireReader {
     let bytes: [UInt8]
     let attachments: DescriptorAttachments?
+    var rawArrays = RawArrayMemo()
 
     init(bytes: [UInt8], attachments: DescriptorAttachments?) {
         self.bytes = bytes
@@ -205,7 +206,7 @@ internal final class WireReader {
             defer { cursor += count }
             return Data(bytes[cursor..<(cursor + count)]) as! T
         }
-        if let rawType = T.self as? any WireRawArray.Type {
+        if let rawType = rawArrays.rawArrayType(T.self) {
             try expect(.rawArray, at: &cursor, codingPath(), for: T.self)
             let kind = try byte(at: &cursor, codingPath())
             guard kind == rawType.elementKind else {

@@ -38,6 +38,7 @@ internal struct WireEncoder {
 /// The buffer every container of one encoding writes to.
 internal final class WireWriter {
     var bytes: [UInt8] = []
+    var rawArrays = RawArrayMemo()
 
     init() {
         bytes.reserveCapacity(64)
@@ -116,8 +117,7 @@ internal final class WireWriter {
             varint(UInt64(data.count))
             return data.withUnsafeBytes { raw($0) }
         }
-        switch value {
-        case let array as any WireRawArray:
+        if rawArrays.rawArrayType(T.self) != nil, let array = value as? any WireRawArray {
             tag(.rawArray)
             bytes.append(type(of: array).elementKind)
             array.withRawBytes { buffer in
@@ -125,13 +125,13 @@ internal final class WireWriter {
                 varint(UInt64(buffer.count / type(of: array).elementStride))
                 raw(buffer)
             }
-        default:
-            let encoder = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
-            try value.encode(to: encoder)
-            if !encoder.wroteSomething {
-                // A type that encodes nothing at all still takes one value's room.
-                _ = containerHeader(.keyed)
-            }
+            return
+        }
+        let encoder = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
+        try value.encode(to: encoder)
+        if !encoder.wroteSomething {
+            // A type that encodes nothing at all still takes one value's room.
+            _ = containerHeader(.keyed)
         }
     }
 }

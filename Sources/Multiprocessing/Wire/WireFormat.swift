@@ -106,3 +106,31 @@ internal struct IndexKey: CodingKey {
     init?(stringValue: String) { nil }
     init?(intValue: Int) { self.intValue = intValue }
 }
+
+/// Remembers, for the few types one encoding or decoding meets again and
+/// again (an array's element type), whether each is a ``WireRawArray``: the
+/// dynamic cast that tells costs more than encoding a small struct's field.
+internal struct RawArrayMemo {
+    private var types: (ObjectIdentifier?, ObjectIdentifier?, ObjectIdentifier?, ObjectIdentifier?) = (nil, nil, nil, nil)
+    private var answers: (Bool, Bool, Bool, Bool) = (false, false, false, false)
+    private var next = 0
+
+    /// The raw-array type `type` is, if it is one.
+    mutating func rawArrayType<T>(_ type: T.Type) -> (any WireRawArray.Type)? {
+        let id = ObjectIdentifier(type)
+        let known: Bool? =
+            if types.0 == id { answers.0 } else if types.1 == id { answers.1 } else if types.2 == id { answers.2 } else if types.3 == id { answers.3 } else { nil }
+        if known == false { return nil }
+        let raw = type as? any WireRawArray.Type
+        if known == nil {
+            switch next {
+            case 0: types.0 = id; answers.0 = raw != nil
+            case 1: types.1 = id; answers.1 = raw != nil
+            case 2: types.2 = id; answers.2 = raw != nil
+            default: types.3 = id; answers.3 = raw != nil
+            }
+            next = (next + 1) % 4
+        }
+        return raw
+    }
+}
