@@ -21,16 +21,14 @@ extension Monitor {
     /// the caller is still there (else ``ManagerError/managerUnreachable(_:)``,
     /// an answer nobody reads).
     func wait<Result>(for context: CallContext, until deadline: ContinuousClock.Instant?, _ ready: (inout Value) -> Result?) throws(ManagerError) -> Result? {
-        var first = true
         var gone = false
         while true {
             let slice = ContinuousClock.now + .milliseconds(100)
             let end = deadline.map { min($0, slice) } ?? slice
             let result = wait(until: end) { value -> Result? in
-                // After a wait, the caller may have died meanwhile: look before
-                // taking what it waited for.
-                if !first && !gone && context.callerGone() { gone = true }
-                first = false
+                // The caller may have died since it asked (its request waited
+                // in the ring, or here): look before taking what it wanted.
+                if !gone && context.callerGone() { gone = true }
                 return gone ? nil : ready(&value)
             }
             if let result { return result }
