@@ -64,6 +64,45 @@ final class Derived: Base, @unchecked Sendable {
     }
 }
 
+/// Written in one order, read in another, one field twice, one absent.
+struct Unordered: Codable, Equatable {
+    var a: Int
+    var b: String
+    var c: [Double]
+    var d: Int?
+    enum CodingKeys: String, CodingKey { case a, b, c, d, e }
+    init(a: Int, b: String, c: [Double], d: Int?) {
+        self.a = a
+        self.b = b
+        self.c = c
+        self.d = d
+    }
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(a, forKey: .a)
+        try container.encode(b, forKey: .b)
+        try container.encode(c, forKey: .c)
+        try container.encodeIfPresent(d, forKey: .d)
+    }
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        c = try container.decode([Double].self, forKey: .c)
+        let again = try container.decode([Double].self, forKey: .c)
+        precondition(again == c)
+        #expect(!container.contains(.e))
+        d = try container.decodeIfPresent(Int.self, forKey: .d)
+        b = try container.decode(String.self, forKey: .b)
+        a = try container.decode(Int.self, forKey: .a)
+    }
+}
+
+/// A later version of ``Address`` with a field the sender did not have.
+struct AddressV2: Codable, Equatable {
+    var street: String
+    var floor: Int?
+    var number: Int16
+}
+
 func roundTrip<T: Codable>(_ value: T) throws -> T {
     try ValueCodec.decode(T.self, from: try ValueCodec.encode(value))
 }
@@ -131,6 +170,18 @@ struct WireTests {
             let fast = try? ValueCodec.decode(Int.self, from: bytes)
             #expect(fast == general, "\(bytes)")
         }
+    }
+
+    @Test("fields read out of order, twice, or missing; a value followed by others ends where it should")
+    func keyedAccessPatterns() throws {
+        let values = [Unordered(a: 1, b: "x", c: [1.5], d: nil), Unordered(a: -2, b: "", c: [], d: 7)]
+        #expect(try roundTrip(values) == values)
+        // Then a field in order after out-of-order ones, inside an array: the next element starts right.
+        let mixed = try ValueCodec.decode([AddressV2].self, from: try ValueCodec.encode([Address(street: "A", number: 1), Address(street: "B", number: 2)]))
+        #expect(mixed == [AddressV2(street: "A", floor: nil, number: 1), AddressV2(street: "B", floor: nil, number: 2)])
+        // A required key that is absent is a typed error.
+        #expect(throws: WireError.self) { try ValueCodec.decode(Address.self, from: try ValueCodec.encode(Empty())) }
+        #expect(try roundTrip([WireTests.sample, WireTests.sample]) == [WireTests.sample, WireTests.sample])
     }
 
     @Test("large arrays of numbers cross as raw bytes")

@@ -220,7 +220,7 @@ internal final class WireReader {
                 rawType.fromRaw(UnsafeRawBufferPointer(rebasing: buffer[start..<(start + byteCount)]), count: count) as! T
             }
         }
-        let decoder = WireValueDecoder(reader: self, offset: cursor, parent: parent, key: key, depth: depth)
+        var decoder = makeDecoder(offset: cursor, parent: parent, key: key, depth: depth)
         let value = try T(from: decoder)
         if let end = decoder.endOffset {
             // Its keyed container already found where the value ends.
@@ -228,17 +228,31 @@ internal final class WireReader {
         } else {
             try skipValue(at: &cursor, codingPath(), depth: depth)
         }
+        // Kept by nobody else (no container escaped): the next value may use it.
+        if isKnownUniquelyReferenced(&decoder) { spareDecoder = decoder }
         return value
+    }
+
+    /// A decoder made before and no longer used, if there is one.
+    private var spareDecoder: WireValueDecoder?
+
+    private func makeDecoder(offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) -> WireValueDecoder {
+        guard let decoder = spareDecoder else {
+            return WireValueDecoder(reader: self, offset: offset, parent: parent, key: key, depth: depth)
+        }
+        spareDecoder = nil
+        decoder.reset(offset: offset, parent: parent, key: key, depth: depth)
+        return decoder
     }
 }
 
 /// The `Decoder` handed to one value's `init(from:)`.
 internal final class WireValueDecoder: Decoder {
     let reader: WireReader
-    let offset: Int
-    let parent: WireValueDecoder?
-    let key: (any CodingKey)?
-    let depth: Int
+    private(set) var offset: Int
+    private(set) var parent: WireValueDecoder?
+    private(set) var key: (any CodingKey)?
+    private(set) var depth: Int
     var codingPath: [any CodingKey] { Self.path(parent: parent, key: key) }
 
     static func path(parent: WireValueDecoder?, key: (any CodingKey)?) -> [any CodingKey] {
@@ -247,12 +261,11 @@ internal final class WireValueDecoder: Decoder {
     var userInfo: [CodingUserInfoKey: Any] {
         reader.attachments.map { [DescriptorAttachments.userInfoKey: $0] } ?? [:]
     }
-    /// Where the value ends, once a keyed container has parsed it.
+    /// Where the value ends, once a keyed container has read or indexed all of it.
     var endOffset: Int?
-    /// The keyed container's entries, parsed once however often it is asked for.
-    var entries: [WireKeyedEntry]?
-    /// The entry after the last one found: fields are usually read in order.
-    var nextGuess = 0
+    /// A keyed container's state, kept here: the standard library's box holds
+    /// a copy of the container, and every copy must see the same progress.
+    var keyed = KeyedState()
 
     init(reader: WireReader, offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) {
         self.reader = reader
@@ -260,6 +273,16 @@ internal final class WireValueDecoder: Decoder {
         self.parent = parent
         self.key = key
         self.depth = depth
+    }
+
+    /// Makes this decoder one for another value (decoders are reused).
+    func reset(offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) {
+        self.offset = offset
+        self.parent = parent
+        self.key = key
+        self.depth = depth
+        endOffset = nil
+        keyed = KeyedState()
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
@@ -282,24 +305,48 @@ internal struct WireKeyedEntry {
     var valueOffset: Int
 }
 
+/// How far a keyed container has been read. Fields are read in the order
+/// they were written (what synthesised `Codable` does): each is found at the
+/// cursor and parsed once. A field asked for out of order (or missing) makes
+/// the container index all its entries, and lookups use the index from then on.
+internal struct KeyedState {
+    /// The number of entries, once the header is read.
+    var count: Int?
+    /// Where the first entry starts.
+    var firstEntry = 0
+    /// Entries read in order so far, and where the next one starts.
+    var sequentialIndex = 0
+    var sequentialCursor = 0
+    /// Every entry, once indexed.
+    var entries: [WireKeyedEntry]?
+    /// The entry after the last one found in the index.
+    var nextGuess = 0
+}
+
 private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: WireValueDecoder
-    /// Held directly: reaching it through `decoder` costs a retain per field.
-    let reader: WireReader
     var codingPath: [any CodingKey] { decoder.codingPath }
-    private let entries: [WireKeyedEntry]
 
     init(decoder: WireValueDecoder) throws {
         self.decoder = decoder
-        self.reader = decoder.reader
-        if let parsed = decoder.entries {
-            entries = parsed
-            return
-        }
+        guard decoder.keyed.count == nil else { return }
         var cursor = decoder.offset
         let reader = decoder.reader
         try reader.expect(.keyed, at: &cursor, decoder.codingPath, for: Key.self)
         let count = try reader.count32(at: &cursor, decoder.codingPath)
+        decoder.keyed.count = count
+        decoder.keyed.firstEntry = cursor
+        decoder.keyed.sequentialCursor = cursor
+        if count == 0 { decoder.endOffset = cursor }
+    }
+
+    private var reader: WireReader { decoder.reader }
+
+    /// Indexes every entry (once): for keys asked for out of order.
+    private func index() throws -> [WireKeyedEntry] {
+        if let entries = decoder.keyed.entries { return entries }
+        var cursor = decoder.keyed.firstEntry
+        let count = decoder.keyed.count ?? 0
         var entries: [WireKeyedEntry] = []
         entries.reserveCapacity(count)
         for _ in 0..<count {
@@ -309,69 +356,96 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
             entries.append(WireKeyedEntry(keyStart: keyStart, keyLength: keyLength, valueOffset: cursor))
             try reader.skipValue(at: &cursor, decoder.codingPath, depth: decoder.depth + 1)
         }
-        self.entries = entries
-        decoder.entries = entries
+        decoder.keyed.entries = entries
         decoder.endOffset = cursor
+        return entries
     }
 
     var allKeys: [Key] {
-        entries.compactMap { entry in
+        ((try? index()) ?? []).compactMap { entry in
             Key(stringValue: String(decoding: reader.bytes[entry.keyStart..<(entry.keyStart + entry.keyLength)], as: UTF8.self))
         }
     }
 
-    private func index(of key: Key) -> Int? {
+    /// Whether `bytes[start..<start + length]` spell `key`.
+    private func matches(_ key: Key, at start: Int, length: Int) -> Bool {
         var name = key.stringValue
-        return name.withUTF8 { wanted -> Int? in
-            reader.bytes.withUnsafeBytes { bytes -> Int? in
-                let count = entries.count
-                guard count > 0 else { return nil }
-                let start = decoder.nextGuess < count ? decoder.nextGuess : 0
-                for step in 0..<count {
-                    let index = (start + step) % count
-                    let entry = entries[index]
-                    if entry.keyLength == wanted.count,
-                       wanted.count == 0 || memcmp(bytes.baseAddress! + entry.keyStart, wanted.baseAddress!, wanted.count) == 0
-                    {
-                        decoder.nextGuess = index + 1
-                        return index
-                    }
-                }
-                return nil
+        return name.withUTF8 { wanted in
+            guard wanted.count == length else { return false }
+            guard length > 0 else { return true }
+            return reader.bytes.withUnsafeBytes { memcmp($0.baseAddress! + start, wanted.baseAddress!, length) == 0 }
+        }
+    }
+
+    /// Where `key`'s value starts, and whether it is the next entry in order
+    /// (then ``advance(to:)`` must follow once the value is read); nil if absent.
+    private func find(_ key: Key) throws -> (offset: Int, inOrder: Bool)? {
+        let state = decoder.keyed
+        if state.entries == nil, let count = state.count, state.sequentialIndex < count {
+            var cursor = state.sequentialCursor
+            let keyLength = try reader.length(at: &cursor, unit: 1, decoder.codingPath)
+            if matches(key, at: cursor, length: keyLength) { return (cursor + keyLength, true) }
+        }
+        let entries = try index()
+        let count = entries.count
+        guard count > 0 else { return nil }
+        let start = decoder.keyed.nextGuess < count ? decoder.keyed.nextGuess : 0
+        for step in 0..<count {
+            let index = (start + step) % count
+            if matches(key, at: entries[index].keyStart, length: entries[index].keyLength) {
+                decoder.keyed.nextGuess = index + 1
+                return (entries[index].valueOffset, false)
             }
         }
+        return nil
     }
 
-    private func offset(of key: Key) throws -> Int {
-        guard let index = index(of: key) else {
+    /// The value of the entry read in order ends at `end`.
+    private func advance(to end: Int) {
+        decoder.keyed.sequentialIndex += 1
+        decoder.keyed.sequentialCursor = end
+        if decoder.keyed.sequentialIndex == decoder.keyed.count { decoder.endOffset = end }
+    }
+
+    private func offset(of key: Key) throws -> (offset: Int, inOrder: Bool) {
+        guard let found = try find(key) else {
             throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "no value for key \(key.stringValue)"))
         }
-        return entries[index].valueOffset
+        return found
     }
 
-    func contains(_ key: Key) -> Bool { index(of: key) != nil }
+    /// Reads `key`'s value with `read`, which moves the cursor past it.
+    private func read<T>(_ key: Key, _ read: (inout Int) throws -> T) throws -> T {
+        let (offset, inOrder) = try offset(of: key)
+        var cursor = offset
+        let value = try read(&cursor)
+        if inOrder { advance(to: cursor) }
+        return value
+    }
+
+    func contains(_ key: Key) -> Bool { (try? find(key)) != nil }
 
     func decodeNil(forKey key: Key) throws -> Bool {
-        reader.peekIsNil(at: try offset(of: key))
+        let (offset, inOrder) = try offset(of: key)
+        guard reader.peekIsNil(at: offset) else { return false }
+        // A nil is consumed by being found: the caller reads nothing more.
+        if inOrder { advance(to: offset + 1) }
+        return true
     }
 
     private func path(_ key: Key) -> [any CodingKey] { codingPath + [key] }
 
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool {
-        var cursor = try offset(of: key)
-        return try reader.bool(at: &cursor, path(key))
+        try read(key) { cursor in try reader.bool(at: &cursor, path(key)) }
     }
     func decode(_ type: String.Type, forKey key: Key) throws -> String {
-        var cursor = try offset(of: key)
-        return try reader.string(at: &cursor, path(key))
+        try read(key) { cursor in try reader.string(at: &cursor, path(key)) }
     }
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double {
-        var cursor = try offset(of: key)
-        return try reader.double(at: &cursor, path(key))
+        try read(key) { cursor in try reader.double(at: &cursor, path(key)) }
     }
     func decode(_ type: Float.Type, forKey key: Key) throws -> Float {
-        var cursor = try offset(of: key)
-        return try reader.float(at: &cursor, path(key))
+        try read(key) { cursor in try reader.float(at: &cursor, path(key)) }
     }
     func decode(_ type: Int.Type, forKey key: Key) throws -> Int { try signed(key) }
     func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try signed(key) }
@@ -385,27 +459,24 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try unsigned(key) }
 
     private func signed<T: FixedWidthInteger & SignedInteger>(_ key: Key) throws -> T {
-        var cursor = try offset(of: key)
-        return try reader.signed(T.self, at: &cursor, path(key))
+        try read(key) { cursor in try reader.signed(T.self, at: &cursor, path(key)) }
     }
 
     private func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ key: Key) throws -> T {
-        var cursor = try offset(of: key)
-        return try reader.unsigned(T.self, at: &cursor, path(key))
+        try read(key) { cursor in try reader.unsigned(T.self, at: &cursor, path(key)) }
     }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        var cursor = try offset(of: key)
-        return try reader.readValue(T.self, at: &cursor, parent: decoder, key: key, depth: decoder.depth + 1)
+        try read(key) { cursor in try reader.readValue(T.self, at: &cursor, parent: decoder, key: key, depth: decoder.depth + 1) }
     }
 
     func nestedContainer<NestedKey: CodingKey>(keyedBy type: NestedKey.Type, forKey key: Key) throws -> KeyedDecodingContainer<NestedKey> {
-        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
+        let nested = WireValueDecoder(reader: reader, offset: try indexedOffset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
         return try nested.container(keyedBy: type)
     }
 
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        let nested = WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
+        let nested = WireValueDecoder(reader: reader, offset: try indexedOffset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
         return try nested.unkeyedContainer()
     }
 
@@ -414,7 +485,14 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     }
 
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        WireValueDecoder(reader: reader, offset: try offset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
+        WireValueDecoder(reader: reader, offset: try indexedOffset(of: key), parent: decoder, key: key, depth: decoder.depth + 1)
+    }
+
+    /// For a value read by another decoder, whose end this container does
+    /// not learn: found through the index.
+    private func indexedOffset(of key: Key) throws -> Int {
+        _ = try index()
+        return try offset(of: key).offset
     }
 }
 
