@@ -23,36 +23,82 @@ internal struct WireEncoder {
         return writer.bytes
     }
 
-    /// Encodes `value` behind room for a frame header, and fills the header
-    /// in: the frame is ready to send with no further copy.
+    /// Encodes `value` behind room for a frame header, and fills the header in.
     func encodeFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
         let writer = WireWriter()
-        writer.bytes.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0])
+        writer.zeros(Frame.headerSize)
         try writer.writeValue(value, parent: nil, key: nil, attachments: attachments)
-        let length = UInt64(writer.bytes.count - 8).littleEndian
-        writer.bytes.withUnsafeMutableBytes { $0.storeBytes(of: length, as: UInt64.self) }
+        writer.store(UInt64(writer.count - Frame.headerSize).littleEndian, at: 0)
         return writer.bytes
     }
 }
 
 /// The buffer every container of one encoding writes to.
+///
+/// Its bytes live in memory of its own, reached through a pointer: a class's
+/// stored `var`s are checked for exclusive access on every use, and a struct
+/// of a few fields makes dozens of appends.
 internal final class WireWriter {
-    var bytes: [UInt8] = []
-    var rawArrays = RawArrayMemo()
-
-    init() {
-        bytes.reserveCapacity(64)
+    private struct Storage {
+        var base: UnsafeMutableRawPointer
+        var count: Int
+        var capacity: Int
+        var rawArrays = RawArrayMemo()
     }
 
-    @inline(__always) func tag(_ tag: WireTag) { bytes.append(tag.rawValue) }
+    private let storage: UnsafeMutablePointer<Storage>
+
+    init() {
+        storage = .allocate(capacity: 1)
+        storage.initialize(to: Storage(base: .allocate(byteCount: 64, alignment: 8), count: 0, capacity: 64))
+    }
+
+    deinit {
+        storage.pointee.base.deallocate()
+        storage.deinitialize(count: 1)
+        storage.deallocate()
+    }
+
+    /// The bytes written so far.
+    var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: storage.pointee.base, count: storage.pointee.count)) }
+
+    var count: Int { storage.pointee.count }
+
+    /// Makes room for `extra` more bytes.
+    @inline(__always) func reserve(_ extra: Int) {
+        let needed = storage.pointee.count + extra
+        if needed > storage.pointee.capacity { grow(to: needed) }
+    }
+
+    private func grow(to needed: Int) {
+        let capacity = max(needed, storage.pointee.capacity * 2)
+        let base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
+        base.copyMemory(from: storage.pointee.base, byteCount: storage.pointee.count)
+        storage.pointee.base.deallocate()
+        storage.pointee.base = base
+        storage.pointee.capacity = capacity
+    }
+
+    @inline(__always) func byte(_ byte: UInt8) {
+        reserve(1)
+        storage.pointee.base.storeBytes(of: byte, toByteOffset: storage.pointee.count, as: UInt8.self)
+        storage.pointee.count += 1
+    }
+
+    @inline(__always) func tag(_ tag: WireTag) { byte(tag.rawValue) }
 
     @inline(__always) func varint(_ value: UInt64) {
+        reserve(10)
         var value = value
+        let base = storage.pointee.base
+        var count = storage.pointee.count
         while value >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            base.storeBytes(of: UInt8(truncatingIfNeeded: value) | 0x80, toByteOffset: count, as: UInt8.self)
             value >>= 7
+            count += 1
         }
-        bytes.append(UInt8(value))
+        base.storeBytes(of: UInt8(value), toByteOffset: count, as: UInt8.self)
+        storage.pointee.count = count + 1
     }
 
     func signed<T: FixedWidthInteger & SignedInteger>(_ value: T) {
@@ -67,7 +113,22 @@ internal final class WireWriter {
     }
 
     func raw(_ buffer: UnsafeRawBufferPointer) {
-        bytes.append(contentsOf: buffer)
+        guard buffer.count > 0 else { return }
+        reserve(buffer.count)
+        (storage.pointee.base + storage.pointee.count).copyMemory(from: buffer.baseAddress!, byteCount: buffer.count)
+        storage.pointee.count += buffer.count
+    }
+
+    /// Appends `count` zero bytes (room filled in later).
+    func zeros(_ count: Int) {
+        reserve(count)
+        (storage.pointee.base + storage.pointee.count).initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        storage.pointee.count += count
+    }
+
+    /// Overwrites the bytes at `offset` with `value`'s.
+    func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+        storage.pointee.base.storeBytes(of: value, toByteOffset: offset, as: T.self)
     }
 
     func string(_ value: String) {
@@ -90,16 +151,20 @@ internal final class WireWriter {
     /// Writes a container header with a count of zero; returns where the count is.
     func containerHeader(_ tag: WireTag) -> Int {
         self.tag(tag)
-        let offset = bytes.count
-        bytes.append(contentsOf: [0, 0, 0, 0])
+        let offset = storage.pointee.count
+        reserve(4)
+        store(UInt32(0), at: offset)
+        storage.pointee.count += 4
         return offset
     }
 
     func incrementCount(at offset: Int) {
-        bytes.withUnsafeMutableBytes { buffer in
-            let count = buffer.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
-            buffer.storeBytes(of: count &+ 1, toByteOffset: offset, as: UInt32.self)
-        }
+        let count = storage.pointee.base.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
+        storage.pointee.base.storeBytes(of: count &+ 1, toByteOffset: offset, as: UInt32.self)
+    }
+
+    func isRawArray<T>(_ type: T.Type) -> Bool {
+        storage.pointee.rawArrays.rawArrayType(type) != nil
     }
 
     func writeValue<T: Encodable>(_ value: T, parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) throws {
@@ -117,11 +182,11 @@ internal final class WireWriter {
             varint(UInt64(data.count))
             return data.withUnsafeBytes { raw($0) }
         }
-        if rawArrays.rawArrayType(T.self) != nil, let array = value as? any WireRawArray {
+        if isRawArray(T.self), let array = value as? any WireRawArray {
             tag(.rawArray)
-            bytes.append(type(of: array).elementKind)
+            byte(type(of: array).elementKind)
             array.withRawBytes { buffer in
-                bytes.reserveCapacity(bytes.count + buffer.count + 10)
+                reserve(buffer.count + 10)
                 varint(UInt64(buffer.count / type(of: array).elementStride))
                 raw(buffer)
             }
