@@ -266,6 +266,9 @@ internal final class WireValueDecoder: Decoder {
     /// A keyed container's state, kept here: the standard library's box holds
     /// a copy of the container, and every copy must see the same progress.
     var keyed = KeyedState()
+    /// A keyed container's entries, once indexed (kept apart from `keyed`,
+    /// which is read often and is cheap to read only without an array in it).
+    var entries: [WireKeyedEntry] = []
 
     init(reader: WireReader, offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) {
         self.reader = reader
@@ -283,6 +286,7 @@ internal final class WireValueDecoder: Decoder {
         self.depth = depth
         endOffset = nil
         keyed = KeyedState()
+        if !entries.isEmpty { entries = [] }
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
@@ -317,18 +321,20 @@ internal struct KeyedState {
     /// Entries read in order so far, and where the next one starts.
     var sequentialIndex = 0
     var sequentialCursor = 0
-    /// Every entry, once indexed.
-    var entries: [WireKeyedEntry]?
+    /// Whether every entry is indexed (in the decoder's `entries`).
+    var indexed = false
     /// The entry after the last one found in the index.
     var nextGuess = 0
 }
 
 private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let decoder: WireValueDecoder
+    private let reader: WireReader
     var codingPath: [any CodingKey] { decoder.codingPath }
 
     init(decoder: WireValueDecoder) throws {
         self.decoder = decoder
+        self.reader = decoder.reader
         guard decoder.keyed.count == nil else { return }
         var cursor = decoder.offset
         let reader = decoder.reader
@@ -340,11 +346,9 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
         if count == 0 { decoder.endOffset = cursor }
     }
 
-    private var reader: WireReader { decoder.reader }
-
     /// Indexes every entry (once): for keys asked for out of order.
     private func index() throws -> [WireKeyedEntry] {
-        if let entries = decoder.keyed.entries { return entries }
+        if decoder.keyed.indexed { return decoder.entries }
         var cursor = decoder.keyed.firstEntry
         let count = decoder.keyed.count ?? 0
         var entries: [WireKeyedEntry] = []
@@ -356,7 +360,8 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
             entries.append(WireKeyedEntry(keyStart: keyStart, keyLength: keyLength, valueOffset: cursor))
             try reader.skipValue(at: &cursor, decoder.codingPath, depth: decoder.depth + 1)
         }
-        decoder.keyed.entries = entries
+        decoder.entries = entries
+        decoder.keyed.indexed = true
         decoder.endOffset = cursor
         return entries
     }
@@ -380,9 +385,8 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     /// Where `key`'s value starts, and whether it is the next entry in order
     /// (then ``advance(to:)`` must follow once the value is read); nil if absent.
     private func find(_ key: Key) throws -> (offset: Int, inOrder: Bool)? {
-        let state = decoder.keyed
-        if state.entries == nil, let count = state.count, state.sequentialIndex < count {
-            var cursor = state.sequentialCursor
+        if !decoder.keyed.indexed, let count = decoder.keyed.count, decoder.keyed.sequentialIndex < count {
+            var cursor = decoder.keyed.sequentialCursor
             let keyLength = try reader.length(at: &cursor, unit: 1, decoder.codingPath)
             if matches(key, at: cursor, length: keyLength) { return (cursor + keyLength, true) }
         }
