@@ -32,7 +32,7 @@ internal struct WireDecoder {
 internal final class WireReader {
     let bytes: [UInt8]
     let attachments: DescriptorAttachments?
-    var rawArrays = RawArrayMemo()
+    var shapes = ShapeMemo()
 
     init(bytes: [UInt8], attachments: DescriptorAttachments?) {
         self.bytes = bytes
@@ -206,7 +206,15 @@ internal final class WireReader {
             defer { cursor += count }
             return Data(bytes[cursor..<(cursor + count)]) as! T
         }
-        if let rawType = rawArrays.rawArrayType(T.self) {
+        let shape = shapes.shape(of: T.self) { type in
+            if type is any WireRawArray.Type { return .rawArray }
+            if type is any WireDecodableArray.Type { return .array }
+            return .other
+        }
+        if shape == .array, let arrayType = T.self as? any WireDecodableArray.Type {
+            return try arrayType.wireDecodeElements(self, at: &cursor, parent: parent, depth: depth) as! T
+        }
+        if shape == .rawArray, let rawType = T.self as? any WireRawArray.Type {
             try expect(.rawArray, at: &cursor, codingPath(), for: T.self)
             let kind = try byte(at: &cursor, codingPath())
             guard kind == rawType.elementKind else {

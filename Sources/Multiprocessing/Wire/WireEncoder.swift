@@ -18,14 +18,44 @@ internal struct WireEncoder {
     var attachments: DescriptorAttachments?
 
     func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        // An array of numbers alone (often large) is written straight into
+        // storage of its exact size: no copy out of the writer's buffer.
+        if T.self is any WireRawArray.Type, let array = value as? any WireRawArray {
+            return Self.encodeRawArray(array)
+        }
         let writer = WireWriter()
+        defer { writer.finish() }
         try writer.writeValue(value, parent: nil, key: nil, attachments: attachments)
         return writer.bytes
+    }
+
+    private static func encodeRawArray(_ array: any WireRawArray) -> [UInt8] {
+        array.withRawBytes { buffer in
+            let stride = type(of: array).elementStride
+            var count = UInt64(buffer.count / stride)
+            return [UInt8](unsafeUninitializedCapacity: 12 + buffer.count) { bytes, written in
+                bytes[0] = WireTag.rawArray.rawValue
+                bytes[1] = type(of: array).elementKind
+                written = 2
+                while count >= 0x80 {
+                    bytes[written] = UInt8(truncatingIfNeeded: count) | 0x80
+                    count >>= 7
+                    written += 1
+                }
+                bytes[written] = UInt8(count)
+                written += 1
+                if buffer.count > 0 {
+                    UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: bytes[written...])).copyMemory(from: buffer)
+                }
+                written += buffer.count
+            }
+        }
     }
 
     /// Encodes `value` behind room for a frame header, and fills the header in.
     func encodeFrame<T: Encodable>(_ value: T) throws -> [UInt8] {
         let writer = WireWriter()
+        defer { writer.finish() }
         writer.zeros(Frame.headerSize)
         try writer.writeValue(value, parent: nil, key: nil, attachments: attachments)
         writer.store(UInt64(writer.count - Frame.headerSize).littleEndian, at: 0)
@@ -43,7 +73,9 @@ internal final class WireWriter {
         var base: UnsafeMutableRawPointer
         var count: Int
         var capacity: Int
-        var rawArrays = RawArrayMemo()
+        var shapes = ShapeMemo()
+        /// An encoder made before and no longer used (see ``finish()``).
+        var spare: WireValueEncoder?
     }
 
     private let storage: UnsafeMutablePointer<Storage>
@@ -58,6 +90,9 @@ internal final class WireWriter {
         storage.deinitialize(count: 1)
         storage.deallocate()
     }
+
+    /// Lets go of the spare encoder, which refers back to this writer.
+    func finish() { storage.pointee.spare = nil }
 
     /// The bytes written so far.
     var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: storage.pointee.base, count: storage.pointee.count)) }
@@ -163,8 +198,12 @@ internal final class WireWriter {
         storage.pointee.base.storeBytes(of: count &+ 1, toByteOffset: offset, as: UInt32.self)
     }
 
-    func isRawArray<T>(_ type: T.Type) -> Bool {
-        storage.pointee.rawArrays.rawArrayType(type) != nil
+    func shape<T>(of type: T.Type) -> WireShape {
+        storage.pointee.shapes.shape(of: type) { type in
+            if type is any WireRawArray.Type { return .rawArray }
+            if type is any WireEncodableArray.Type { return .array }
+            return .other
+        }
     }
 
     func writeValue<T: Encodable>(_ value: T, parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) throws {
@@ -182,7 +221,11 @@ internal final class WireWriter {
             varint(UInt64(data.count))
             return data.withUnsafeBytes { raw($0) }
         }
-        if isRawArray(T.self), let array = value as? any WireRawArray {
+        let shape = shape(of: T.self)
+        if shape == .array, let array = value as? any WireEncodableArray {
+            return try array.wireEncodeElements(self, parent: parent, attachments: attachments)
+        }
+        if shape == .rawArray, let array = value as? any WireRawArray {
             tag(.rawArray)
             byte(type(of: array).elementKind)
             array.withRawBytes { buffer in
@@ -192,12 +235,21 @@ internal final class WireWriter {
             }
             return
         }
-        let encoder = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
+        var encoder: WireValueEncoder
+        if let spare = storage.pointee.spare {
+            storage.pointee.spare = nil
+            spare.reset(parent: parent, key: key, attachments: attachments)
+            encoder = spare
+        } else {
+            encoder = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
+        }
         try value.encode(to: encoder)
         if !encoder.wroteSomething {
             // A type that encodes nothing at all still takes one value's room.
             _ = containerHeader(.keyed)
         }
+        // Kept by nobody else (no container escaped): the next value may use it.
+        if isKnownUniquelyReferenced(&encoder) { storage.pointee.spare = encoder }
     }
 }
 
@@ -205,9 +257,9 @@ internal final class WireWriter {
 internal final class WireValueEncoder: Encoder {
     let writer: WireWriter
     /// The coding path, kept as a parent link and is only built when asked for.
-    let parent: WireValueEncoder?
-    let key: (any CodingKey)?
-    let attachments: DescriptorAttachments?
+    private(set) var parent: WireValueEncoder?
+    private(set) var key: (any CodingKey)?
+    private(set) var attachments: DescriptorAttachments?
     var codingPath: [any CodingKey] { (parent?.codingPath ?? []) + (key.map { [$0] } ?? []) }
     var userInfo: [CodingUserInfoKey: Any] {
         attachments.map { [DescriptorAttachments.userInfoKey: $0] } ?? [:]
@@ -224,6 +276,16 @@ internal final class WireValueEncoder: Encoder {
         self.parent = parent
         self.key = key
         self.attachments = attachments
+    }
+
+    /// Makes this encoder one for another value (encoders are reused).
+    func reset(parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) {
+        self.parent = parent
+        self.key = key
+        self.attachments = attachments
+        keyedCount = nil
+        unkeyedCount = nil
+        wroteSomething = false
     }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {

@@ -107,30 +107,72 @@ internal struct IndexKey: CodingKey {
     init?(intValue: Int) { self.intValue = intValue }
 }
 
+/// How a type crosses: as raw numbers, as an array whose elements the codec
+/// walks itself, or through its own `Codable` conformance.
+internal enum WireShape: UInt8 {
+    case other, rawArray, array
+}
+
 /// Remembers, for the few types one encoding or decoding meets again and
-/// again (an array's element type), whether each is a ``WireRawArray``: the
-/// dynamic cast that tells costs more than encoding a small struct's field.
-internal struct RawArrayMemo {
+/// again (an array's element type), which ``WireShape`` each has: the dynamic
+/// casts that tell cost more than encoding a small struct's field.
+internal struct ShapeMemo {
     private var types: (ObjectIdentifier?, ObjectIdentifier?, ObjectIdentifier?, ObjectIdentifier?) = (nil, nil, nil, nil)
-    private var answers: (Bool, Bool, Bool, Bool) = (false, false, false, false)
+    private var shapes: (WireShape, WireShape, WireShape, WireShape) = (.other, .other, .other, .other)
     private var next = 0
 
-    /// The raw-array type `type` is, if it is one.
-    mutating func rawArrayType<T>(_ type: T.Type) -> (any WireRawArray.Type)? {
+    /// The shape of `type`, found by `classify` the first time.
+    mutating func shape<T>(of type: T.Type, _ classify: (T.Type) -> WireShape) -> WireShape {
         let id = ObjectIdentifier(type)
-        let known: Bool? =
-            if types.0 == id { answers.0 } else if types.1 == id { answers.1 } else if types.2 == id { answers.2 } else if types.3 == id { answers.3 } else { nil }
-        if known == false { return nil }
-        let raw = type as? any WireRawArray.Type
-        if known == nil {
-            switch next {
-            case 0: types.0 = id; answers.0 = raw != nil
-            case 1: types.1 = id; answers.1 = raw != nil
-            case 2: types.2 = id; answers.2 = raw != nil
-            default: types.3 = id; answers.3 = raw != nil
-            }
-            next = (next + 1) % 4
+        if types.0 == id { return shapes.0 }
+        if types.1 == id { return shapes.1 }
+        if types.2 == id { return shapes.2 }
+        if types.3 == id { return shapes.3 }
+        let shape = classify(type)
+        switch next {
+        case 0: (types.0, shapes.0) = (id, shape)
+        case 1: (types.1, shapes.1) = (id, shape)
+        case 2: (types.2, shapes.2) = (id, shape)
+        default: (types.3, shapes.3) = (id, shape)
         }
-        return raw
+        next = (next + 1) % 4
+        return shape
+    }
+}
+
+/// Arrays whose elements the encoder writes one by one itself, rather than
+/// through an unkeyed container (the same bytes, without a container call
+/// per element).
+internal protocol WireEncodableArray {
+    func wireEncodeElements(_ writer: WireWriter, parent: WireValueEncoder?, attachments: DescriptorAttachments?) throws
+}
+
+/// Arrays whose elements the decoder reads one by one itself.
+internal protocol WireDecodableArray {
+    static func wireDecodeElements(_ reader: WireReader, at cursor: inout Int, parent: WireValueDecoder?, depth: Int) throws -> Self
+}
+
+extension Array: WireEncodableArray where Element: Encodable {
+    func wireEncodeElements(_ writer: WireWriter, parent: WireValueEncoder?, attachments: DescriptorAttachments?) throws {
+        let countOffset = writer.containerHeader(.unkeyed)
+        try withUnsafeBufferPointer { elements in
+            for index in elements.indices {
+                try writer.writeValue(elements[index], parent: parent, key: IndexKey(index), attachments: attachments)
+            }
+        }
+        writer.store(UInt32(count).littleEndian, at: countOffset)
+    }
+}
+
+extension Array: WireDecodableArray where Element: Decodable {
+    static func wireDecodeElements(_ reader: WireReader, at cursor: inout Int, parent: WireValueDecoder?, depth: Int) throws -> [Element] {
+        try reader.expect(.unkeyed, at: &cursor, WireValueDecoder.path(parent: parent, key: nil), for: [Element].self)
+        let count = try reader.count32(at: &cursor, WireValueDecoder.path(parent: parent, key: nil))
+        var elements: [Element] = []
+        elements.reserveCapacity(count)
+        for index in 0..<count {
+            elements.append(try reader.readValue(Element.self, at: &cursor, parent: parent, key: IndexKey(index), depth: depth + 1))
+        }
+        return elements
     }
 }
