@@ -184,6 +184,18 @@ struct WireTests {
         #expect(try roundTrip([WireTests.sample, WireTests.sample]) == [WireTests.sample, WireTests.sample])
     }
 
+    @Test("an error inside an array of structs names the array and the index")
+    func errorPaths() throws {
+        struct Holder: Codable { var addresses: [Address] }
+        struct Loose: Codable { var addresses: [Empty] }
+        do {
+            _ = try ValueCodec.decode(Holder.self, from: try ValueCodec.encode(Loose(addresses: [Empty(), Empty()])))
+            Issue.record("decoded a value with no fields as one with two")
+        } catch {
+            #expect("\(error)".contains("addresses"), "\(error)")
+        }
+    }
+
     @Test("large arrays of numbers cross as raw bytes")
     func largeArrays() throws {
         let ints = Array(0..<1_000_000)

@@ -212,7 +212,9 @@ internal final class WireReader {
             return .other
         }
         if shape == .array, let arrayType = T.self as? any WireDecodableArray.Type {
-            return try arrayType.wireDecodeElements(self, at: &cursor, parent: parent, depth: depth) as! T
+            // The array's own place in the coding path, for its elements' errors.
+            let node = WireValueDecoder(reader: self, offset: cursor, parent: parent, key: key, depth: depth)
+            return try arrayType.wireDecodeElements(self, at: &cursor, parent: node, depth: depth) as! T
         }
         if shape == .rawArray, let rawType = T.self as? any WireRawArray.Type {
             try expect(.rawArray, at: &cursor, codingPath(), for: T.self)

@@ -223,7 +223,9 @@ internal final class WireWriter {
         }
         let shape = shape(of: T.self)
         if shape == .array, let array = value as? any WireEncodableArray {
-            return try array.wireEncodeElements(self, parent: parent, attachments: attachments)
+            // The array's own place in the coding path, for its elements' errors.
+            let node = WireValueEncoder(writer: self, parent: parent, key: key, attachments: attachments)
+            return try array.wireEncodeElements(self, parent: node, attachments: attachments)
         }
         if shape == .rawArray, let array = value as? any WireRawArray {
             tag(.rawArray)

@@ -166,8 +166,8 @@ extension Array: WireEncodableArray where Element: Encodable {
 
 extension Array: WireDecodableArray where Element: Decodable {
     static func wireDecodeElements(_ reader: WireReader, at cursor: inout Int, parent: WireValueDecoder?, depth: Int) throws -> [Element] {
-        try reader.expect(.unkeyed, at: &cursor, WireValueDecoder.path(parent: parent, key: nil), for: [Element].self)
-        let count = try reader.count32(at: &cursor, WireValueDecoder.path(parent: parent, key: nil))
+        try reader.expect(.unkeyed, at: &cursor, parent?.codingPath ?? [], for: [Element].self)
+        let count = try reader.count32(at: &cursor, parent?.codingPath ?? [])
         var elements: [Element] = []
         elements.reserveCapacity(count)
         for index in 0..<count {
