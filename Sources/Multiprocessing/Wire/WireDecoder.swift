@@ -387,8 +387,12 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
         var name = key.stringValue
         return name.withUTF8 { wanted in
             guard wanted.count == length else { return false }
-            guard length > 0 else { return true }
-            return reader.bytes.withUnsafeBytes { memcmp($0.baseAddress! + start, wanted.baseAddress!, length) == 0 }
+            return reader.bytes.withUnsafeBytes { bytes in
+                // Keys are short: a loop beats a call to memcmp.
+                guard length <= 32 else { return memcmp(bytes.baseAddress! + start, wanted.baseAddress!, length) == 0 }
+                for index in 0..<length where bytes[start + index] != wanted[index] { return false }
+                return true
+            }
         }
     }
 
