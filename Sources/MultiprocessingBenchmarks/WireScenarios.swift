@@ -95,8 +95,5 @@ let wireScenarios: [Scenario] = [
     Scenario(name: "pipe.pingpong.floor", unit: "round trips", count: 20000, quickCount: 200, baseline: .swift("raw pipes", rawPipePingPong), pinned: true, run: connectionPingPong),
     Scenario(name: "pipe.bytes.1MiB", unit: "bytes", count: 1000, quickCount: 20, operationsPerIteration: 1 << 20, baseline: .python("pipe.bytes"), run: connectionBulk),
     Scenario(name: "codec.int-array", unit: "bytes (1M Int, encode+decode)", count: 50, quickCount: 2, operationsPerIteration: 8_000_000, baseline: .swift("memcpy ×2", memcpyIntArray), run: codecIntArray),
-    Scenario(name: "codec.split", unit: "structs", count: 5, quickCount: 1, baseline: nil, run: codecSplit),
-    Scenario(name: "codec.enconly", unit: "structs", count: 20, quickCount: 1, baseline: nil, run: codecEncodeOnly),
-    Scenario(name: "codec.deconly", unit: "structs", count: 20, quickCount: 1, baseline: nil, run: codecDecodeOnly),
     Scenario(name: "codec.structs", unit: "structs (encode+decode)", count: 5, quickCount: 1, operationsPerIteration: 100_000, baseline: .swift("JSONEncoder/Decoder", jsonStructs), run: codecStructs),
 ]
