@@ -70,14 +70,7 @@ enum LeakScenarios {
                 }
                 try pool.join()
             }
-            let settled = eventually(within: .seconds(10)) {
-                openDescriptorCount() == descriptors && childPIDs() == children
-            }
-            guard settled else {
-                print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
-                return 1
-            }
-            return 0
+            return settled(descriptors: descriptors, children: children)
         } catch {
             print("failed: \(error)")
             return 5
@@ -107,18 +100,24 @@ enum LeakScenarios {
                     guard try queue.get(timeout: .seconds(5)) == round else { throw ManagerError.badRequest("round \(round): queue") }
                 }
             }
-            let settled = eventually(within: .seconds(10)) {
-                openDescriptorCount() == descriptors && childPIDs() == children
-            }
-            guard settled else {
-                print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
-                return 1
-            }
-            return 0
+            return settled(descriptors: descriptors, children: children)
         } catch {
             print("failed: \(error)")
             return 5
         }
+    }
+
+    /// 0 once descriptors and children are back to what they were (within
+    /// 10 s), else 1, having said what is left.
+    static func settled(descriptors: Int, children: Set<Int32>) -> Int32 {
+        let back = eventually(within: .seconds(10)) {
+            openDescriptorCount() == descriptors && childPIDs() == children
+        }
+        guard back else {
+            print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
+            return 1
+        }
+        return 0
     }
 
     static func startJoinCycles() -> Int32 {
