@@ -84,3 +84,7 @@ int cbf_pin_all_threads(int cpu) {
     closedir(tasks);
     return result;
 }
+
+#include <malloc.h>
+
+void cbf_trim_heap(void) { malloc_trim(0); }

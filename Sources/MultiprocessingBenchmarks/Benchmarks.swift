@@ -15,7 +15,7 @@ struct Benchmarks: ParsableCommand {
     @Flag(help: "A smoke run in seconds: tiny counts, two repetitions.")
     var quick = false
 
-    @Option(help: "Run only scenarios whose name contains this text.")
+    @Option(help: "Run only scenarios whose name contains this text (or one of several, comma-separated).")
     var filter: String?
 
     @Option(help: "Repetitions of each side of each scenario.")
@@ -39,13 +39,19 @@ struct Benchmarks: ParsableCommand {
 
     func run() throws {
         let repeats = quick ? 2 : max(1, self.repeats)
-        let chosen = allScenarios.filter { filter == nil || $0.name.contains(filter!) }
+        let wanted = filter.map { $0.split(separator: ",").map(String.init) }
+        let chosen = allScenarios.filter { scenario in wanted.map { $0.contains { scenario.name.contains($0) } } ?? true }
         print("machine: \(machineDescription())")
         print("repetitions: \(repeats)\(quick ? " (quick)" : "")\n")
         var rows: [Row] = []
         printHeader()
         for scenario in chosen {
             let count = quick ? scenario.quickCount : scenario.count
+            // Each scenario starts from a heap given back to the system: memory
+            // an earlier one freed but malloc kept would make every later
+            // fork copy its page tables (value.locked read 2-3x slower after
+            // the codec scenarios, from forking alone).
+            cbf_trim_heap()
             if scenario.pinned { cbf_pin_all_threads(0) }
             defer { if scenario.pinned { cbf_pin_all_threads(-1) } }
             let seconds = try measure(scenario.run, count: count, repeats: repeats)

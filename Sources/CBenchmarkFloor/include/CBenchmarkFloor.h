@@ -15,3 +15,6 @@ int cbf_pipe_pingpong(int count);
 int cbf_pin_all_threads(int cpu);
 
 #endif
+
+/// Gives memory malloc kept back to the system (between scenarios).
+void cbf_trim_heap(void);
