@@ -240,6 +240,23 @@ struct ManagerTests {
         }
     }
 
+    @Test("many threads of one process call at once, each on a channel of its own; a waiting call holds up no other")
+    func threadsShareAClient() throws {
+        try withManager { manager in
+            let shared = try manager.dictionary([Int: Int]())
+            let queue = try manager.queue(of: Int.self)
+            // One thread waits on the queue the whole time: the others go on.
+            let waiter = Thread { _ = try? queue.get(timeout: .seconds(20)) }
+            waiter.start()
+            DispatchQueue.concurrentPerform(iterations: 8) { worker in
+                for i in 0..<200 { try? shared.set(i, for: worker * 1000 + i) }
+            }
+            #expect(try shared.count() == 1600)
+            try queue.put(1)
+            #expect(eventually(within: .seconds(10)) { (try? queue.count()) == 0 })
+        }
+    }
+
     @Test("values larger than a channel's ring cross whole, both ways, from a child")
     func largeValues() throws {
         try withManager { manager in
