@@ -13,9 +13,13 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
     let socket: Connection
     private let rings: (requests: Queue<[UInt8]>, replies: Queue<[UInt8]>)?
 
-    /// How long one slice of a wait on a ring lasts before the socket is
-    /// looked at again: a dead peer is noticed within this time.
-    static var slice: Duration { .milliseconds(50) }
+    /// How long the first slice of a wait on a ring lasts before the socket
+    /// is looked at again; each later slice of the same wait is twice as
+    /// long, up to ``longestSlice``. Every slice begins with a moment of
+    /// spinning, so an idle connection must not wake often: a dead peer is
+    /// noticed within 50 ms during a call, within a second when idle.
+    static var firstSlice: Duration { .milliseconds(50) }
+    static var longestSlice: Duration { .seconds(1) }
 
     /// The ring size: a message larger than this crosses in pieces.
     static var ringSize: Int { 256 << 10 }
@@ -135,21 +139,25 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
     }
 
     private func put(_ bytes: [UInt8], on ring: Queue<[UInt8]>) throws {
+        var slice = Self.firstSlice
         while true {
             do {
-                return try ring.putEncoded(bytes, timeout: Self.slice)
+                return try ring.putEncoded(bytes, timeout: slice)
             } catch QueueError.full {
                 if peerGone() { throw ManagerError.managerUnreachable("the other end of the channel is gone") }
+                slice = min(slice * 2, Self.longestSlice)
             }
         }
     }
 
     private func get(from ring: Queue<[UInt8]>) throws -> [UInt8] {
+        var slice = Self.firstSlice
         while true {
             do {
-                return try ring.getEncoded(timeout: Self.slice)
+                return try ring.getEncoded(timeout: slice)
             } catch QueueError.empty {
                 if peerGone() { throw ManagerError.managerUnreachable("the other end of the channel is gone") }
+                slice = min(slice * 2, Self.longestSlice)
             }
         }
     }
