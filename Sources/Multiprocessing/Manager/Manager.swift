@@ -12,7 +12,10 @@ import Glibc
 ///
 /// The server listens on a fresh abstract Unix socket, or at `address` (a
 /// TCP address for use from other hosts with ``connect(to:authenticationKey:)``);
-/// every connection proves it knows the authentication key. The server dies
+/// every connection proves it knows the authentication key. On a Unix
+/// address, each connection then moves its calls onto two rings of shared
+/// memory (no system call per call; the socket stays open so that each side
+/// sees the other die). The server dies
 /// with this process, and ``shutdown()`` (or dropping the manager, or the end
 /// of ``withManager(address:authenticationKey:startMethod:_:)``) ends it. A
 /// proxy whose server is gone throws ``ManagerError/managerUnreachable(_:)``
