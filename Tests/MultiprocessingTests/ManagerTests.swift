@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Multiprocessing
@@ -43,6 +44,16 @@ struct RemoteUser: ProcessJob {
         let list = try remote.list(["from the other process"])
         try shared.set("\(try list.count())", for: "count")
         return true
+    }
+}
+
+/// Calls five proxies of one manager and says how many descriptors that opened.
+struct ProxyUser: ProcessJob {
+    var proxies: [ManagedValue<Int>]
+    func run() throws -> Int {
+        let before = openDescriptorCount()
+        for proxy in proxies { _ = try proxy.get() }
+        return openDescriptorCount() - before
     }
 }
 
@@ -254,6 +265,40 @@ struct ManagerTests {
             #expect(try shared.count() == 1600)
             try queue.put(1)
             #expect(eventually(within: .seconds(10)) { (try? queue.count()) == 0 })
+        }
+    }
+
+    @Test("proxies of one manager received by a process share its connection", arguments: jobStartMethods)
+    func proxiesShareAConnection(method: StartMethod) throws {
+        try withManager { manager in
+            let proxies = try (0..<5).map { try manager.value($0) }
+            // One connection: a socket and the two rings' memory.
+            #expect(try ChildProcess.execute(ProxyUser(proxies: proxies), startMethod: method) <= 3)
+        }
+    }
+
+    @Test("children forked while other threads call the manager can call it at once")
+    func forkWhileCalling() throws {
+        try withManager { manager in
+            let shared = try manager.dictionary([Int: Int]())
+            let stop = Atomic<Bool>(false)
+            let callers = (0..<4).map { worker in
+                Thread {
+                    var i = 0
+                    while !stop.load(ordering: .relaxed) {
+                        try? shared.set(i, for: worker)
+                        i += 1
+                    }
+                }
+            }
+            callers.forEach { $0.start() }
+            defer { stop.store(true, ordering: .relaxed) }
+            for round in 0..<20 {
+                let child = ChildProcess { try shared.set(round, for: 100 + round) }
+                try child.start()
+                #expect(try child.join(timeout: .seconds(20)) == 0)
+            }
+            #expect(try shared.get(119) == 19)
         }
     }
 

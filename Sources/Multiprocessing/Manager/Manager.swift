@@ -74,7 +74,7 @@ public final class Manager: Sendable {
     /// - Throws: ``ManagerError/managerUnreachable(_:)`` if it cannot be
     ///   reached or refuses the key.
     public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8]) throws(ManagerError) -> Manager {
-        let client = ManagerClient(address: address, authenticationKey: authenticationKey)
+        let client = ManagerClient.shared(address: address, authenticationKey: authenticationKey)
         _ = try client.call(0, "ping")
         return Manager(address: address, client: client)
     }
@@ -90,6 +90,9 @@ public final class Manager: Sendable {
             try? server.kill()
             _ = try? server.join()
         }
+        // Connections to a server that is gone: closed now, not at exit.
+        client.closeIdleConnections()
+        ManagerClients.shared.forget(address: address)
     }
 
     /// The server's process identifier, when this manager started it.

@@ -13,11 +13,42 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
     init(address: ConnectionAddress, authenticationKey: [UInt8]) {
         self.address = address
         self.authenticationKey = authenticationKey
+        ManagerClients.shared.register(self)
     }
 
     deinit {
+        ManagerClients.shared.unregister(self)
         idle.withLock { state in
             if state.pid == Syscall.currentProcessID { state.connections.forEach { $0.close() } }
+        }
+    }
+
+    /// The client of the manager at `address` with `authenticationKey` that
+    /// proxies received by this process share (made on first use): their
+    /// calls reuse its connections, as Python reuses one per address.
+    static func shared(address: ConnectionAddress, authenticationKey: [UInt8]) -> ManagerClient {
+        ManagerClients.shared.client(address: address, authenticationKey: authenticationKey)
+    }
+
+    /// Closes the idle connections (the manager shut down).
+    func closeIdleConnections() {
+        let connections = idle.withLock { state -> [ManagerChannel] in
+            defer { state.connections = [] }
+            return state.pid == Syscall.currentProcessID ? state.connections : []
+        }
+        connections.forEach { $0.close() }
+    }
+
+    // Fork safety (see ``ManagerClients``).
+    func lockForFork() { idle.lockForFork() }
+    func unlockAfterFork() { idle.unlockAfterFork() }
+
+    /// In a forked child, with the lock still held from before the fork: the
+    /// parent's connections are closed here (the parent's stay open).
+    func resetInChildWhileLocked() {
+        idle.whileHeldForFork { state in
+            state.connections.forEach { $0.close() }
+            state = (Syscall.currentProcessID, [])
         }
     }
 
@@ -92,7 +123,7 @@ public struct ManagedReference: Codable, Sendable {
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        client = ManagerClient(address: try container.decode(ConnectionAddress.self, forKey: .address), authenticationKey: try container.decode([UInt8].self, forKey: .key))
+        client = ManagerClient.shared(address: try container.decode(ConnectionAddress.self, forKey: .address), authenticationKey: try container.decode([UInt8].self, forKey: .key))
         id = try container.decode(UInt64.self, forKey: .id)
     }
 
@@ -120,4 +151,81 @@ internal func managerArgument<T: Encodable>(_ value: T) throws(ManagerError) -> 
 /// Decodes a value a proxy got back.
 internal func managerResult<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws(ManagerError) -> T {
     do { return try ValueCodec.decode(T.self, from: bytes) } catch { throw .badRequest("a stored value did not decode as \(T.self): \(error)") }
+}
+
+/// Every manager client of this process, for two reasons.
+///
+/// Fork safety: a client's lock guards its idle connections; a child forked
+/// while another thread held it would wait for it for ever. ``ForkGuard``
+/// holds every client's lock (and this registry's) across each fork, and the
+/// child then drops what it inherited.
+///
+/// Sharing: proxies decoded in this process (a job's, a pool task's) use one
+/// client per manager, kept for the life of the process, so that a worker's
+/// later tasks reuse its connections instead of each opening its own.
+internal final class ManagerClients: Sendable {
+    static let shared = ManagerClients()
+
+    private struct Key: Hashable {
+        var address: ConnectionAddress
+        var authenticationKey: [UInt8]
+    }
+
+    private struct Weak {
+        weak var client: ManagerClient?
+    }
+
+    private struct State {
+        var all: [ObjectIdentifier: Weak] = [:]
+        var shared: [Key: ManagerClient] = [:]
+    }
+
+    private let state = Locked(State())
+
+    func register(_ client: ManagerClient) {
+        state.withLock { $0.all[ObjectIdentifier(client)] = Weak(client: client) }
+    }
+
+    func unregister(_ client: ManagerClient) {
+        state.withLock { _ = $0.all.removeValue(forKey: ObjectIdentifier(client)) }
+    }
+
+    func client(address: ConnectionAddress, authenticationKey: [UInt8]) -> ManagerClient {
+        let key = Key(address: address, authenticationKey: authenticationKey)
+        if let client = state.withLock({ $0.shared[key] }) { return client }
+        // Made outside the lock: making one registers it.
+        let made = ManagerClient(address: address, authenticationKey: authenticationKey)
+        return state.withLock { state in
+            if let raced = state.shared[key] { return raced }
+            state.shared[key] = made
+            return made
+        }
+    }
+
+    /// Forgets the shared client of a manager that shut down, and closes its
+    /// idle connections.
+    func forget(address: ConnectionAddress) {
+        let gone = state.withLock { state -> [ManagerClient] in
+            let keys = state.shared.keys.filter { $0.address == address }
+            return keys.compactMap { state.shared.removeValue(forKey: $0) }
+        }
+        gone.forEach { $0.closeIdleConnections() }
+    }
+
+    /// Before a fork: this registry's lock, then every live client's.
+    func lockForFork() -> [ManagerClient] {
+        state.lockForFork()
+        let clients = state.whileHeldForFork { state in state.all.values.compactMap(\.client) }
+        clients.forEach { $0.lockForFork() }
+        return clients
+    }
+
+    /// After a fork, on both sides, with what ``lockForFork()`` returned.
+    func unlockAfterFork(_ clients: [ManagerClient], inChild: Bool) {
+        for client in clients.reversed() {
+            if inChild { client.resetInChildWhileLocked() }
+            client.unlockAfterFork()
+        }
+        state.unlockAfterFork()
+    }
 }

@@ -25,6 +25,8 @@ internal enum ForkGuard {
         // hangs it for ever if another thread of the parent was making it at
         // the instant of the fork (seen: a child stuck in swift_once here).
         let forkServer = ForkServerClient.shared
+        // Manager clients' locks: a child may call a manager at once.
+        let managerClients = ManagerClients.shared.lockForFork()
         cmp_lock_stdio()
         launcher.lockForFork()
         watcher.lockForFork()
@@ -38,7 +40,10 @@ internal enum ForkGuard {
         watcher.unlockAfterFork()
         launcher.unlockAfterFork()
         cmp_unlock_stdio()
-        if case .success(0) = result {
+        let inChild: Bool
+        if case .success(0) = result { inChild = true } else { inChild = false }
+        ManagerClients.shared.unlockAfterFork(managerClients, inChild: inChild)
+        if inChild {
             forkServer.resetInChild()
         }
         return try result.get()

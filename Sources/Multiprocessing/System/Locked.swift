@@ -28,6 +28,10 @@ internal final class Locked<Value>: @unchecked Sendable {  // `value` is only to
     /// Lets the lock go after a fork, in the parent and in the child.
     func unlockAfterFork() { pthread_mutex_unlock(mutex) }
 
+    /// Runs `body` on the value while the lock is held by ``lockForFork()``
+    /// (between it and ``unlockAfterFork()`` only).
+    func whileHeldForFork<Result>(_ body: (inout Value) -> Result) -> Result { body(&value) }
+
     /// In a forked child only: a fresh mutex and value, whatever state the
     /// copy was in (a thread of the parent may have held it).
     func reinitializeInChild(_ value: Value) {
