@@ -383,6 +383,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     }
 
     /// Whether `bytes[start..<start + length]` spell `key`.
+    @inline(__always)
     private func matches(_ key: Key, at start: Int, length: Int) -> Bool {
         var name = key.stringValue
         return name.withUTF8 { wanted in
@@ -425,6 +426,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
         if decoder.keyed.sequentialIndex == decoder.keyed.count { decoder.endOffset = end }
     }
 
+    @inline(__always)
     private func offset(of key: Key) throws -> (offset: Int, inOrder: Bool) {
         guard let found = try find(key) else {
             throw DecodingError.keyNotFound(key, .init(codingPath: codingPath, debugDescription: "no value for key \(key.stringValue)"))
@@ -433,6 +435,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     }
 
     /// Reads `key`'s value with `read`, which moves the cursor past it.
+    @inline(__always)
     private func read<T>(_ key: Key, _ read: (inout Int) throws -> T) throws -> T {
         let (offset, inOrder) = try offset(of: key)
         var cursor = offset
@@ -476,6 +479,7 @@ private struct WireKeyedDecoder<Key: CodingKey>: KeyedDecodingContainerProtocol 
     func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try unsigned(key) }
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try unsigned(key) }
 
+    @inline(__always)
     private func signed<T: FixedWidthInteger & SignedInteger>(_ key: Key) throws -> T {
         try read(key) { cursor in try reader.signed(T.self, at: &cursor, path(key)) }
     }
