@@ -62,4 +62,4 @@ let allScenarios: [Scenario] = [
     Scenario(name: "process.fork", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.fork"), run: startJoin(.fork)),
     Scenario(name: "process.forkserver", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.forkserver"), run: startJoin(.forkserver)),
     Scenario(name: "process.spawn", unit: "start+join", count: 100, quickCount: 5, baseline: .python("process.spawn"), run: startJoin(.spawn)),
-] + wireScenarios + sharedStateScenarios + poolScenarios + managerScenarios
+] + wireScenarios + sharedStateScenarios + poolScenarios + managerScenarios + largeMemoryScenarios

@@ -73,5 +73,10 @@ let sharedStateScenarios: [Scenario] = [
     Scenario(name: "queue.int", unit: "messages", count: 200_000, quickCount: 2000, baseline: .python("queue.int"), run: queueInts),
     Scenario(name: "queue.bytes.1MiB", unit: "bytes", count: 300, quickCount: 10, operationsPerIteration: 1 << 20, baseline: .python("queue.bytes"), run: queueBytes),
     Scenario(name: "value.locked", unit: "increments", count: 1_000_000, quickCount: 2000, baseline: .python("value.locked"), run: lockedIncrements),
+]
+
+/// Run last: it keeps 100 MiB alive in this process, which would make every
+/// later scenario's fork copy that many more page tables.
+let largeMemoryScenarios: [Scenario] = [
     Scenario(name: "shm.copy.100MiB", unit: "bytes (write+read)", count: 5, quickCount: 1, operationsPerIteration: 100 << 20, baseline: .swift("memcpy ×2", privateMemoryCopy), run: sharedMemoryCopy),
 ]
