@@ -35,6 +35,7 @@ public struct PoolInitializer: Sendable {
     /// ignored; if it throws, the pool fails the work those workers would
     /// have run with ``ProcessError/initializerFailed(_:)``.
     public static func job<Job: ProcessJob>(_ job: Job) throws -> PoolInitializer {
+        ValueCodec.prepare(Job.Output.self)  // forked workers encode it
         let payload = try ValueCodec.encode(job)
         return PoolInitializer(storage: .job(typeName: JobRunner.typeName(of: Job.self), payload: payload, run: {
             if case let .failure(error) = job.runAndEncode() { return error }

@@ -145,6 +145,8 @@ extension ProcessPool {
     ///   - onFailure: called with the error instead, on a pool thread.
     public func applyAsync<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil, onSuccess: (@Sendable (Job.Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil) throws -> AsyncResult<Job.Output> {
         let decoder = OutcomeDecoder<Job.Output>(single: true)
+        ValueCodec.prepare(Job.self)
+        ValueCodec.prepare(Job.Output.self)
         let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job), inputs: [])
         let call = try submit(.init(work: work, ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
@@ -203,6 +205,10 @@ extension ProcessPool {
     // The parts that need not be specialized.
 
     private func functionCall<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int) throws -> PoolCall.Pending {
+        // Forked workers decode these and encode the outputs (see ValueCodec.prepare).
+        ValueCodec.prepare(Function.self)
+        ValueCodec.prepare(Function.Input.self)
+        ValueCodec.prepare(Function.Output.self)
         let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
         let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: inputs[range])) }
         let work = PoolCall.Work.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
@@ -226,6 +232,8 @@ extension ProcessPool {
     @usableFromInline
     func submitJobs<Job: ProcessJob>(_ jobs: [Job], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Job.Output> {
         try checkChunkSize(chunkSize)
+        ValueCodec.prepare(Job.self)
+        ValueCodec.prepare(Job.Output.self)
         let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
         let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: jobs[range])) }
         let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
@@ -249,6 +257,7 @@ extension ProcessPool {
     /// `apply_async(f, args)`: capture the arguments).
     public func applyAsync<Output: Codable & Sendable>(timeout: Duration? = nil, onSuccess: (@Sendable (Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil, _ body: @escaping () throws -> Output) throws -> AsyncResult<Output> {
         let decoder = OutcomeDecoder<Output>(single: false)
+        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
         let program = ClosureProgram { _ in ChunkRunner.run(CollectionOfOne(())) { try body() }.wire() }
         let call = try submit(.init(work: .closure(program), ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
@@ -269,6 +278,7 @@ extension ProcessPool {
     @inlinable
     public func mapAsync<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
         let items = Array(items)
+        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
         let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
     }
@@ -285,6 +295,7 @@ extension ProcessPool {
     @inlinable
     public func imap<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
+        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
         let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
     }
@@ -294,6 +305,7 @@ extension ProcessPool {
     @inlinable
     public func imapUnordered<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
+        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
         let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }

@@ -92,6 +92,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.daemon = daemon
         self.startMethod = startMethod
         self.target = nil
+        if startMethod == .fork { ValueCodec.prepare(Job.Output.self) }  // the forked child encodes it
         self.forkedJob = startMethod == .fork ? { job.runAndEncode() } : nil
         let attachments = DescriptorAttachments()
         let payload: [UInt8]

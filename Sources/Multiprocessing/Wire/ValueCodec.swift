@@ -1,5 +1,6 @@
 /// Encodes values that cross a process boundary, in the wire format of
 /// ``WireEncoder``. Every crossing goes through here.
+@usableFromInline
 internal enum ValueCodec {
     static func encode<T: Encodable>(_ value: T, attachments: DescriptorAttachments? = nil) throws -> [UInt8] {
         // A lone integer (a queue of numbers, a pool's index) needs no
@@ -50,6 +51,23 @@ internal enum ValueCodec {
     private static func decodeInteger(_ bytes: [UInt8], from start: Int, to end: Int) -> Int? {
         guard start >= 0, start <= end, end <= bytes.count else { return nil }
         return bytes.withUnsafeBytes { decodeInteger(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+    }
+
+    /// Asks the runtime, here, the conformance questions that encoding or
+    /// decoding a `T` asks (is it an array of numbers, an array of values).
+    ///
+    /// The answers are cached process-wide, and a forked child inherits the
+    /// cache. A child that must ask a new question takes the runtime's
+    /// conformance lock, which another thread of the parent may have held at
+    /// the instant of the fork: the child then waits for ever (seen: a pool
+    /// worker encoding its initializer's result). So the library asks first,
+    /// in the parent, about the types its forked children will write.
+    @usableFromInline
+    static func prepare<T>(_ type: T.Type) {
+        if WireWriter.isScalar(type) { return }
+        _ = type is any WireRawArray.Type
+        _ = type is any WireEncodableArray.Type
+        _ = type is any WireDecodableArray.Type
     }
 
     /// The frame (header and payload) of `value`, ready to send.

@@ -20,7 +20,8 @@ internal struct WireEncoder {
     func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         // An array of numbers alone (often large) is written straight into
         // storage of its exact size: no copy out of the writer's buffer.
-        if T.self is any WireRawArray.Type, let array = value as? any WireRawArray {
+        // (Not asked of the common scalars: see ``ValueCodec/prepare(_:)``.)
+        if !WireWriter.isScalar(T.self), T.self is any WireRawArray.Type, let array = value as? any WireRawArray {
             return Self.encodeRawArray(array)
         }
         let writer = WireWriter()
@@ -204,6 +205,11 @@ internal final class WireWriter {
             if type is any WireEncodableArray.Type { return .array }
             return .other
         }
+    }
+
+    /// Types written without a look at their conformances.
+    static func isScalar<T>(_ type: T.Type) -> Bool {
+        T.self == Int.self || T.self == String.self || T.self == Double.self || T.self == Bool.self || T.self == Data.self
     }
 
     func writeValue<T: Encodable>(_ value: T, parent: WireValueEncoder?, key: (any CodingKey)?, attachments: DescriptorAttachments?) throws {
