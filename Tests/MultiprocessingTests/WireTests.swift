@@ -103,6 +103,23 @@ struct AddressV2: Codable, Equatable {
     var number: Int16
 }
 
+/// Writes its elements through an unkeyed container, as `Array` would
+/// without the codec's short cut: the bytes must be the same.
+struct ThroughContainer<Element: Codable>: Codable {
+    var elements: [Element]
+    init(_ elements: [Element]) { self.elements = elements }
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.unkeyedContainer()
+        for element in elements { try container.encode(element) }
+    }
+    init(from decoder: any Decoder) throws {
+        var container = try decoder.unkeyedContainer()
+        var elements: [Element] = []
+        while !container.isAtEnd { elements.append(try container.decode(Element.self)) }
+        self.elements = elements
+    }
+}
+
 func roundTrip<T: Codable>(_ value: T) throws -> T {
     try ValueCodec.decode(T.self, from: try ValueCodec.encode(value))
 }
@@ -182,6 +199,25 @@ struct WireTests {
         // A required key that is absent is a typed error.
         #expect(throws: WireError.self) { try ValueCodec.decode(Address.self, from: try ValueCodec.encode(Empty())) }
         #expect(try roundTrip([WireTests.sample, WireTests.sample]) == [WireTests.sample, WireTests.sample])
+    }
+
+    @Test("arrays walked by the codec write the same bytes as an unkeyed container, and read them back")
+    func arrayShortCut() throws {
+        func same<Element: Codable & Equatable>(_ elements: [Element]) throws {
+            let fast = try ValueCodec.encode(elements)
+            #expect(fast == (try ValueCodec.encode(ThroughContainer(elements))))
+            #expect(try ValueCodec.decode([Element].self, from: fast) == elements)
+            #expect(try ValueCodec.decode(ThroughContainer<Element>.self, from: fast).elements == elements)
+        }
+        try same([Address(street: "a", number: 1), Address(street: "", number: -2)])
+        try same([[Address(street: "x", number: 3)], []])
+        try same(["one", "", "ünï"])
+        try same([Int?.none, 5])
+        try same([Suit.hearts, .spades])
+        try same([Shape.circle(radius: 1), .empty])
+        try same([[1, 2], [], [3]])
+        try same([Address]())
+        try same([WireTests.sample])
     }
 
     @Test("an error inside an array of structs names the array and the index")
