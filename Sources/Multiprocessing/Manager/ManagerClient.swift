@@ -85,6 +85,8 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
             reply = try ManagerReply(decoding: try connection.call(request.encoded()))
         } catch {
             connection.close()
+            // The server is gone: so are the idle connections to it.
+            closeIdleConnections()
             if case let error as ManagerError = error { throw error }
             throw .managerUnreachable("\(error)")
         }
