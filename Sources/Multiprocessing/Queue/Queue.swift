@@ -93,8 +93,12 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/empty`` if it stayed empty; a ``WireError`` if
     ///   the item does not decode as `Element`.
     public func get(timeout: Duration? = nil) throws -> Element {
-        if Element.self == Int.self, let number = try getInteger(timeout: timeout) {
-            return _identityCast(number, to: Element.self)
+        var timeout = timeout
+        if Element.self == Int.self {
+            let deadline = timeout.map { ContinuousClock.now + $0 }
+            if let number = try getInteger(timeout: timeout) { return _identityCast(number, to: Element.self) }
+            // Whatever the short cut waited is not waited again.
+            timeout = deadline.map { max(.zero, $0 - ContinuousClock.now) }
         }
         return try ValueCodec.decode(Element.self, from: try getEncoded(timeout: timeout))
     }
