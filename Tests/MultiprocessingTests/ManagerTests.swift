@@ -317,6 +317,26 @@ struct ManagerTests {
         }
     }
 
+    @Test("malformed requests over the shared-memory rings get error replies too")
+    func malformedOverRings() throws {
+        let key = Array("k".utf8)
+        try withManager(authenticationKey: key) { manager in
+            let value = try manager.value(7)
+            let channel = try ManagerChannel.connect(to: manager.address, authenticationKey: key)
+            defer { channel.close() }
+            #expect(channel.isShared)
+            for garbage in [[UInt8](), [0xFF, 0x00, 0x13], [UInt8](repeating: 0xAB, count: 5000)] {
+                guard case .failure(.badRequest) = try ManagerReply(decoding: channel.call(garbage)) else {
+                    Issue.record("no error reply to \(garbage.count) bytes"); return
+                }
+            }
+            guard case .failure(.unknownObject(12345)) = try ManagerReply(decoding: channel.call(ManagerRequest(object: 12345, method: "get").encoded())) else {
+                Issue.record("no unknown-object reply"); return
+            }
+            #expect(try value.get() == 7)
+        }
+    }
+
     @Test("shutdown ends the server; proxies then fail at once")
     func shutdown() throws {
         let manager = try Manager()
