@@ -231,26 +231,6 @@ struct ManagerTests {
         #expect(!isRunning(pid))
     }
 
-    @Test("malformed requests get error replies and the server keeps serving")
-    func malformedRequests() throws {
-        let key = Array("k".utf8)
-        try withManager(authenticationKey: key) { manager in
-            let value = try manager.value(7)
-            let raw = try Client.connect(to: manager.address, authenticationKey: key)
-            defer { raw.close() }
-            try raw.sendBytes([0xFF, 0x00, 0x13, 0x37])
-            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no error reply"); return }
-            try raw.sendBytes(ManagerRequest(object: 999, method: "get").encoded())
-            guard case .failure(.unknownObject(999)) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no unknown-object reply"); return }
-            try raw.sendBytes(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("nonsense")]).encoded())
-            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("no bad-kind reply"); return }
-            try raw.sendBytes(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("object"), try ValueCodec.encode("Si"), []]).encoded())
-            guard case .failure(.badRequest) = try ManagerReply(decoding: raw.receiveBytes()) else { Issue.record("a non-ManagedObject type was made"); return }
-            #expect(try value.get() == 7)
-            #expect(throws: ManagerError.self) { try ManagedValue<[String]>(reference: value.reference).get() }
-        }
-    }
-
     @Test("many threads of one process call at once, each on a channel of its own; a waiting call holds up no other")
     func threadsShareAClient() throws {
         try withManager { manager in
@@ -317,23 +297,36 @@ struct ManagerTests {
         }
     }
 
-    @Test("malformed requests over the shared-memory rings get error replies too")
-    func malformedOverRings() throws {
+    @Test("malformed requests get error replies and the server keeps serving, over the socket and over the rings", arguments: [false, true])
+    func malformedRequests(overRings: Bool) throws {
         let key = Array("k".utf8)
         try withManager(authenticationKey: key) { manager in
             let value = try manager.value(7)
-            let channel = try ManagerChannel.connect(to: manager.address, authenticationKey: key)
-            defer { channel.close() }
-            #expect(channel.isShared)
-            for garbage in [[UInt8](), [0xFF, 0x00, 0x13], [UInt8](repeating: 0xAB, count: 5000)] {
-                guard case .failure(.badRequest) = try ManagerReply(decoding: channel.call(garbage)) else {
-                    Issue.record("no error reply to \(garbage.count) bytes"); return
+            // A raw socket client, or a channel that moved onto shared memory.
+            let call: ([UInt8]) throws -> ManagerReply
+            let close: () -> Void
+            if overRings {
+                let channel = try ManagerChannel.connect(to: manager.address, authenticationKey: key)
+                #expect(channel.isShared)
+                call = { try ManagerReply(decoding: channel.call($0)) }
+                close = channel.close
+            } else {
+                let raw = try Client.connect(to: manager.address, authenticationKey: key)
+                call = { bytes in
+                    try raw.sendBytes(bytes)
+                    return try ManagerReply(decoding: raw.receiveBytes())
                 }
+                close = raw.close
             }
-            guard case .failure(.unknownObject(12345)) = try ManagerReply(decoding: channel.call(ManagerRequest(object: 12345, method: "get").encoded())) else {
-                Issue.record("no unknown-object reply"); return
+            defer { close() }
+            for garbage in [[UInt8](), [0xFF, 0x00, 0x13, 0x37], [UInt8](repeating: 0xAB, count: 5000)] {
+                guard case .failure(.badRequest) = try call(garbage) else { Issue.record("no error reply to \(garbage.count) bytes"); return }
             }
+            guard case .failure(.unknownObject(999)) = try call(ManagerRequest(object: 999, method: "get").encoded()) else { Issue.record("no unknown-object reply"); return }
+            guard case .failure(.badRequest) = try call(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("nonsense")]).encoded()) else { Issue.record("no bad-kind reply"); return }
+            guard case .failure(.badRequest) = try call(ManagerRequest(object: 0, method: "create", arguments: [try ValueCodec.encode("object"), try ValueCodec.encode("Si"), []]).encoded()) else { Issue.record("a non-ManagedObject type was made"); return }
             #expect(try value.get() == 7)
+            #expect(throws: ManagerError.self) { try ManagedValue<[String]>(reference: value.reference).get() }
         }
     }
 
