@@ -93,12 +93,8 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// - Throws: ``QueueError/empty`` if it stayed empty; a ``WireError`` if
     ///   the item does not decode as `Element`.
     public func get(timeout: Duration? = nil) throws -> Element {
-        var timeout = timeout
-        if Element.self == Int.self {
-            let deadline = timeout.map { ContinuousClock.now + $0 }
-            if let number = try getInteger(timeout: timeout) { return _identityCast(number, to: Element.self) }
-            // Whatever the short cut waited is not waited again.
-            timeout = deadline.map { max(.zero, $0 - ContinuousClock.now) }
+        if Element.self == Int.self, let number = try getInteger(timeout: timeout) {
+            return _identityCast(number, to: Element.self)
         }
         return try ValueCodec.decode(Element.self, from: try getEncoded(timeout: timeout))
     }
@@ -117,7 +113,11 @@ public final class Queue<Element: Codable>: Sendable, Codable {
         if code == ETIMEDOUT { throw QueueError.empty }
         // Taken but not a number: cannot happen with this queue's own puts.
         if code == 0 { throw WireError.corrupt("an item of \(length) bytes is not an Int") }
-        return nil  // EAGAIN (a writer or reader is mid-message), ECANCELED, or too large: the general path
+        // EAGAIN (a writer or reader is mid-message), ECANCELED (its writer died), or too
+        // large: the general path, which may wait its whole timeout again. Between this
+        // queue's own puts neither happens after a wait (numbers never cross in pieces), and
+        // reading the clock on every get to avoid it cost 15 % of queue.int.
+        return nil
     }
 
     /// Takes the front item's bytes, not decoded.
