@@ -217,14 +217,17 @@ internal final class ManagerClients: Sendable {
     /// Before a fork: this registry's lock, then every live client's.
     func lockForFork() -> [ManagerClient] {
         state.lockForFork()
-        let clients = state.whileHeldForFork { state in state.all.values.compactMap(\.client) }
+        let clients = state.whileHeldForFork { state in state.all.values.compactMap { $0.client } }
         clients.forEach { $0.lockForFork() }
         return clients
     }
 
     /// After a fork, on both sides, with what ``lockForFork()`` returned.
+    /// Nothing here may make type metadata or a key path the parent has not
+    /// made (a child that must make some can wait for ever on a runtime lock
+    /// another parent thread held at the fork): a plain loop, no `reversed()`.
     func unlockAfterFork(_ clients: [ManagerClient], inChild: Bool) {
-        for client in clients.reversed() {
+        for client in clients {
             if inChild { client.resetInChildWhileLocked() }
             client.unlockAfterFork()
         }

@@ -14,7 +14,7 @@ internal enum ForkServer {
     static func serve(control: FileDescriptor) -> Never {
         var children: [(pidfd: FileDescriptor, status: FileDescriptor)] = []
         while true {
-            let fds = [control] + children.map(\.pidfd)
+            let fds = [control] + children.map { $0.pidfd }
             guard let events = try? Syscall.poll(fds, timeout: -1) else { cmp_exit_now(3) }
             for index in children.indices.reversed() where events[index + 1] != 0 {
                 guard let code = try? Syscall.waitPidfd(children[index].pidfd, block: false) else { continue }

@@ -113,7 +113,7 @@ internal enum Syscall {
         _ = try pollfds.withUnsafeMutableBufferPointer { buffer throws(Errno) in
             try valueOrErrno { Glibc.poll(buffer.baseAddress, nfds_t(buffer.count), timeout) }
         }
-        return pollfds.map(\.revents)
+        return pollfds.map { $0.revents }
     }
 
     /// `kill(2)`.
@@ -159,7 +159,7 @@ internal enum Syscall {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        let raw = descriptors.map(\.rawValue)
+        let raw = descriptors.map { $0.rawValue }
         return try valueOrErrno {
             raw.withUnsafeBufferPointer { fds in
                 cmp_fork_exec(path, argv, envp, fds.baseAddress, Int32(fds.count), SIGKILL)
@@ -169,7 +169,7 @@ internal enum Syscall {
 
     /// Sends bytes and descriptors (`SCM_RIGHTS`) over a Unix socket.
     static func sendWithDescriptors(_ socket: FileDescriptor, _ bytes: [UInt8], _ fds: [FileDescriptor]) throws(Errno) -> Int {
-        let raw = fds.map(\.rawValue)
+        let raw = fds.map { $0.rawValue }
         return try valueOrErrno {
             bytes.withUnsafeBytes { buffer in
                 raw.withUnsafeBufferPointer { fdBuffer in
@@ -193,13 +193,13 @@ internal enum Syscall {
 
     /// Keeps only stdio and `descriptors` (moved to 3, 4, …); closes every other one.
     static func isolateDescriptors(keeping descriptors: [FileDescriptor]) throws(Errno) {
-        let raw = descriptors.map(\.rawValue)
+        let raw = descriptors.map { $0.rawValue }
         _ = try valueOrErrno { raw.withUnsafeBufferPointer { cmp_isolate_descriptors($0.baseAddress, Int32($0.count)) } }
     }
 
     /// Closes every descriptor from 3 on except `descriptors`.
     static func closeAll(except descriptors: [FileDescriptor]) throws(Errno) {
-        let raw = descriptors.map(\.rawValue)
+        let raw = descriptors.map { $0.rawValue }
         _ = try valueOrErrno { raw.withUnsafeBufferPointer { cmp_close_all_except($0.baseAddress, Int32($0.count)) } }
     }
 
