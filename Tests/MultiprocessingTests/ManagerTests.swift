@@ -252,6 +252,9 @@ struct ManagerTests {
     func proxiesShareAConnection(method: StartMethod) throws {
         try withManager { manager in
             let proxies = try (0..<5).map { try manager.value($0) }
+            // The job iterates over the proxies: iterate here first, so that a forked
+            // child finds the runtime's records for it made (the fork hazard of README).
+            for proxy in proxies { _ = proxy }
             // One connection: a socket and the two rings' memory.
             #expect(try ChildProcess.execute(ProxyUser(proxies: proxies), startMethod: method) <= 3)
         }
