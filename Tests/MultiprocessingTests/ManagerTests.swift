@@ -290,6 +290,9 @@ struct ManagerTests {
         try withManager { manager in
             let big = (0..<(300_000)).map { UInt8(truncatingIfNeeded: $0 &* 7) }  // more than the 256 KiB rings
             let shared = try manager.dictionary([String: [UInt8]]())
+            // The calls the child makes, made here first (the fork hazard of README).
+            try shared.set([1], for: "small")
+            #expect(try shared.get("small") == [1])
             let child = ChildProcess {
                 try shared.set(big, for: "big")
                 guard try shared.get("big") == big else { exit(3) }
