@@ -139,23 +139,21 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
     }
 
     private func put(_ bytes: [UInt8], on ring: Queue<[UInt8]>) throws {
-        var slice = Self.firstSlice
-        while true {
-            do {
-                return try ring.putEncoded(bytes, timeout: slice)
-            } catch QueueError.full {
-                if peerGone() { throw ManagerError.managerUnreachable("the other end of the channel is gone") }
-                slice = min(slice * 2, Self.longestSlice)
-            }
-        }
+        try inSlices(until: .full) { try ring.putEncoded(bytes, timeout: $0) }
     }
 
     private func get(from ring: Queue<[UInt8]>) throws -> [UInt8] {
+        try inSlices(until: .empty) { try ring.getEncoded(timeout: $0) }
+    }
+
+    /// Runs a ring operation in slices of growing length, looking at the
+    /// peer's socket each time one ends with `stillWaiting`.
+    private func inSlices<Result>(until stillWaiting: QueueError, _ attempt: (Duration) throws -> Result) throws -> Result {
         var slice = Self.firstSlice
         while true {
             do {
-                return try ring.getEncoded(timeout: slice)
-            } catch QueueError.empty {
+                return try attempt(slice)
+            } catch let error as QueueError where error == stillWaiting {
                 if peerGone() { throw ManagerError.managerUnreachable("the other end of the channel is gone") }
                 slice = min(slice * 2, Self.longestSlice)
             }

@@ -60,9 +60,6 @@ internal struct ManagerRequest: Sendable {
         ManagerRequest(object: object, method: method, arguments: arguments, process: Syscall.currentProcessID, thread: UInt64(UInt(bitPattern: Int(bitPattern: pthread_self()))), timeout: timeout)
     }
 
-    /// `pid:tid` of the caller, as locks record their owner.
-    var owner: String { "\(process):\(thread)" }
-
     func encoded() -> [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(40 + method.utf8.count + arguments.reduce(0) { $0 + 4 + $1.count })
