@@ -38,6 +38,55 @@ pid_t cmp_current_pid(void);
 /// at once if the parent is already gone. Returns like `fork`.
 pid_t cmp_fork(int death_signal);
 
+/// Outcomes of `cmp_fork_quiesced`.
+enum {
+    /// Every other thread was parked outside the Swift runtime at the fork.
+    CMP_QUIESCE_STOPPED = 0,
+    /// A thread did not answer the park signal (it blocks it, or is stuck in
+    /// the kernel): forked without stopping the others.
+    CMP_QUIESCE_UNSTOPPABLE = 1,
+    /// Some thread was inside the runtime at every look until the budget
+    /// ran out: forked without stopping the others.
+    CMP_QUIESCE_BUSY = 2,
+    /// The fork waited past the watchdog for a lock a parked thread held
+    /// (the C library's), so the threads were let go before it completed.
+    CMP_QUIESCE_RELEASED_EARLY = 3,
+    /// The park signal's handler could not be installed.
+    CMP_QUIESCE_FAILED = 4,
+};
+
+/// Verdicts on a parked thread (counts in the report).
+enum { CMP_QUIESCE_IN_RUNTIME = 1, CMP_QUIESCE_IN_SYSTEM = 2, CMP_QUIESCE_UNKNOWN = 3 };
+
+typedef struct {
+    int outcome;
+    /// Threads parked at the fork.
+    int threads;
+    /// Looks that found some thread inside the runtime or the C library.
+    int retries;
+    /// Threads let run to the return from their outermost runtime call.
+    int hijacks;
+    int seen_in_runtime;
+    int seen_in_system;
+    /// The longest frame-pointer chain walked.
+    int deepest_stack;
+    /// With CMP_QUIESCE_UNSTOPPABLE: a thread that did not answer.
+    pid_t unstoppable_thread;
+    /// Whether the runtime's symbol table was read (else all of its code counts).
+    int runtime_symbols;
+    /// Time spent stopping the others, in nanoseconds.
+    long long elapsed_ns;
+} cmp_quiesce_report_t;
+
+/// `cmp_fork`, with every other thread of the process parked outside the
+/// Swift runtime's code (see quiesce.c), so that the child inherits none of
+/// the runtime's locks held. Gives up after `budget_ns` and forks anyway
+/// (the report says why). Returns like `fork`.
+pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
+
+/// Whether `address` is in the Swift runtime's C++ code (as judged for a fork).
+int cmp_runtime_code_contains(const void *address);
+
 /// Forks and executes `path` with `argv` and `envp`. In the child, the
 /// descriptors in `fds` become 3, 4, … (all others close on exec), the signal
 /// mask is cleared and `PR_SET_PDEATHSIG` is set. Returns the child's pid, or

@@ -19,7 +19,7 @@ public enum OSProcess {
     /// ``exit(_:)``, and must be reaped with ``wait(_:)``. The corresponding C
     /// function is `fork`.
     public static func fork() throws(Errno) -> ForkResult {
-        let pid = try ForkGuard.fork { () throws(Errno) in try valueOrErrno { cmp_fork(0) } }
+        let pid = try ForkGuard.fork { () throws(Errno) in try Syscall.quiescedFork(deathSignal: 0) }
         return pid == 0 ? .child : .parent(child: pid)
     }
 

@@ -148,7 +148,19 @@ internal enum Syscall {
 
     /// `fork(2)` with stdio flushed and the child bound to its parent's life.
     static func fork() throws(Errno) -> pid_t {
-        try ForkGuard.fork { () throws(Errno) in try valueOrErrno { cmp_fork(SIGKILL) } }
+        try ForkGuard.fork { () throws(Errno) in try quiescedFork(deathSignal: SIGKILL) }
+    }
+
+    /// `fork(2)` with every other thread parked outside the Swift runtime
+    /// (see ``ForkSafety``); `deathSignal` (0: none) is the child's
+    /// `PR_SET_PDEATHSIG`. The parent records how the stop went.
+    static func quiescedFork(deathSignal: Int32) throws(Errno) -> pid_t {
+        var report = cmp_quiesce_report_t()
+        let pid = try valueOrErrno {
+            cmp_fork_quiesced(deathSignal, ForkSafety.budgetNanoseconds, ForkSafety.watchdogNanoseconds, &report)
+        }
+        if pid != 0 { ForkSafety.record(report) }
+        return pid
     }
 
     /// Forks and executes `path`; `descriptors` become 3, 4, … in the child.

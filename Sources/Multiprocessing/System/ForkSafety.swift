@@ -1,0 +1,108 @@
+import CMultiprocessing
+import Logging
+import Synchronization
+
+/// How the library keeps a forked child from inheriting a lock that another
+/// thread of the parent held.
+///
+/// A forked child has one thread: the one that forked. Any lock another
+/// thread held at that instant stays held in the child for ever. The Swift
+/// runtime makes type metadata, protocol conformances, type names and lazy
+/// globals on first use, under locks of its own, so a child whose code used
+/// a type for the first time while some parent thread was inside the
+/// runtime used to wait for ever.
+///
+/// Every fork the library makes — ``ChildProcess`` closures, the fork start
+/// method, the workers of closure pool calls, ``OSProcess/fork()`` — first
+/// stops the world: each other thread of the process is sent a signal
+/// (`SIGSYS`, marked as the library's; the one signal Dispatch's threads
+/// leave open besides the synchronous ones) whose handler only waits. The
+/// forking thread looks at where each one stopped — its instruction and,
+/// through the frame-pointer chain, every caller — and forks only when none
+/// is inside the runtime's C++ code (judged from `libswiftCore`'s symbol
+/// table) or running the C library's own locked code (malloc, stdio's list),
+/// which `fork` itself takes. A thread found inside is let run a little and
+/// looked at again while the others stay parked. After the fork, the parent
+/// lets every thread go. A process with no other thread pays only for
+/// listing its threads.
+///
+/// What it cannot cover, and what happens then (each counted in
+/// ``statistics`` and logged as a warning through ``logger``):
+/// - A thread that blocks `SIGSYS`, or that is stuck in the kernel, does not
+///   answer within 20 ms: the fork goes ahead without stopping the others.
+/// - Some thread inside the runtime at every look for 200 ms (a lazy global
+///   whose initializer runs that long, say): the fork goes ahead.
+/// - A parked thread that was blocked in the kernel while holding a lock
+///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
+///   watchdog lets the threads go, and the fork completes without them parked.
+/// - Locks of other libraries (Foundation's caches, a C library's own) are
+///   not judged: a child that needs one a parked thread held can still wait.
+///   The start methods spawn and forkserver have no such hazard.
+///
+/// A debugger stops on `SIGSYS` by default: in gdb, `handle SIGSYS nostop
+/// noprint pass`.
+public enum ForkSafety {
+    /// Counts of forks made by the library in this process, by how the stop went.
+    public struct Statistics: Sendable, Equatable {
+        /// Forks made.
+        public var forks = 0
+        /// Forks made with every other thread parked outside the runtime.
+        public var quiesced = 0
+        /// Forks with some thread that did not answer the signal.
+        public var unstoppable = 0
+        /// Forks with some thread inside the runtime at every look.
+        public var busy = 0
+        /// Forks during which the watchdog let the threads go.
+        public var releasedEarly = 0
+        /// Looks that found a thread inside the runtime or the C library.
+        public var retries = 0
+    }
+
+    /// The counts so far.
+    public static var statistics: Statistics {
+        counters.withLock { $0 }
+    }
+
+    /// Where warnings about forks that could not stop the world go. Silent by
+    /// default; set a logger of your own to see them.
+    public static var logger: Logger {
+        get { loggerBox.withLock { $0 } }
+        set { loggerBox.withLock { $0 = newValue } }
+    }
+
+    static let budgetNanoseconds: Int64 = 200_000_000
+    static let watchdogNanoseconds: Int64 = 100_000_000
+
+    private static let counters = Locked(Statistics())
+    private static let loggerBox = Locked(Logger(label: "swift-multiprocessing.fork", factory: { _ in SwiftLogNoOpLogHandler() }))
+
+    /// In the parent, after a fork: counts it and warns when the world could not be stopped.
+    static func record(_ report: cmp_quiesce_report_t) {
+        counters.withLock { statistics in
+            statistics.forks += 1
+            statistics.retries += Int(report.retries)
+            switch Int(report.outcome) {
+            case Int(CMP_QUIESCE_STOPPED): statistics.quiesced += 1
+            case Int(CMP_QUIESCE_UNSTOPPABLE): statistics.unstoppable += 1
+            case Int(CMP_QUIESCE_BUSY): statistics.busy += 1
+            case Int(CMP_QUIESCE_RELEASED_EARLY): statistics.releasedEarly += 1
+            default: break
+            }
+        }
+        let reason: String
+        switch Int(report.outcome) {
+        case Int(CMP_QUIESCE_STOPPED): return
+        case Int(CMP_QUIESCE_UNSTOPPABLE): reason = "a thread did not answer the park signal (it blocks SIGSYS, or is stuck in the kernel)"
+        case Int(CMP_QUIESCE_BUSY): reason = "a thread stayed inside the Swift runtime for the whole budget"
+        case Int(CMP_QUIESCE_RELEASED_EARLY): reason = "the fork waited on a lock a parked thread held; the threads were let go"
+        default: reason = "the park signal's handler could not be installed"
+        }
+        var metadata: Logger.Metadata = [
+            "fork.reason": "\(reason)",
+            "fork.looks": "\(report.retries)",
+            "fork.stop_ns": "\(report.elapsed_ns)",
+        ]
+        if report.unstoppable_thread != 0 { metadata["thread.id"] = "\(report.unstoppable_thread)" }
+        logger.warning("forked without stopping the other threads", metadata: metadata)
+    }
+}

@@ -1,0 +1,261 @@
+import CMultiprocessing
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Multiprocessing
+
+// Types for the fork-safety stress. The parent's churning threads build
+// `Left`/`Right` towers; children build `ChildLeft`/`ChildRight` ones, which
+// the parent never makes: every child needs new metadata, type names,
+// conformances and generic errors from the runtime, under its locks.
+
+struct Left<T> {}
+struct Right<T> {}
+struct ChildLeft<T> {}
+struct ChildRight<T> {}
+struct TowerFailure<T>: Error {}
+
+enum Tower {
+    /// A type unique to `number` (its binary digits as a tower of two
+    /// generic types), and the runtime work a first use of it costs.
+    static func climb<T>(_ type: T.Type, number: Int, child: Bool) -> String {
+        if number <= 1 { return touch(T.self) }
+        if child {
+            return number & 1 == 0
+                ? climb(ChildLeft<T>.self, number: number >> 1, child: true)
+                : climb(ChildRight<T>.self, number: number >> 1, child: true)
+        }
+        return number & 1 == 0
+            ? climb(Left<T>.self, number: number >> 1, child: false)
+            : climb(Right<T>.self, number: number >> 1, child: false)
+    }
+
+    /// A type name, two conformance look-ups and a thrown generic error.
+    static func touch<T>(_ type: T.Type) -> String {
+        var name = String(describing: type)
+        if type is any Equatable.Type { name += "=" }
+        if (type as Any.Type) is any Hashable.Type { name += "h" }
+        do {
+            throw TowerFailure<T>()
+        } catch {
+            name += "!"
+        }
+        return name
+    }
+}
+
+/// Threads that keep the runtime busy making new metadata until stopped.
+final class RuntimeChurn: Sendable {
+    private let stopped = Atomic<Bool>(false)
+    private let running = Atomic<Int>(0)
+    let made = Atomic<Int>(0)
+
+    init(threads: Int) {
+        for index in 0..<threads {
+            running.add(1, ordering: .relaxed)
+            let thread = Thread { [self] in
+                var number = 2 + index
+                while !stopped.load(ordering: .relaxed) {
+                    _ = Tower.climb(Int.self, number: number, child: false)
+                    number += threads
+                    made.add(1, ordering: .relaxed)
+                }
+                running.subtract(1, ordering: .releasing)
+            }
+            thread.start()
+        }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        while running.load(ordering: .acquiring) > 0 { sched_yield() }
+    }
+}
+
+/// Children started in 1_000_000 + 100 * run + index: a family the parent
+/// never climbs, different in every child.
+func childNumber(_ index: Int) -> Int { 1_000_000 + index * 7919 }
+
+// Serialized: the tests read process-wide fork counts, and one blocks the
+// park signal on purpose.
+@Suite("Fork safety", .serialized)
+struct ForkSafetyTests {
+    @Test("closure children and closure pool maps never hang while other threads churn the runtime")
+    func stress() throws {
+        let before = ForkSafety.statistics
+        let churn = RuntimeChurn(threads: 3)
+        defer { churn.stop() }
+        while churn.made.load(ordering: .relaxed) < 100 { sched_yield() }
+
+        var hung = 0
+        var finished = 0
+        let children = 150
+        for index in 0..<children {
+            let number = childNumber(index)
+            let process = ChildProcess {
+                let name = Tower.climb(Int.self, number: number, child: true)
+                if name.isEmpty { throw Refusal(reason: "no name") }
+            }
+            try process.start()
+            if try process.join(timeout: .seconds(10)) == nil {
+                hung += 1
+                if ProcessInfo.processInfo.environment["FORK_STRESS_HOLD"] != nil { print("HUNG CHILD \(process.pid!)"); sleep(60) }
+                try process.kill()
+                _ = try process.join()
+            } else {
+                #expect(process.exitCode == 0)
+                finished += 1
+            }
+        }
+
+        var mapped = 0
+        var timedOut = 0
+        try withProcessPool(processes: 2) { pool in
+            for round in 0..<15 {
+                let items = Array(0..<8).map { childNumber(children + round * 8 + $0) }
+                let results = try pool.mapAsync(items, chunkSize: 1, timeout: .seconds(10)) { number in
+                    Tower.climb(Int.self, number: number, child: true).count
+                }.results()
+                for result in results {
+                    switch result {
+                    case .success(let count): #expect(count > 0); mapped += 1
+                    case .failure(.timedOut): timedOut += 1
+                    case .failure(let error): Issue.record("a mapped item failed: \(error)")
+                    }
+                }
+            }
+        }
+        churn.stop()
+        let after = ForkSafety.statistics
+        let forks = after.forks - before.forks
+        let quiesced = after.quiesced - before.quiesced
+        print("fork safety stress: \(finished)/\(children) children finished, \(hung) hung; \(mapped) mapped items, \(timedOut) timed out; forks \(forks), quiesced \(quiesced), looks again \(after.retries - before.retries), runtime metadata made by the churn \(churn.made.load(ordering: .relaxed))")
+        #expect(hung == 0)
+        #expect(timedOut == 0)
+        #expect(finished == children)
+        #expect(mapped == 15 * 8)
+        #expect(quiesced == forks, "every fork stopped the world: \(after)")
+    }
+
+    @Test("a fork while another thread runs a lazy global's initializer: the child finishes")
+    func forkDuringLazyGlobal() throws {
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        SlowGlobal.hooks = (entered, release)
+        let thread = Thread { _ = SlowGlobal.value }
+        thread.start()
+        entered.wait()
+        defer { release.signal() }
+        let before = ForkSafety.statistics
+        for index in 0..<5 {
+            let number = childNumber(10_000 + index)
+            let process = ChildProcess { _ = Tower.climb(Int.self, number: number, child: true) }
+            try process.start()
+            let code = try process.join(timeout: .seconds(10))
+            if code == nil { try process.kill(); _ = try process.join() }
+            #expect(code == 0)
+        }
+        let after = ForkSafety.statistics
+        #expect(after.quiesced - before.quiesced >= 5)
+        #expect(after.quiesced - before.quiesced == after.forks - before.forks)
+    }
+
+    @Test("a fork while other threads print: every child finishes and prints whole lines")
+    func forkDuringPrint() throws {
+        let stop = Atomic<Bool>(false)
+        let printers = Atomic<Int>(0)
+        for _ in 0..<2 {
+            printers.add(1, ordering: .relaxed)
+            Thread {
+                while !stop.load(ordering: .relaxed) {
+                    // Takes and lets go stdout's lock, printing nothing.
+                    print("", terminator: "")
+                }
+                printers.subtract(1, ordering: .releasing)
+            }.start()
+        }
+        defer {
+            stop.store(true, ordering: .relaxed)
+            while printers.load(ordering: .acquiring) > 0 { sched_yield() }
+        }
+        for index in 0..<20 {
+            let number = childNumber(20_000 + index)
+            let process = ChildProcess {
+                print("", terminator: Tower.climb(Int.self, number: number, child: true).isEmpty ? "!" : "")
+            }
+            try process.start()
+            let code = try process.join(timeout: .seconds(10))
+            if code == nil { try process.kill(); _ = try process.join() }
+            #expect(code == 0)
+        }
+    }
+
+    @Test("a fork while another thread holds a library lock: the fork waits for it, and the child finishes")
+    func forkDuringLibraryLock() throws {
+        let held = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        Thread {
+            ChildRegistry.shared.forkLock.withLock { _ in
+                held.signal()
+                release.wait()
+            }
+        }.start()
+        held.wait()
+        let process = ChildProcess { _ = Tower.climb(Int.self, number: childNumber(30_000), child: true) }
+        let started = Atomic<Bool>(false)
+        Thread {
+            try? process.start()
+            started.store(true, ordering: .releasing)
+        }.start()
+        release.signal()
+        while !started.load(ordering: .acquiring) { sched_yield() }
+        let code = try process.join(timeout: .seconds(10))
+        if code == nil { try process.kill(); _ = try process.join() }
+        #expect(code == 0)
+    }
+
+    @Test("a thread that blocks the park signal: the fork goes ahead within the bound and says so")
+    func unstoppableThread() throws {
+        let blocked = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        Thread {
+            var set = sigset_t()
+            sigfillset(&set)
+            pthread_sigmask(SIG_BLOCK, &set, nil)
+            blocked.signal()
+            release.wait()
+        }.start()
+        blocked.wait()
+        defer { release.signal() }
+        let before = ForkSafety.statistics
+        let process = ChildProcess {}
+        try process.start()
+        #expect(try process.join(timeout: .seconds(10)) == 0)
+        let after = ForkSafety.statistics
+        #expect(after.unstoppable - before.unstoppable >= 1)
+    }
+
+    @Test("a SIGSYS that is not the library's still reaches the handler that was there before")
+    func foreignSIGSYS() throws {
+        // In a child, whose handler (inherited, or installed by its own fork) is the library's.
+        let raiser = ChildProcess {
+            let child = try OSProcess.fork()
+            if case .parent(let pid) = child { _ = try OSProcess.wait(pid) } else { OSProcess.exit(0) }
+            raise(SIGSYS)  // default action: the process dies of SIGSYS
+            OSProcess.exit(0)
+        }
+        try raiser.start()
+        #expect(try raiser.join(timeout: .seconds(10)) == -SIGSYS)
+    }
+}
+
+/// A lazy global whose initializer waits until the test lets it finish.
+enum SlowGlobal {
+    nonisolated(unsafe) static var hooks: (entered: DispatchSemaphore, release: DispatchSemaphore)?  // set before the one thread that reads it starts
+    static let value: Int = {
+        hooks?.entered.signal()
+        hooks?.release.wait()
+        return 42
+    }()
+}
