@@ -414,6 +414,54 @@ static int await_parked(long long deadline) {
     }
 }
 
+/* Whether thread `tid` has the park signal blocked (its SigBlk line in
+   /proc/self/task/TID/status). Raw reads into a static buffer. */
+/* Reads /proc/self/task/TID/NAME into `buffer`, NUL-terminated; its
+   length, or -1 (ENOENT: the thread is gone). */
+static ssize_t read_task_file(pid_t tid, const char *name, char *buffer, size_t size) {
+    char path[64] = "/proc/self/task/";
+    char digits[16];
+    int count = 0;
+    for (unsigned value = (unsigned)tid; count == 0 || value > 0; value /= 10) digits[count++] = (char)('0' + value % 10);
+    size_t at = strlen(path);
+    while (count > 0) path[at++] = digits[--count];
+    path[at++] = '/';
+    size_t name_length = strlen(name);
+    memcpy(path + at, name, name_length + 1);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) return -1;
+    ssize_t length = read(fd, buffer, size - 1);
+    close(fd);
+    if (length < 0) return -1;
+    buffer[length] = 0;
+    return length;
+}
+
+/* Whether thread `tid` has ended (gone, or a zombie): it runs no code and
+   never answers. */
+static int thread_ended(pid_t tid) {
+    static char buffer[1024];
+    if (read_task_file(tid, "stat", buffer, sizeof buffer) <= 0) return 1;
+    const char *close_paren = strrchr(buffer, ')');
+    if (close_paren == NULL || close_paren[1] == 0) return 0;
+    char state = close_paren[2];
+    return state == 'Z' || state == 'X';
+}
+
+static int blocks_park_signal(pid_t tid) {
+    static char buffer[4096];
+    if (read_task_file(tid, "status", buffer, sizeof buffer) <= 0) return 0;
+    const char *line = strstr(buffer, "SigBlk:");
+    if (line == NULL) return 0;
+    line += 7;
+    while (*line == ' ' || *line == '\t') line++;
+    unsigned long long mask = 0;
+    for (; (*line >= '0' && *line <= '9') || (*line >= 'a' && *line <= 'f'); line++) {
+        mask = mask * 16 + (unsigned long long)(*line <= '9' ? *line - '0' : *line - 'a' + 10);
+    }
+    return (int)((mask >> (PARK_SIGNAL - 1)) & 1);
+}
+
 /* ---- Judging a parked thread ---- */
 
 /* The stack mapping (from /proc/self/maps) of every parked slot whose sp
@@ -510,6 +558,25 @@ static int looks_like_return_address(uintptr_t word) {
 /* The verdict on one parked thread: 0 safe; CMP_QUIESCE_IN_RUNTIME if its
    pc or a return address on its frame-pointer chain is in the runtime's
    C++ code; CMP_QUIESCE_IN_SYSTEM if it was running C library code. */
+/* Whether the frame-pointer chain from `frame` runs, every link higher
+   and every return address a return address, to its end: a zero link, or
+   a link that leaves the stack from a frame of the C library's (the
+   thread's first frames, which keep no frame pointers). */
+static int whole_chain(uintptr_t frame, uintptr_t high) {
+    for (int n = 0; n < 4096; n++) {
+        const uintptr_t *record = (const uintptr_t *)frame;
+        uintptr_t next = record[0], ret = record[1];
+        if (!looks_like_return_address(ret)) return 0;
+        if (next == 0) return 1;
+        if (next <= frame || next > high - 2 * sizeof(uintptr_t) || (next & (sizeof(uintptr_t) - 1))) {
+            return in_system_code(ret);
+        }
+        frame = next;
+    }
+    return 0;
+}
+
+static uintptr_t culprit;
 static int in_once_slow(uintptr_t ret) { return ret > once_range.start && ret <= once_range.end; }
 
 static int is_runtime_return(uintptr_t ret) {
@@ -529,6 +596,7 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
     *hijack = 0;
     int verdict = 0;
     int candidate_pending = 0;  /* the next frame record found belongs to a runtime function */
+    culprit = slot->pc;
     if (in_ranges(runtime_ranges, runtime_range_count, slot->pc)) {
         verdict = CMP_QUIESCE_IN_RUNTIME;
         candidate_pending = 1;
@@ -538,25 +606,24 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
     if (slot->stack_high == 0) return verdict ? verdict : CMP_QUIESCE_UNKNOWN;
     uintptr_t low = slot->sp, high = slot->stack_high, frame = slot->bp;
     if (in_system) {
-        /* The C library keeps no frame pointers: rbp is any value. Find the
-           first return address into code outside it (its caller, which may
-           be the runtime), then the first frame record above that. */
-        const uintptr_t *word = (const uintptr_t *)low;
-        const uintptr_t *limit = (const uintptr_t *)(low + 8192 < high ? low + 8192 : high - 2 * sizeof(uintptr_t));
-        frame = 0;
-        for (; word < limit; word++) {
-            if (in_system_code(*word) || !looks_like_return_address(*word)) continue;
-            if (is_runtime_return(*word)) {
-                verdict = CMP_QUIESCE_IN_RUNTIME;
-                candidate_pending = 1;
-            }
-            for (const uintptr_t *record = word + 1; record < limit; record++) {
-                if (record[0] > (uintptr_t)record && record[0] < high && looks_like_return_address(record[1])) {
+        /* The C library keeps no frame pointers: rbp may be any value, and
+           its frames hold stale words of earlier calls (return addresses
+           too). Take rbp if a whole chain runs from it, else the first frame
+           record above sp from which one does: its chain is the thread's
+           callers (and the caller of the C library function, when that one
+           saved rbp first). Good for a verdict, never for a hijack. */
+        if (!(frame >= low && frame <= high - 2 * sizeof(uintptr_t) && !(frame & (sizeof(uintptr_t) - 1)) &&
+              whole_chain(frame, high))) {
+            const uintptr_t *record = (const uintptr_t *)low;
+            const uintptr_t *limit = (const uintptr_t *)(low + 16384 < high ? low + 16384 : high - 2 * sizeof(uintptr_t));
+            frame = 0;
+            for (; record < limit; record++) {
+                if (record[0] > (uintptr_t)record && record[0] < high && !(record[0] & (sizeof(uintptr_t) - 1)) &&
+                    looks_like_return_address(record[1]) && whole_chain((uintptr_t)record, high)) {
                     frame = (uintptr_t)record;
                     break;
                 }
             }
-            break;
         }
         if (frame == 0) return verdict ? verdict : CMP_QUIESCE_UNKNOWN;
         low = frame;
@@ -571,6 +638,7 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
             candidate_pending = 0;
         }
         if (is_runtime_return(ret)) {
+            if (verdict == 0) culprit = ret;
             verdict = CMP_QUIESCE_IN_RUNTIME;
             candidate_pending = 1;
         }
@@ -578,8 +646,9 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
         low = frame + 2 * sizeof(uintptr_t);
         frame = next;
     }
-    /* The outermost runtime frame's record was not reached: no hijack. */
-    if (candidate_pending) *hijack = 0;
+    /* The outermost runtime frame's record was not reached, or the chain
+       was found by a guess: no hijack. */
+    if (candidate_pending || in_system) *hijack = 0;
     return verdict;
 }
 
@@ -678,7 +747,7 @@ static int hijack_and_release(int index, uintptr_t slot_address) {
     if (slot_address < slot->sp || slot_address + sizeof(uintptr_t) > slot->stack_high) return -1;
     if (hijack_of(slot->tid) != NULL) return -1;  /* one at a time per thread */
     uintptr_t *where = (uintptr_t *)slot_address;
-    if (*where == (uintptr_t)cmp_hijack_trampoline) return -1;
+    if (*where == (uintptr_t)cmp_hijack_trampoline || !looks_like_return_address(*where)) return -1;
     hijack_t *free_entry = hijack_of(0);
     if (free_entry == NULL) return -1;
     free_entry->slot = where;
@@ -722,18 +791,36 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
         for (;;) {
             int added = enlist_new_threads(self);
             if (added < 0) { release_all(); return CMP_QUIESCE_FAILED; }
-            long long park_deadline = now_ns() + 20000000LL;  /* 20 ms to answer */
+            /* 20 ms to answer; then a thread that blocks the signal is given
+               up on at once, and one that is only slow (no CPU to spare, or
+               in the kernel) is waited for until the budget runs out. */
+            long long park_deadline = now_ns() + 20000000LL;
             if (park_deadline > deadline) park_deadline = deadline;
             int pending = await_parked(park_deadline);
-            if (pending > 0) {
-                int stuck = 0;
+            while (pending > 0) {
+                int given_up = 0;
                 for (int i = 0; i < slot_count; i++) {
-                    if (atomic_load_explicit(&slots[i].state, memory_order_acquire) == SLOT_REQUESTED && withdraw_slot(i)) {
-                        if (stuck == 0) report->unstoppable_thread = slots[i].tid;
-                        stuck++;
+                    if (atomic_load_explicit(&slots[i].state, memory_order_acquire) != SLOT_REQUESTED) continue;
+                    if (thread_ended(slots[i].tid)) {
+                        withdraw_slot(i);
+                    } else if (blocks_park_signal(slots[i].tid)) {
+                        report->unstoppable_thread = slots[i].tid;
+                        given_up = 1;
                     }
                 }
-                if (stuck > 0) { release_all(); return CMP_QUIESCE_UNSTOPPABLE; }
+                if (given_up) { pending = -1; break; }
+                if (now_ns() >= deadline) break;
+                long long next_check = now_ns() + 20000000LL;
+                pending = await_parked(next_check < deadline ? next_check : deadline);
+            }
+            if (pending != 0) {
+                for (int i = 0; i < slot_count; i++) {
+                    if (atomic_load_explicit(&slots[i].state, memory_order_acquire) == SLOT_REQUESTED && withdraw_slot(i)) {
+                        if (report->unstoppable_thread == 0) report->unstoppable_thread = slots[i].tid;
+                    }
+                }
+                release_all();
+                return CMP_QUIESCE_UNSTOPPABLE;
             }
             if (added == 0) break;
         }
@@ -755,9 +842,9 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
                 uintptr_t hijack = 0;
                 slot->verdict = judge(slot, &frames, &hijack);
                 slot->hijack = hijack;
-                if (getenv("CMP_QUIESCE_DEBUG") && getenv("CMP_QUIESCE_DEBUG")[0] == '2') {
+                if (getenv("CMP_QUIESCE_DEBUG") && getenv("CMP_QUIESCE_DEBUG")[0] == '2' && look > 30 && slot->verdict) {
                     char line[200];
-                    int n = snprintf(line, sizeof line, "tid %d hijack %lx pc %lx verdict %d frames %d stack %lx-%lx sp %lx bp %lx\n", slot->tid, (unsigned long)hijack, (unsigned long)slot->pc, slot->verdict, frames, (unsigned long)slot->stack_low, (unsigned long)slot->stack_high, (unsigned long)slot->sp, (unsigned long)slot->bp);
+                    int n = snprintf(line, sizeof line, "tid %d culprit %lx hijack %lx pc %lx verdict %d frames %d stack %lx-%lx sp %lx bp %lx\n", slot->tid, (unsigned long)culprit, (unsigned long)hijack, (unsigned long)slot->pc, slot->verdict, frames, (unsigned long)slot->stack_low, (unsigned long)slot->stack_high, (unsigned long)slot->sp, (unsigned long)slot->bp);
                     write(2, line, (size_t)n);
                 }
                 if (frames > report->deepest_stack) report->deepest_stack = frames;
@@ -870,7 +957,9 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         if (atomic_load_explicit(&watchdog_fired, memory_order_relaxed)) report->outcome = CMP_QUIESCE_RELEASED_EARLY;
         slot_count = 0;
     }
-    pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+    /* A child bound to its parent starts with no signal blocked (cmp_fork);
+       otherwise it keeps the caller's mask, as the parent does. */
+    if (pid != 0 || death_signal == 0) pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
     pthread_mutex_unlock(&stopping);
     errno = saved_errno;
     return pid;

@@ -174,7 +174,12 @@ int cmp_futex_condition_wait(cmp_futex_condition_t *condition, cmp_lock_t *lock,
     __atomic_add_fetch(&condition->sleepers, 1, __ATOMIC_ACQ_REL);
     cmp_lock_release(lock);
     /* Shared (not private) futex: the word is in memory other processes map. */
-    long rc = syscall(SYS_futex, &condition->sequence, FUTEX_WAIT_BITSET, sequence, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    /* A signal (the library's own, stopping threads for a fork) is not a
+       wake-up: wait again for the same sequence until the absolute deadline. */
+    long rc;
+    do {
+        rc = syscall(SYS_futex, &condition->sequence, FUTEX_WAIT_BITSET, sequence, deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    } while (rc == -1 && errno == EINTR && __atomic_load_n(&condition->sequence, __ATOMIC_ACQUIRE) == sequence);
     int timed_out = rc == -1 && errno == ETIMEDOUT;
     cmp_lock_acquire(lock, -1);
     __atomic_sub_fetch(&condition->sleepers, 1, __ATOMIC_ACQ_REL);
