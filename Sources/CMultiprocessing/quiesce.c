@@ -7,9 +7,13 @@
    forking thread parks every other thread in a signal handler that only
    waits, reads where each one stopped, and forks only when none of them is
    inside the runtime's C++ code (or inside the C library's own locked
-   paths, which fork itself needs: malloc's arenas). A thread found inside is
-   let run a little and looked at again; the others stay parked meanwhile, so
-   they cannot go in. After the fork, the parent lets them all go.
+   paths, which fork itself needs: malloc's arenas). A thread found inside the
+   runtime is let run until its outermost runtime call returns (the return
+   address is pointed at a trampoline that parks it); one inside the C
+   library is let run a moment and looked at again. The others stay parked
+   meanwhile, so they cannot go in. After the fork, the parent lets them all
+   go. Whatever cannot be stopped or judged within the budget is reported,
+   and the fork goes ahead as a plain one.
 
    The signal is SIGSYS, sent with a cookie: Dispatch's worker threads (and
    so Swift's cooperative pool on Linux) block every signal but the
@@ -30,7 +34,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -239,7 +242,18 @@ typedef struct {
 
 static park_slot_t slots[MAX_THREADS];
 static int slot_count;
+
+/* Each thread's stack mapping, kept from one stop to the next: reading
+   /proc/self/maps costs more than the rest of a stop. An entry is trusted
+   only if its thread was there at the previous stop too (every stop lists
+   every thread, so a gap means the thread ended and the id may be reused). */
+typedef struct { pid_t tid; uint32_t seen; uintptr_t low, high; } stack_entry_t;
+static stack_entry_t stack_cache[MAX_THREADS];
+static uint32_t stop_generation;
 static _Atomic uint32_t arrivals;
+/* The stopper sleeps until `arrivals` reaches `wake_at`: one wake-up per
+   wait, not one per parked thread. */
+static _Atomic uint32_t wake_at;
 static uint32_t cookie;
 static pid_t owner_pid;
 static struct sigaction previous_action;
@@ -247,6 +261,13 @@ static _Atomic int handler_installed;
 
 static long futex(_Atomic uint32_t *word, int op, uint32_t value, const struct timespec *timeout) {
     return syscall(SYS_futex, (uint32_t *)word, op, value, timeout, NULL, 0);
+}
+
+static void announce_arrival(void) {
+    uint32_t now = atomic_fetch_add_explicit(&arrivals, 1, memory_order_seq_cst) + 1;
+    if ((int32_t)(now - atomic_load_explicit(&wake_at, memory_order_seq_cst)) >= 0) {
+        futex(&arrivals, FUTEX_WAKE_PRIVATE, 1, NULL);
+    }
 }
 
 static void chain_previous(int sig, siginfo_t *info, void *context) {
@@ -297,8 +318,7 @@ static void park_handler(int sig, siginfo_t *info, void *context) {
     /* The stopper may have given up on this request: then it is not ours to park. */
     if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
                                                 memory_order_acq_rel, memory_order_acquire)) {
-        atomic_fetch_add_explicit(&arrivals, 1, memory_order_release);
-        futex(&arrivals, FUTEX_WAKE_PRIVATE, 1, NULL);
+        announce_arrival();
         while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
             futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
         }
@@ -388,6 +408,16 @@ static int enlist_new_threads(pid_t self) {
             int index = slot_count++;
             slots[index].tid = tid;
             slots[index].stack_low = slots[index].stack_high = 0;
+            for (int c = 0; c < MAX_THREADS; c++) {
+                stack_entry_t *entry = &stack_cache[c];
+                if (entry->tid != tid) continue;
+                if (entry->seen + 1 == stop_generation || entry->seen == stop_generation) {
+                    slots[index].stack_low = entry->low;
+                    slots[index].stack_high = entry->high;
+                }
+                entry->seen = stop_generation;
+                break;
+            }
             if (request_park(index) == 0) added++;
         }
     }
@@ -399,13 +429,15 @@ static int enlist_new_threads(pid_t self) {
    the number still pending. */
 static int await_parked(long long deadline) {
     for (;;) {
-        uint32_t seen = atomic_load_explicit(&arrivals, memory_order_acquire);
+        uint32_t seen = atomic_load_explicit(&arrivals, memory_order_seq_cst);
         int pending = 0;
         for (int i = 0; i < slot_count; i++) {
             uint32_t state = atomic_load_explicit(&slots[i].state, memory_order_acquire);
             if (state == SLOT_REQUESTED || state == SLOT_HIJACKED) pending++;
         }
         if (pending == 0) return 0;
+        atomic_store_explicit(&wake_at, seen + (uint32_t)pending, memory_order_seq_cst);
+        if (atomic_load_explicit(&arrivals, memory_order_seq_cst) != seen) continue;
         long long left = deadline - now_ns();
         if (left <= 0) return pending;
         if (left > 1000000) left = 1000000;
@@ -466,6 +498,21 @@ static int blocks_park_signal(pid_t tid) {
 
 /* The stack mapping (from /proc/self/maps) of every parked slot whose sp
    is outside the range found for it before. Static buffer, raw reads. */
+static void remember_stack(pid_t tid, uintptr_t low, uintptr_t high) {
+    stack_entry_t *free_entry = NULL, *oldest = &stack_cache[0];
+    for (int c = 0; c < MAX_THREADS; c++) {
+        stack_entry_t *entry = &stack_cache[c];
+        if (entry->tid == tid) { free_entry = entry; break; }
+        if (free_entry == NULL && entry->tid == 0) free_entry = entry;
+        if (entry->seen < oldest->seen) oldest = entry;
+    }
+    if (free_entry == NULL) free_entry = oldest;
+    free_entry->tid = tid;
+    free_entry->seen = stop_generation;
+    free_entry->low = low;
+    free_entry->high = high;
+}
+
 static void find_stacks(void) {
     int missing = 0;
     for (int i = 0; i < slot_count; i++) {
@@ -503,6 +550,7 @@ static void find_stacks(void) {
                     if (slot->stack_high == 0 && slot->sp >= low && slot->sp < high) {
                         slot->stack_low = low;
                         slot->stack_high = high;
+                        remember_stack(slot->tid, low, high);
                     }
                 }
             }
@@ -576,7 +624,6 @@ static int whole_chain(uintptr_t frame, uintptr_t high) {
     return 0;
 }
 
-static uintptr_t culprit;
 static int in_once_slow(uintptr_t ret) { return ret > once_range.start && ret <= once_range.end; }
 
 static int is_runtime_return(uintptr_t ret) {
@@ -596,7 +643,6 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
     *hijack = 0;
     int verdict = 0;
     int candidate_pending = 0;  /* the next frame record found belongs to a runtime function */
-    culprit = slot->pc;
     if (in_ranges(runtime_ranges, runtime_range_count, slot->pc)) {
         verdict = CMP_QUIESCE_IN_RUNTIME;
         candidate_pending = 1;
@@ -625,7 +671,15 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
                 }
             }
         }
-        if (frame == 0) return verdict ? verdict : CMP_QUIESCE_UNKNOWN;
+        if (frame == 0) {
+            /* No chain (code without frame pointers all the way, like
+               Foundation's C threads): every word of the live stack that is
+               a return address into the runtime counts. */
+            for (const uintptr_t *word = (const uintptr_t *)low; word < (const uintptr_t *)(high - sizeof(uintptr_t)); word++) {
+                if (is_runtime_return(*word) && looks_like_return_address(*word)) return CMP_QUIESCE_IN_RUNTIME;
+            }
+            return verdict;
+        }
         low = frame;
     }
     for (int n = 0; n < 4096; n++) {
@@ -638,7 +692,6 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
             candidate_pending = 0;
         }
         if (is_runtime_return(ret)) {
-            if (verdict == 0) culprit = ret;
             verdict = CMP_QUIESCE_IN_RUNTIME;
             candidate_pending = 1;
         }
@@ -727,8 +780,7 @@ uintptr_t cmp_hijack_landed(uintptr_t sp, uintptr_t bp) {
         uint32_t expected = SLOT_HIJACKED;
         if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
                                                     memory_order_acq_rel, memory_order_acquire)) {
-            atomic_fetch_add_explicit(&arrivals, 1, memory_order_release);
-            futex(&arrivals, FUTEX_WAKE_PRIVATE, 1, NULL);
+            announce_arrival();
             while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
                 futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
             }
@@ -786,6 +838,7 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
     pid_t self = (pid_t)syscall(SYS_gettid);
     long long start = now_ns(), deadline = start + budget_ns;
     slot_count = 0;
+    stop_generation++;
     for (int attempt = 0;; attempt++) {
         /* Everyone, until no new thread appears (a running one may start one). */
         for (;;) {
@@ -842,11 +895,6 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
                 uintptr_t hijack = 0;
                 slot->verdict = judge(slot, &frames, &hijack);
                 slot->hijack = hijack;
-                if (getenv("CMP_QUIESCE_DEBUG") && getenv("CMP_QUIESCE_DEBUG")[0] == '2' && look > 30 && slot->verdict) {
-                    char line[200];
-                    int n = snprintf(line, sizeof line, "tid %d culprit %lx hijack %lx pc %lx verdict %d frames %d stack %lx-%lx sp %lx bp %lx\n", slot->tid, (unsigned long)culprit, (unsigned long)hijack, (unsigned long)slot->pc, slot->verdict, frames, (unsigned long)slot->stack_low, (unsigned long)slot->stack_high, (unsigned long)slot->sp, (unsigned long)slot->bp);
-                    write(2, line, (size_t)n);
-                }
                 if (frames > report->deepest_stack) report->deepest_stack = frames;
                 if (slot->verdict != 0) {
                     unsafe++;
@@ -937,11 +985,6 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     long long start = now_ns();
     report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
-    if (getenv("CMP_QUIESCE_DEBUG")) {
-        char line[200];
-        int n = snprintf(line, sizeof line, "quiesce outcome %d threads %d hijacks %d retries %d runtime %d system %d elapsed %lld us\n", report->outcome, report->threads, report->hijacks, report->retries, report->seen_in_runtime, report->seen_in_system, report->elapsed_ns / 1000);
-        write(2, line, (size_t)n);
-    }
     int timer = -1;
     atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
     if (report->outcome == CMP_QUIESCE_STOPPED) timer = arm_watchdog(watchdog_ns);
@@ -951,6 +994,7 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         /* The child has none of those threads, and no timer. */
         slot_count = 0;
         for (int i = 0; i < MAX_THREADS; i++) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
+        memset(stack_cache, 0, sizeof stack_cache);
     } else {
         if (timer != -1) syscall(SYS_timer_delete, timer);
         if (report->outcome == CMP_QUIESCE_STOPPED) release_all();

@@ -78,6 +78,11 @@ struct Benchmarks: ParsableCommand {
         if rows.contains(where: \.pinned) {
             print("\n¹ every process of both sides on one CPU (see Scenario.pinned)")
         }
+        let forks = ForkSafety.statistics
+        if forks.forks > 0 {
+            let perFork = forks.stopping / forks.forks
+            print("\nforks: \(forks.forks), \(forks.quiesced) with the world stopped, \(forks.retries) looks again; stopping took \(perFork) per fork")
+        }
         if let json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

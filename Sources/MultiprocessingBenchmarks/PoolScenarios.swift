@@ -42,6 +42,27 @@ struct Spin: ProcessFunction {
     }
 }
 
+/// One closure map of x² over `count` Ints on a new pool of two: workers
+/// forked for the call, each holding the items already (Python's
+/// `p.map(square, range(n))` sends them).
+@Sendable func poolClosureMap(_ count: Int) throws {
+    let items = Array(0..<count)
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+        let squares = try pool.map(items) { x in x &* x }
+        guard squares.last == (count - 1) * (count - 1) else { throw BenchmarkFailure(description: "wrong result") }
+    }
+}
+
+/// `count` closure applyAsync+get round trips, one at a time: a forked
+/// worker per call (Python's `apply_async(square, (i,))` runs in a warm pool).
+@Sendable func poolClosureApply(_ count: Int) throws {
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+        for i in 0..<count {
+            guard try pool.applyAsync({ i &* i }).get() == i * i else { throw BenchmarkFailure(description: "wrong result") }
+        }
+    }
+}
+
 /// A CPU-bound map on two workers (small chunks: the last chunk to end sets
 /// the time, and a 50-item chunk is 37 ms)…
 @Sendable func poolSpin(_ count: Int) throws {
@@ -60,5 +81,7 @@ struct Spin: ProcessFunction {
 let poolScenarios: [Scenario] = [
     Scenario(name: "pool.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolMap),
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
+    Scenario(name: "pool.closure.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolClosureMap),
+    Scenario(name: "pool.closure.apply", unit: "round trips", count: 1000, quickCount: 50, baseline: .python("pool.apply"), run: poolClosureApply),
     Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
 ]

@@ -14,33 +14,41 @@ import Synchronization
 ///
 /// Every fork the library makes — ``ChildProcess`` closures, the fork start
 /// method, the workers of closure pool calls, ``OSProcess/fork()`` — first
-/// stops the world: each other thread of the process is sent a signal
-/// (`SIGSYS`, marked as the library's; the one signal Dispatch's threads
-/// leave open besides the synchronous ones) whose handler only waits. The
-/// forking thread looks at where each one stopped — its instruction and,
-/// through the frame-pointer chain, every caller — and forks only when none
-/// is inside the runtime's C++ code (judged from `libswiftCore`'s symbol
-/// table) or running the C library's own locked code (malloc, stdio's list),
-/// which `fork` itself takes. A thread found inside is let run a little and
-/// looked at again while the others stay parked. After the fork, the parent
-/// lets every thread go. A process with no other thread pays only for
-/// listing its threads.
+/// stops the world: each other thread of the process is sent `SIGSYS`,
+/// marked as the library's (the one asynchronous signal Dispatch's threads,
+/// and so Swift concurrency's, leave open), whose handler only waits. The
+/// forking thread reads where each one stopped and walks its frame-pointer
+/// chain against `libswiftCore`'s symbol table. A thread inside the
+/// runtime's C++ code is let run until its outermost runtime call returns —
+/// that return address is pointed at a trampoline that parks it — while the
+/// others stay parked; one running the C library's own locked code (malloc,
+/// whose locks `fork` itself takes) is looked at again a moment later. The
+/// fork happens when no thread is inside; then the parent lets every thread
+/// go. A process with no other thread pays only for listing its threads.
 ///
 /// What it cannot cover, and what happens then (each counted in
 /// ``statistics`` and logged as a warning through ``logger``):
-/// - A thread that blocks `SIGSYS`, or that is stuck in the kernel, does not
-///   answer within 20 ms: the fork goes ahead without stopping the others.
-/// - Some thread inside the runtime at every look for 200 ms (a lazy global
-///   whose initializer runs that long, say): the fork goes ahead.
+/// - A thread that blocks `SIGSYS` does not answer: after 20 ms the fork goes
+///   ahead without stopping the others. So does one that answers nothing for
+///   200 ms (stuck in the kernel).
+/// - Some thread inside the runtime for 200 ms on end: the fork goes ahead.
 /// - A parked thread that was blocked in the kernel while holding a lock
 ///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
 ///   watchdog lets the threads go, and the fork completes without them parked.
+/// - A lazy global whose initializer runs on another thread at the fork
+///   cannot be used in the child (its initializer cannot finish there).
 /// - Locks of other libraries (Foundation's caches, a C library's own) are
 ///   not judged: a child that needs one a parked thread held can still wait.
 ///   The start methods spawn and forkserver have no such hazard.
 ///
-/// A debugger stops on `SIGSYS` by default: in gdb, `handle SIGSYS nostop
-/// noprint pass`.
+/// Threads of the program see `EINTR` from system calls that a signal
+/// handler interrupts and the kernel does not restart (`poll`, `epoll_wait`,
+/// `select`, `nanosleep`); code that retries `EINTR` is unaffected. A
+/// debugger stops on `SIGSYS` by default: in gdb, `handle SIGSYS nostop
+/// noprint pass`. Setting `SWIFT_MULTIPROCESSING_NO_HIJACK` in the
+/// environment keeps return addresses untouched (threads inside the runtime
+/// are then only looked at again, which under heavy runtime use can run out
+/// the budget).
 public enum ForkSafety {
     /// Counts of forks made by the library in this process, by how the stop went.
     public struct Statistics: Sendable, Equatable {
@@ -56,6 +64,8 @@ public enum ForkSafety {
         public var releasedEarly = 0
         /// Looks that found a thread inside the runtime or the C library.
         public var retries = 0
+        /// Time spent stopping the other threads, all forks together.
+        public var stopping: Duration = .zero
     }
 
     /// The counts so far.
@@ -81,6 +91,7 @@ public enum ForkSafety {
         counters.withLock { statistics in
             statistics.forks += 1
             statistics.retries += Int(report.retries)
+            statistics.stopping += .nanoseconds(report.elapsed_ns)
             switch Int(report.outcome) {
             case Int(CMP_QUIESCE_STOPPED): statistics.quiesced += 1
             case Int(CMP_QUIESCE_UNSTOPPABLE): statistics.unstoppable += 1
