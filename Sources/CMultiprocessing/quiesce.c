@@ -34,6 +34,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -572,10 +573,14 @@ static int in_system_code(uintptr_t pc) {
    middle of malloc's or the loader's own code, whose locks fork takes. (A
    parked thread blocked in the kernel while holding one of those is what
    the watchdog is for.) */
-static int at_system_call(uintptr_t pc) {
+static int at_system_call(const park_slot_t *slot) {
+    uintptr_t pc = slot->pc;
     if (pc < 2 || !in_system_code(pc - 2)) return 0;
     const unsigned char *code = (const unsigned char *)pc;
+    /* A wait the kernel will restart: blocked, holding nothing fork takes. */
     if (in_system_code(pc + 1) && code[0] == 0x0f && code[1] == 0x05) return 1;
+    /* Right after one. (One that completed under a lock fork needs, malloc's
+       mmap under an arena lock, is what the watchdog is for.) */
     return code[-2] == 0x0f && code[-1] == 0x05;
 }
 
@@ -648,7 +653,7 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
         candidate_pending = 1;
     }
     int in_system = in_system_code(slot->pc);
-    if (in_system && !at_system_call(slot->pc)) return CMP_QUIESCE_IN_SYSTEM;
+    if (in_system && !at_system_call(slot)) return CMP_QUIESCE_IN_SYSTEM;
     if (slot->stack_high == 0) return verdict ? verdict : CMP_QUIESCE_UNKNOWN;
     uintptr_t low = slot->sp, high = slot->stack_high, frame = slot->bp;
     if (in_system) {
@@ -671,15 +676,10 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
                 }
             }
         }
-        if (frame == 0) {
-            /* No chain (code without frame pointers all the way, like
-               Foundation's C threads): every word of the live stack that is
-               a return address into the runtime counts. */
-            for (const uintptr_t *word = (const uintptr_t *)low; word < (const uintptr_t *)(high - sizeof(uintptr_t)); word++) {
-                if (is_runtime_return(*word) && looks_like_return_address(*word)) return CMP_QUIESCE_IN_RUNTIME;
-            }
-            return verdict;
-        }
+        /* No chain at all: code without frame pointers all the way down
+           (Foundation's C threads), so no runtime frame either (the
+           runtime and Swift code keep frame pointers). */
+        if (frame == 0) return verdict;
         low = frame;
     }
     for (int n = 0; n < 4096; n++) {
@@ -982,13 +982,17 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     sigemptyset(&park);
     sigaddset(&park, PARK_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
+    /* Every stdio stream is flushed before the others are parked: a parked
+       thread may hold one's lock (blocked in a read under fread). stdout and
+       stderr, whose locks the caller holds, are flushed again by cmp_fork. */
+    fflush(NULL);
     long long start = now_ns();
     report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
     int timer = -1;
     atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
     if (report->outcome == CMP_QUIESCE_STOPPED) timer = arm_watchdog(watchdog_ns);
-    pid_t pid = cmp_fork(death_signal);
+    pid_t pid = cmp_fork_flushing(death_signal, 0);
     int saved_errno = errno;
     if (pid == 0) {
         /* The child has none of those threads, and no timer. */

@@ -89,8 +89,15 @@ pid_t cmp_current_pid(void) {
     return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
 }
 
-pid_t cmp_fork(int death_signal) {
-    fflush(NULL);
+pid_t cmp_fork(int death_signal) { return cmp_fork_flushing(death_signal, 1); }
+
+pid_t cmp_fork_flushing(int death_signal, int flush_all) {
+    if (flush_all) {
+        fflush(NULL);
+    } else {
+        fflush(stdout);
+        fflush(stderr);
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {

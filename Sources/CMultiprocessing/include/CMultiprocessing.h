@@ -38,6 +38,9 @@ pid_t cmp_current_pid(void);
 /// at once if the parent is already gone. Returns like `fork`.
 pid_t cmp_fork(int death_signal);
 
+/// `cmp_fork`, flushing every stdio stream (`flush_all`) or only stdout and stderr.
+pid_t cmp_fork_flushing(int death_signal, int flush_all);
+
 /// Outcomes of `cmp_fork_quiesced`.
 enum {
     /// Every other thread was parked outside the Swift runtime at the fork.
