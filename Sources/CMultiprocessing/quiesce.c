@@ -219,10 +219,6 @@ static void find_code_ranges(void) {
     }
 }
 
-int cmp_runtime_code_contains(const void *address) {
-    pthread_once(&code_ranges_once, find_code_ranges);
-    return in_ranges(runtime_ranges, runtime_range_count, (uintptr_t)address);
-}
 
 /* ---- Parking ---- */
 
@@ -235,7 +231,7 @@ enum { SLOT_IDLE = 0, SLOT_REQUESTED = 1, SLOT_PARKED = 2, SLOT_HIJACKED = 3 };
 typedef struct {
     pid_t tid;
     _Atomic uint32_t state;
-    uintptr_t pc, sp, bp, ax;
+    uintptr_t pc, sp, bp;
     uintptr_t stack_low, stack_high;  /* the mapping that holds sp, once found */
     int verdict;
     uintptr_t hijack;
@@ -314,7 +310,6 @@ static void park_handler(int sig, siginfo_t *info, void *context) {
     slot->pc = (uintptr_t)registers->uc_mcontext.gregs[REG_RIP];
     slot->sp = (uintptr_t)registers->uc_mcontext.gregs[REG_RSP];
     slot->bp = (uintptr_t)registers->uc_mcontext.gregs[REG_RBP];
-    slot->ax = (uintptr_t)registers->uc_mcontext.gregs[REG_RAX];
     uint32_t expected = SLOT_REQUESTED;
     /* The stopper may have given up on this request: then it is not ours to park. */
     if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
@@ -776,7 +771,6 @@ uintptr_t cmp_hijack_landed(uintptr_t sp, uintptr_t bp) {
         slot->pc = original;
         slot->sp = sp;
         slot->bp = bp;
-        slot->ax = 0;
         uint32_t expected = SLOT_HIJACKED;
         if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
                                                     memory_order_acq_rel, memory_order_acquire)) {

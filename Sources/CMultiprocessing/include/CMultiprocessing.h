@@ -87,9 +87,6 @@ typedef struct {
 /// (the report says why). Returns like `fork`.
 pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
 
-/// Whether `address` is in the Swift runtime's C++ code (as judged for a fork).
-int cmp_runtime_code_contains(const void *address);
-
 /// Forks and executes `path` with `argv` and `envp`. In the child, the
 /// descriptors in `fds` become 3, 4, … (all others close on exec), the signal
 /// mask is cleared and `PR_SET_PDEATHSIG` is set. Returns the child's pid, or
