@@ -267,6 +267,17 @@ static void announce_arrival(void) {
     }
 }
 
+/* Parks the calling thread in its slot if the slot is still in `expected`
+   (a request, or a hijack), until the stopper lets it go. */
+static void park_if(park_slot_t *slot, uint32_t expected) {
+    if (!atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
+                                                 memory_order_acq_rel, memory_order_acquire)) return;
+    announce_arrival();
+    while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
+        futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
+    }
+}
+
 static void chain_previous(int sig, siginfo_t *info, void *context) {
     if (previous_action.sa_flags & SA_SIGINFO) {
         if (previous_action.sa_sigaction != NULL) previous_action.sa_sigaction(sig, info, context);
@@ -310,15 +321,8 @@ static void park_handler(int sig, siginfo_t *info, void *context) {
     slot->pc = (uintptr_t)registers->uc_mcontext.gregs[REG_RIP];
     slot->sp = (uintptr_t)registers->uc_mcontext.gregs[REG_RSP];
     slot->bp = (uintptr_t)registers->uc_mcontext.gregs[REG_RBP];
-    uint32_t expected = SLOT_REQUESTED;
     /* The stopper may have given up on this request: then it is not ours to park. */
-    if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
-                                                memory_order_acq_rel, memory_order_acquire)) {
-        announce_arrival();
-        while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
-            futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
-        }
-    }
+    park_if(slot, SLOT_REQUESTED);
     errno = saved_errno;
 }
 
@@ -771,14 +775,7 @@ uintptr_t cmp_hijack_landed(uintptr_t sp, uintptr_t bp) {
         slot->pc = original;
         slot->sp = sp;
         slot->bp = bp;
-        uint32_t expected = SLOT_HIJACKED;
-        if (atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
-                                                    memory_order_acq_rel, memory_order_acquire)) {
-            announce_arrival();
-            while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
-                futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
-            }
-        }
+        park_if(slot, SLOT_HIJACKED);
         break;
     }
     errno = saved_errno;
