@@ -63,6 +63,26 @@ struct Spin: ProcessFunction {
     }
 }
 
+/// `count` applyAsync+get round trips of a closure given its argument
+/// (`capturing:`), one at a time: it runs in the pool's warm workers, as
+/// Python's `apply_async(square, (i,))` does.
+@Sendable func poolCapturingApply(_ count: Int) throws {
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+        for i in 0..<count {
+            guard try pool.applyAsync(capturing: i, { x in x &* x }).get() == i * i else { throw BenchmarkFailure(description: "wrong result") }
+        }
+    }
+}
+
+/// One map of x² over `count` Ints of a closure given its capture: sent to
+/// the warm workers in chunks, as `pool.map` sends a ``ProcessFunction``'s.
+@Sendable func poolCapturingMap(_ count: Int) throws {
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+        let squares = try pool.map(0..<count, capturing: 0) { zero, x in x &* x &+ zero }
+        guard squares.last == (count - 1) * (count - 1) else { throw BenchmarkFailure(description: "wrong result") }
+    }
+}
+
 /// A CPU-bound map on two workers (small chunks: the last chunk to end sets
 /// the time, and a 50-item chunk is 37 ms)…
 @Sendable func poolSpin(_ count: Int) throws {
@@ -83,5 +103,7 @@ let poolScenarios: [Scenario] = [
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
     Scenario(name: "pool.closure.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolClosureMap),
     Scenario(name: "pool.closure.apply", unit: "round trips", count: 1000, quickCount: 50, baseline: .python("pool.apply"), run: poolClosureApply),
+    Scenario(name: "pool.capturing.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolCapturingApply),
+    Scenario(name: "pool.capturing.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolCapturingMap),
     Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
 ]

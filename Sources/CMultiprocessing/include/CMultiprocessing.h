@@ -328,4 +328,20 @@ int cmp_queue_task_done(cmp_queue_t *queue);
 /// JoinableQueue: waits until every task put is done; 0 or ETIMEDOUT.
 int cmp_queue_join(cmp_queue_t *queue, long long timeout_ns);
 
+/// Where a code address is: the GNU build ID of the image (executable or
+/// library) that holds it, and its offset from where that image is loaded.
+typedef struct {
+    uint8_t build_id[32];
+    uint32_t build_id_length;
+    uint64_t offset;
+} cmp_code_location_t;
+
+/// Finds the image holding the code at `address`; returns 1 and fills
+/// `location`, or 0 if no loaded image with a build ID has code there.
+int cmp_code_locate(const void *address, cmp_code_location_t *location);
+
+/// The address of the code at `location` in this process, or NULL if no
+/// loaded image has that build ID or the offset is not in its code.
+const void *cmp_code_resolve(const cmp_code_location_t *location);
+
 #endif

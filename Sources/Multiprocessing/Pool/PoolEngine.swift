@@ -1,3 +1,4 @@
+import Crypto
 import Glibc
 import SystemPackage
 
@@ -62,12 +63,19 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     static let pipelineDepth = 2
 
     let configuration: Configuration
+    /// Signs the closures sent to this pool's workers (see ``SentCode``);
+    /// the workers get it when they start.
+    let codeKey: [UInt8]
+    let signingKey: SymmetricKey
     let state: Monitor<State>
     private let wake: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
     private var thread = pthread_t()
 
     init(_ configuration: Configuration) throws {
         self.configuration = configuration
+        var random = SystemRandomNumberGenerator()
+        self.codeKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }
+        self.signingKey = SymmetricKey(data: codeKey)
         self.state = Monitor(State())
         wake = try Syscall.pipe()
         try Syscall.setNonBlocking(wake.readEnd, true)
@@ -97,7 +105,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// once, here, the type lookups and decoding a worker will do for this
     /// call's type, before any worker for it is forked.
     private func prepareForFork(_ call: PoolCall) {
-        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _) = call.work, !call.ranges.isEmpty else { return }
+        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _, _) = call.work, !call.ranges.isEmpty else { return }
         guard prepared.withLock({ $0.insert(typeName).inserted }) else { return }
         guard let (head, body) = try? call.request(unit: 0, id: 0).wire(), let request = try? UnitRequest.decode(head + body) else { return }
         ChunkRunner.prepareInParent(request)
@@ -444,7 +452,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         let process: ChildProcess
         switch kind {
         case .jobs:
-            var job = PoolWorkerJob(connection: connection, initializerType: nil, initializerPayload: [])
+            var job = PoolWorkerJob(connection: connection, initializerType: nil, initializerPayload: [], codeKey: codeKey)
             if case let .job(typeName, payload, _)? = configuration.initializer?.storage {
                 job.initializerType = typeName
                 job.initializerPayload = payload

@@ -125,17 +125,17 @@ internal enum ChunkRunner {
         case .job: (type as? any ProcessJob.Type)?.decodeOnly(single: request.payload)
         case .jobChunk: (type as? any ProcessJob.Type)?.decodeOnly(chunk: request.inputs, offset: request.inputsOffset)
         case .functionChunk: (type as? any ProcessFunction.Type)?.decodeOnly(payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
+        case .sentJob, .sentChunk: (type as? any SentClosureWork.Type)?.decodeOnly(payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
         case .closureChunk, .stop: break
         }
     }
 
     /// Runs a request for work named by type (jobs and functions); returns
-    /// the encoded outcome. `types` keeps the names already resolved.
-    static func runNamed(_ request: UnitRequest, types: inout [String: Any.Type]) -> (tag: UInt8, body: [UInt8]) {
-        guard let type = types[request.typeName] ?? _typeByName(request.typeName) else {
+    /// the encoded outcome. `cache` keeps the names and code already resolved.
+    static func runNamed(_ request: UnitRequest, cache: inout NamedWorkCache) -> (tag: UInt8, body: [UInt8]) {
+        guard let type = cache.type(named: request.typeName) else {
             return UnitOutcome.failed(.unknownJobType(request.typeName)).wire()
         }
-        types[request.typeName] = type
         switch request.kind {
         case .job:
             guard let jobType = type as? any ProcessJob.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).wire() }
@@ -149,6 +149,16 @@ internal enum ChunkRunner {
         case .functionChunk:
             guard let functionType = type as? any ProcessFunction.Type else { return UnitOutcome.failed(.notAJob(request.typeName)).wire() }
             return functionType._runChunk(payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
+        case .sentJob, .sentChunk:
+            guard let workType = type as? any SentClosureWork.Type, let sent = request.code else {
+                return UnitOutcome.failed(.notAJob(request.typeName)).wire()
+            }
+            do throws(ProcessError) {
+                let code = try cache.code(sent, typeName: request.typeName)
+                return workType.run(code, payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
+            } catch {
+                return UnitOutcome.failed(error).wire()
+            }
         case .closureChunk, .stop:
             return UnitOutcome.failed(.corruptRequest("a worker for named work was sent a \(request.kind) request")).wire()
         }

@@ -11,6 +11,11 @@ internal struct UnitRequest: Codable, Sendable {
         case functionChunk
         /// The items `lower..<upper` of a closure call, which the forked worker holds.
         case closureChunk
+        /// A sent closure (`code`) of ``SentJob`` type `typeName`, given the capture in `payload`.
+        case sentJob
+        /// A sent closure (`code`) of ``SentFunction`` type `typeName`, with the
+        /// capture in `payload`, over the inputs encoded in `inputs`.
+        case sentChunk
     }
 
     var kind: Kind
@@ -19,6 +24,8 @@ internal struct UnitRequest: Codable, Sendable {
     var payload: [UInt8] = []
     var lower: Int = 0
     var upper: Int = 0
+    /// The closure of a sent-closure request.
+    var code: SentCode? = nil
     /// The encoded inputs: in `inputs` from `inputsOffset` on. They travel
     /// after the rest, as they are, so a large chunk is never copied into a
     /// bigger message.
@@ -26,7 +33,7 @@ internal struct UnitRequest: Codable, Sendable {
     var inputsOffset = 0
 
     private enum CodingKeys: String, CodingKey {
-        case kind, id, typeName, payload, lower, upper
+        case kind, id, typeName, payload, lower, upper, code
     }
 
     /// The message: the length of the encoded fields (4 bytes,
@@ -138,22 +145,24 @@ internal struct PoolWorkerJob: ProcessJob {
     /// The pool's initializer job, if any: its type name and encoding.
     var initializerType: String?
     var initializerPayload: [UInt8]
+    /// The pool's key, which signs the closures sent to its workers.
+    var codeKey: [UInt8]
     /// A closure initializer: present only when the worker is forked (it
     /// runs this very value), never encoded.
     nonisolated(unsafe) var forkedInitializer: (() -> Void)? = nil  // runs only in the forked worker
 
     private enum CodingKeys: String, CodingKey {
-        case connection, initializerType, initializerPayload
+        case connection, initializerType, initializerPayload, codeKey
     }
 
     func run() throws -> Bool {
-        var types: [String: Any.Type] = [:]
+        var cache = NamedWorkCache(key: codeKey)
         WorkerLoop.serve(connection, initialize: {
             forkedInitializer?()
             guard let initializerType else { return nil }
             if case let .failure(error) = JobRunner.run(typeName: initializerType, payload: initializerPayload) { return error }
             return nil
-        }, execute: { request in ChunkRunner.runNamed(request, types: &types) })
+        }, execute: { request in ChunkRunner.runNamed(request, cache: &cache) })
         return true
     }
 }

@@ -51,9 +51,16 @@ extension ProcessJob {
 
     /// Runs the job here and encodes its output, or the error it threw.
     internal func runAndEncode() -> Result<[UInt8], ProcessError> {
+        JobRunner.runAndEncode(run)
+    }
+}
+
+extension JobRunner {
+    /// Runs `body` and encodes its output, or the error it threw.
+    static func runAndEncode<Output: Encodable>(_ body: () throws -> Output) -> Result<[UInt8], ProcessError> {
         let output: Output
         do {
-            output = try run()
+            output = try body()
         } catch {
             return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
         }

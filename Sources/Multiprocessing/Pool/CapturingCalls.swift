@@ -1,0 +1,136 @@
+// MARK: - Closures given their captures
+
+extension ProcessPool {
+    /// Runs `body(capture)` in one of the pool's workers and returns its output.
+    ///
+    /// See ``applyAsync(capturing:timeout:onSuccess:onFailure:_:)``.
+    ///
+    /// - Throws: the ``ProcessError`` the task failed with.
+    @available(*, noasync, message: "await applyAsync(capturing:_:).value instead")
+    public func apply<Capture: Codable & Sendable, Output: Codable & Sendable>(capturing capture: Capture, timeout: Duration? = nil, _ body: @escaping (Capture) throws -> Output) throws -> Output {
+        try applyAsync(capturing: capture, timeout: timeout, body).get()
+    }
+
+    /// Starts `body(capture)` in one of the pool's workers and returns at
+    /// once: Python's `apply_async(f, args)`, written as a closure.
+    ///
+    /// ```swift
+    /// let total = try pool.applyAsync(capturing: request) { request in
+    ///     try render(request)
+    /// }
+    /// ```
+    ///
+    /// A closure that uses nothing from around it but its argument runs in
+    /// the pool's long-lived workers, by the pool's start method, as a
+    /// ``ProcessJob`` would: `capture` is encoded and sent, the closure's code
+    /// is named by where it is in the executable (every worker runs the same
+    /// one), and no process is forked for the call. Such a closure sees the
+    /// worker's global state, not this process's: pass what it needs as
+    /// `capture`. A closure that captures something else (a local variable,
+    /// `self`), or a function passed by name, runs as
+    /// ``applyAsync(timeout:onSuccess:onFailure:_:)`` does, in a worker
+    /// forked for the call, with the same result.
+    ///
+    /// - Parameters:
+    ///   - capture: the closure's argument, encoded and sent to the worker.
+    ///   - timeout: the time the task may run; past it its worker is killed.
+    ///   - onSuccess: called with the output, on a pool thread; keep it short.
+    ///   - onFailure: called with the error instead, on a pool thread.
+    public func applyAsync<Capture: Codable & Sendable, Output: Codable & Sendable>(capturing capture: Capture, timeout: Duration? = nil, onSuccess: (@Sendable (Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil, _ body: @escaping (Capture) throws -> Output) throws -> AsyncResult<Output> {
+        let typeName = _mangledTypeName(SentJob<Capture, Output>.self)
+        guard let typeName, let code = sentCode(body, typeName: typeName) else {
+            return try applyAsync(timeout: timeout, onSuccess: onSuccess, onFailure: onFailure) { try body(capture) }
+        }
+        ValueCodec.prepare(Capture.self)
+        ValueCodec.prepare(Output.self)
+        let decoder = OutcomeDecoder<Output>(single: true)
+        let work = PoolCall.Work.named(kind: .sentJob, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: [], code: code)
+        let call = try submit(.init(work: work, ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        return AsyncResult(call: call, decoder: decoder)
+    }
+
+    /// Applies `body(capture, item)` to every item in the pool's workers;
+    /// returns the outputs in item order.
+    ///
+    /// See ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)``.
+    ///
+    /// - Throws: the first failed item's ``ProcessError`` (in item order).
+    @available(*, noasync, message: "await mapAsync(_:capturing:_:).value instead")
+    public func map<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> [Output] {
+        try mapAsync(items, capturing: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body).get()
+    }
+
+    /// Starts applying `body(capture, item)` to every item in the pool's
+    /// workers and returns at once.
+    ///
+    /// ```swift
+    /// let scaled = try await pool.mapAsync(samples, capturing: gain) { gain, sample in
+    ///     sample * gain
+    /// }.value
+    /// ```
+    ///
+    /// As with ``applyAsync(capturing:timeout:onSuccess:onFailure:_:)``, a
+    /// closure that uses nothing from around it runs in the pool's
+    /// long-lived workers: `capture` is sent once per chunk and the items in
+    /// chunks, like a ``ProcessFunction``'s. Any other closure runs in
+    /// workers forked for the call, as ``mapAsync(_:chunkSize:timeout:progress:_:)`` does.
+    public func mapAsync<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> MapResult<Output> {
+        let items = Array(items)
+        guard let pending = try sentFunctionCall(items, capture: capture, chunkSize: chunkSize, body) else {
+            return try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        }
+        let call = try submit(pending, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Applies `body(capture, item)` to every item; results come in item
+    /// order as they are ready (Python's `imap`). Runs as
+    /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        try sentFunctionResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
+    }
+
+    /// Applies `body(capture, item)` to every item; results come in the order
+    /// they complete (Python's `imap_unordered`). Runs as
+    /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        try sentFunctionResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    private func sentFunctionResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        guard let pending = try sentFunctionCall(items, capture: capture, chunkSize: chunkSize, body) else {
+            let forked: (Item) throws -> Output = { try body(capture, $0) }
+            return ordered
+                ? try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+                : try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+        }
+        let call = try submit(pending, timeout: timeout, progress: progress)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+    }
+
+    /// The units of a map of a sent closure, or nil if `body` cannot be sent.
+    private func sentFunctionCall<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolCall.Pending? {
+        if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
+        guard let typeName = _mangledTypeName(SentFunction<Capture, Item, Output>.self), let code = sentCode(body, typeName: typeName) else { return nil }
+        ValueCodec.prepare(Capture.self)
+        ValueCodec.prepare(Item.self)
+        ValueCodec.prepare(Output.self)
+        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize ?? defaultChunkSize(items.count))
+        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: items[range])) }
+        let work = PoolCall.Work.named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: encoded, code: code)
+        return PoolCall.Pending(work: work, ranges: ranges)
+    }
+
+    /// The signed reference to `body`'s code, or nil when `body` has a
+    /// context (it captures something) or its code is in no image with a
+    /// build ID. Never specialized or inlined: `body` must be the function
+    /// value at the abstraction of the generic parameter, as the worker
+    /// rebuilds it (see ``SentCode``).
+    @inline(never)
+    @_semantics("optimize.sil.specialize.generic.never")
+    private func sentCode<Function>(_ body: Function, typeName: String) -> SentCode? {
+        let parts = ThickFunction(body)
+        guard parts.context == nil else { return nil }
+        return SentCode(parts.code, typeName: typeName, key: engine.signingKey)
+    }
+}
