@@ -142,6 +142,33 @@ struct SentClosureTests {
     }
 }
 
+extension SentClosureTests {
+    @Test("a runner compiled for the map's types runs the chunk; one signed for anything else is refused")
+    func runners() throws {
+        let key: [UInt8] = Array(repeating: 9, count: 32)
+        let typeName = try #require(_mangledTypeName(SentFunction<Int, Int, Int>.self))
+        let code = try #require(SentCode(mapParts { (k: Int, x: Int) in x * k }.code, typeName: typeName, key: SymmetricKey(data: key)))
+        // Made where the types are known, a runner captures nothing (a caller's specialized module does this).
+        let runner = SentRunnerBox { SentFunction<Int, Int, Int>.run($0, payload: $1, inputs: $2, offset: $3) }.parts
+        #expect(runner.context == nil)
+        func run(runner name: String) throws -> UnitOutcome {
+            var cache = NamedWorkCache(key: key)
+            let sentRunner = try #require(SentCode(runner.code, typeName: name, key: SymmetricKey(data: key)))
+            let request = UnitRequest(kind: .sentChunk, id: 2, typeName: typeName, payload: try ValueCodec.encode(10), code: code, runner: sentRunner, inputs: try ValueCodec.encode([1, 2, 3]))
+            let (tag, reply) = ChunkRunner.runNamed(request, cache: &cache)
+            return try UnitReply.decode(UnitReply.head(id: 2, tag: tag) + reply).outcome
+        }
+        guard case let .values(bytes, offset) = try run(runner: SentRunnerBox.signedName(typeName)) else { Issue.record("the runner did not run"); return }
+        #expect(try ValueCodec.decode([Int].self, from: bytes, startingAt: offset) == [10, 20, 30])
+        guard case .failed(.corruptRequest) = try run(runner: typeName) else { Issue.record("a runner signed as a closure ran"); return }
+    }
+}
+
+/// The parts of a map's `body` as the pool takes them.
+func mapParts<Capture, Item, Output>(_ body: @escaping (Capture, Item) throws -> Output) -> ThickFunction {
+    ThickFunction(body)
+}
+
 /// The parts of `body` as the pool takes them: at the abstraction of a generic parameter.
 /// (A closure of concrete type given here would be a thunk with a context.)
 func closureParts<Capture, Output>(_ body: @escaping (Capture) throws -> Output) -> ThickFunction {

@@ -56,6 +56,7 @@ extension ProcessPool {
     ///
     /// - Throws: the first failed item's ``ProcessError`` (in item order).
     @available(*, noasync, message: "await mapAsync(_:capturing:_:).value instead")
+    @inlinable
     public func map<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> [Output] {
         try mapAsync(items, capturing: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body).get()
     }
@@ -74,51 +75,64 @@ extension ProcessPool {
     /// long-lived workers: `capture` is sent once per chunk and the items in
     /// chunks, like a ``ProcessFunction``'s. Any other closure runs in
     /// workers forked for the call, as ``mapAsync(_:chunkSize:timeout:progress:_:)`` does.
+    @inlinable
     public func mapAsync<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> MapResult<Output> {
         let items = Array(items)
-        guard let pending = try sentFunctionCall(items, capture: capture, chunkSize: chunkSize, body) else {
-            return try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
-        }
-        let call = try submit(pending, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+        // Compiled here, for these types: sent only where that made it code without a context.
+        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
+        if let sent = try submitSentMap(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) { return sent }
+        return try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
     }
 
     /// Applies `body(capture, item)` to every item; results come in item
     /// order as they are ready (Python's `imap`). Runs as
     /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    @inlinable
     public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        try sentFunctionResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
+        let items = Array(items)
+        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
+        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body, runner: runner) { return sent }
+        return try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
     }
 
     /// Applies `body(capture, item)` to every item; results come in the order
     /// they complete (Python's `imap_unordered`). Runs as
     /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    @inlinable
     public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        try sentFunctionResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
+        let items = Array(items)
+        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
+        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body, runner: runner) { return sent }
+        return try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
     }
 
-    private func sentFunctionResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        guard let pending = try sentFunctionCall(items, capture: capture, chunkSize: chunkSize, body) else {
-            let forked: (Item) throws -> Output = { try body(capture, $0) }
-            return ordered
-                ? try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
-                : try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
-        }
-        let call = try submit(pending, timeout: timeout, progress: progress)
+    /// Submits a map of a sent closure; nil if `body` cannot be sent (the
+    /// caller forks for it instead).
+    @usableFromInline
+    func submitSentMap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> MapResult<Output>? {
+        guard let call = try submitSent(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) else { return nil }
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Submits an `imap` of a sent closure; nil if `body` cannot be sent.
+    @usableFromInline
+    func submitSentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolResults<Output>? {
+        guard let call = try submitSent(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) else { return nil }
         return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
     }
 
-    /// The units of a map of a sent closure, or nil if `body` cannot be sent.
-    private func sentFunctionCall<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolCall.Pending? {
+    private func submitSent<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolCall? {
         if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
         guard let typeName = _mangledTypeName(SentFunction<Capture, Item, Output>.self), let code = sentCode(body, typeName: typeName) else { return nil }
+        let runnerParts = SentRunnerBox(runner).parts
+        let sentRunner = runnerParts.context == nil ? sentCode(at: runnerParts.code, typeName: SentRunnerBox.signedName(typeName)) : nil
         ValueCodec.prepare(Capture.self)
         ValueCodec.prepare(Item.self)
         ValueCodec.prepare(Output.self)
         let ranges = Self.ranges(count: items.count, chunkSize: chunkSize ?? defaultChunkSize(items.count))
         let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: items[range])) }
-        let work = PoolCall.Work.named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: encoded, code: code)
-        return PoolCall.Pending(work: work, ranges: ranges)
+        let work = PoolCall.Work.named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: encoded, code: code, runner: sentRunner)
+        return try submit(PoolCall.Pending(work: work, ranges: ranges), timeout: timeout, progress: progress)
     }
 
     /// The signed reference to `body`'s code, or nil when `body` has a
@@ -131,6 +145,15 @@ extension ProcessPool {
     private func sentCode<Function>(_ body: Function, typeName: String) -> SentCode? {
         let parts = ThickFunction(body)
         guard parts.context == nil else { return nil }
-        return SentCode(parts.code, typeName: typeName, key: engine.signingKey)
+        return sentCode(at: parts.code, typeName: typeName)
+    }
+
+    /// The signed reference to the code at `code`, made once per pool.
+    private func sentCode(at code: UnsafeRawPointer, typeName: String) -> SentCode? {
+        let key = SentCode.Key(address: UInt(bitPattern: code), typeName: typeName)
+        if let known = engine.sentCodes.withLock({ $0[key] }) { return known }
+        guard let sent = SentCode(code, typeName: typeName, key: engine.signingKey) else { return nil }
+        engine.sentCodes.withLock { $0[key] = sent }
+        return sent
     }
 }

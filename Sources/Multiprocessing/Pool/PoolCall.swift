@@ -18,7 +18,7 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         /// Work named by type: the kind, type name and encoded value, and
         /// each unit's encoded inputs (none for a `.job`).
         /// A sent closure's `code` comes with its requests.
-        case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], inputs: [[UInt8]], code: SentCode? = nil)
+        case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], inputs: [[UInt8]], code: SentCode? = nil, runner: SentCode? = nil)
         /// A closure over items the forked workers hold.
         case closure(ClosureProgram)
     }
@@ -76,8 +76,8 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     /// The request for unit `unit`, numbered `id`.
     func request(unit: Int, id: UInt64) -> UnitRequest {
         switch work {
-        case let .named(kind, typeName, payload, inputs, code):
-            UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, code: code, inputs: kind == .job || kind == .sentJob ? [] : inputs[unit])
+        case let .named(kind, typeName, payload, inputs, code, runner):
+            UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, code: code, runner: runner, inputs: kind == .job || kind == .sentJob ? [] : inputs[unit])
         case .closure:
             UnitRequest(kind: .closureChunk, id: id, lower: ranges[unit].lowerBound, upper: ranges[unit].upperBound)
         }

@@ -67,6 +67,8 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// the workers get it when they start.
     let codeKey: [UInt8]
     let signingKey: SymmetricKey
+    /// Closure code already located and signed, by address and work type.
+    let sentCodes = Locked([SentCode.Key: SentCode]())
     let state: Monitor<State>
     private let wake: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
     private var thread = pthread_t()
@@ -105,7 +107,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// once, here, the type lookups and decoding a worker will do for this
     /// call's type, before any worker for it is forked.
     private func prepareForFork(_ call: PoolCall) {
-        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _, _) = call.work, !call.ranges.isEmpty else { return }
+        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _, _, _) = call.work, !call.ranges.isEmpty else { return }
         guard prepared.withLock({ $0.insert(typeName).inserted }) else { return }
         guard let (head, body) = try? call.request(unit: 0, id: 0).wire(), let request = try? UnitRequest.decode(head + body) else { return }
         ChunkRunner.prepareInParent(request)

@@ -155,6 +155,10 @@ internal enum ChunkRunner {
             }
             do throws(ProcessError) {
                 let code = try cache.code(sent, typeName: request.typeName)
+                if let runner = request.runner {
+                    let run = SentRunnerBox(ThickFunction(code: try cache.code(runner, typeName: SentRunnerBox.signedName(request.typeName)))).run
+                    return run(code, request.payload, request.inputs, request.inputsOffset)
+                }
                 return workType.run(code, payload: request.payload, inputs: request.inputs, offset: request.inputsOffset)
             } catch {
                 return UnitOutcome.failed(error).wire()

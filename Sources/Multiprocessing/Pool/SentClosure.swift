@@ -19,6 +19,12 @@ internal struct SentCode: Codable, Sendable, Hashable {
     var location: CodeLocation
     var signature: [UInt8]
 
+    /// What a pool caches a reference by: the code's address here and the work's type.
+    struct Key: Hashable {
+        var address: UInt
+        var typeName: String
+    }
+
     /// The reference to `code`, for work of type `typeName`, signed with
     /// `key`; nil if the code is in no image with a build ID.
     init?(_ code: UnsafeRawPointer, typeName: String, key: SymmetricKey) {
@@ -46,8 +52,13 @@ internal struct SentCode: Codable, Sendable, Hashable {
 /// What a worker keeps between requests for work named by type: the types
 /// and closure code already resolved, and the pool's key for closure code.
 internal struct NamedWorkCache {
+    private struct Signed: Hashable {
+        var code: SentCode
+        var typeName: String
+    }
+
     var types: [String: Any.Type] = [:]
-    var code: [SentCode: UnsafeRawPointer] = [:]
+    private var code: [Signed: UnsafeRawPointer] = [:]
     let key: SymmetricKey?
 
     init(key: [UInt8]) {
@@ -62,10 +73,11 @@ internal struct NamedWorkCache {
     }
 
     mutating func code(_ sent: SentCode, typeName: String) throws(ProcessError) -> UnsafeRawPointer {
-        if let address = code[sent] { return address }
+        let signed = Signed(code: sent, typeName: typeName)
+        if let address = code[signed] { return address }
         guard let key else { throw .corruptRequest("closure code sent to a worker that has no key") }
         let address = try sent.resolve(typeName: typeName, key: key)
-        code[sent] = address
+        code[signed] = address
         return address
     }
 }
@@ -102,16 +114,40 @@ internal enum SentJob<Capture: Codable & Sendable, Output: Codable & Sendable>: 
     }
 }
 
-/// `map(_:capturing:)`'s work: `(Capture, Item) throws -> Output` over a chunk of items.
-internal enum SentFunction<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>: SentClosureWork {
-    typealias Body = (Capture, Item) throws -> Output
+/// A ``SentClosureWork/run(_:payload:inputs:offset:)`` compiled for the
+/// caller's types. Sent beside a map's closure when it has no context (the
+/// caller's module specialized it), so that the worker runs code made for
+/// those types instead of the generic code its type name resolves to.
+@usableFromInline
+internal typealias SentRunner = (UnsafeRawPointer, [UInt8], [UInt8], Int) -> (tag: UInt8, body: [UInt8])
 
+/// Holds a ``SentRunner`` as it is: not being generic, its stored property
+/// is never converted to another abstraction (see ``ThickFunction``).
+internal struct SentRunnerBox {
+    var run: SentRunner
+
+    init(_ run: @escaping SentRunner) { self.run = run }
+
+    init(_ parts: ThickFunction) { self = unsafeBitCast(parts, to: SentRunnerBox.self) }
+
+    var parts: ThickFunction { unsafeBitCast(self, to: ThickFunction.self) }
+
+    /// The type name a runner for work of type `typeName` is signed with.
+    static func signedName(_ typeName: String) -> String { typeName + " runner" }
+}
+
+/// `map(_:capturing:)`'s work: `(Capture, Item) throws -> Output` over a chunk of items.
+@usableFromInline
+internal enum SentFunction<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>: SentClosureWork {
+    @usableFromInline typealias Body = (Capture, Item) throws -> Output
+
+    @inlinable
     static func run(_ code: UnsafeRawPointer, payload: [UInt8], inputs: [UInt8], offset: Int) -> (tag: UInt8, body: [UInt8]) {
         let capture: Capture
         let items: [Item]
         do {
-            capture = try ValueCodec.decode(Capture.self, from: payload)
-            items = try ValueCodec.decode([Item].self, from: inputs, startingAt: offset)
+            capture = try WireCodec.decode(Capture.self, from: payload)
+            items = try WireCodec.decode([Item].self, from: inputs, startingAt: offset)
         } catch {
             return UnitOutcome.failed(.corruptRequest(error.description)).wire()
         }

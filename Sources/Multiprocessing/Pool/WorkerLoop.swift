@@ -26,6 +26,8 @@ internal struct UnitRequest: Codable, Sendable {
     var upper: Int = 0
     /// The closure of a sent-closure request.
     var code: SentCode? = nil
+    /// The work's ``SentRunner`` compiled for its types, if the caller's module made one.
+    var runner: SentCode? = nil
     /// The encoded inputs: in `inputs` from `inputsOffset` on. They travel
     /// after the rest, as they are, so a large chunk is never copied into a
     /// bigger message.
@@ -33,7 +35,7 @@ internal struct UnitRequest: Codable, Sendable {
     var inputsOffset = 0
 
     private enum CodingKeys: String, CodingKey {
-        case kind, id, typeName, payload, lower, upper, code
+        case kind, id, typeName, payload, lower, upper, code, runner
     }
 
     /// The message: the length of the encoded fields (4 bytes,

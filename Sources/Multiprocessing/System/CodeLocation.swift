@@ -36,6 +36,13 @@ internal struct CodeLocation: Codable, Sendable, Hashable {
 
 /// A Swift function value: its code and its context (nil when it captures
 /// nothing). The layout of every Swift function type that is not `@convention(c)`.
+///
+/// A function value is called by the convention of the abstraction it was
+/// made at. Given to a generic parameter, a function whose parameter types
+/// are themselves generic stays as it is; one of concrete type is wrapped
+/// in a thunk (and has a context): a value of concrete function type goes
+/// through a non-generic struct that stores it (``SentRunnerBox``) instead.
+@usableFromInline
 internal struct ThickFunction {
     var code: UnsafeRawPointer
     var context: UnsafeRawPointer?
@@ -46,6 +53,7 @@ internal struct ThickFunction {
         self = unsafeBitCast(function, to: ThickFunction.self)
     }
 
+    @usableFromInline
     init(code: UnsafeRawPointer) {
         self.code = code
         self.context = nil
@@ -54,6 +62,7 @@ internal struct ThickFunction {
     /// The function value of type `Function` made of these parts. Only for
     /// the type the code was taken from, at the same abstraction (both sides
     /// generic over the same parameters).
+    @usableFromInline
     func function<Function>(as type: Function.Type) -> Function {
         precondition(MemoryLayout<Function>.size == MemoryLayout<ThickFunction>.size, "not a Swift function type")
         return unsafeBitCast(self, to: Function.self)
