@@ -123,7 +123,9 @@ func doSomething(_ x: Int) -> Int {
 
 func poolApplyExample() throws {
     let pool = try ProcessPool(processes: cpuCount())
-    let result = try pool.applyAsync { doSomething(3) }
+    // The argument is sent to a warm worker, as Python's `apply_async(f, args)`
+    // does; the closure uses nothing else, so no process is forked for it.
+    let result = try pool.applyAsync(capturing: 3) { x in doSomething(x) }
     pool.close()
     try pool.join()
     say("\(try result.get())")

@@ -6,6 +6,10 @@
 ///   ``ProcessFunction`` mapped over inputs (`map`, `imap`, …). These run in
 ///   the pool's long-lived workers, started by its ``StartMethod`` when work
 ///   first arrives.
+/// - **closures given their captures** — `apply(capturing: args) { args in … }`,
+///   `map(items, capturing: c) { c, item in … }`: a closure that uses nothing
+///   but its arguments runs in the same long-lived workers, its arguments
+///   sent (see ``applyAsync(capturing:timeout:onSuccess:onFailure:_:)``).
 /// - **closures** — `apply { … }`, `map(items) { … }`. Each such call forks
 ///   its own workers from this process (at most `processes` at a time), so a
 ///   closure may capture anything, and a large value it reads is shared
@@ -35,7 +39,8 @@ public final class ProcessPool: Sendable {
     ///
     /// - Parameters:
     ///   - processes: how many workers; nil means ``usableCPUCount()``.
-    ///   - startMethod: how workers for named work start (closure calls always fork).
+    ///   - startMethod: how workers for named work and closures given their
+    ///     captures start (other closure calls fork).
     ///   - initializer: what each worker runs before its first task.
     ///   - maxTasksPerChild: a worker leaves after this many units and a
     ///     fresh one replaces it (nil: workers live as long as the pool).
