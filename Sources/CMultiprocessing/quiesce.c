@@ -796,10 +796,13 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     pid_t pid = cmp_fork_flushing(death_signal, 0);
     int saved_errno = errno;
     if (pid == 0) {
-        /* The child has none of those threads, and no timer. */
+        /* The child has none of those threads, and no timer. Only entries in
+           use are cleared: a write to a page shared with the parent copies it. */
         slot_count = 0;
-        for (int i = 0; i < MAX_THREADS; i++) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
-        memset(stack_cache, 0, sizeof stack_cache);
+        for (int i = 0; i < MAX_THREADS; i++) {
+            if (atomic_load_explicit(&hijacks[i].tid, memory_order_relaxed) != 0) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
+            if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);
+        }
     } else {
         if (timer != -1) syscall(SYS_timer_delete, timer);
         if (report->outcome == CMP_QUIESCE_STOPPED) release_all();
