@@ -55,11 +55,19 @@ func startJoin(_ method: StartMethod) -> @Sendable (Int) throws -> Void {
     }
 }
 
+/// `process.fork` with the library's forks plain: what stopping the world costs.
+@Sendable func plainForkStartJoin(_ count: Int) throws {
+    ForkSafety.stopsTheWorld = false
+    defer { ForkSafety.stopsTheWorld = true }
+    try startJoin(.fork)(count)
+}
+
 let allScenarios: [Scenario] = [
     Scenario(name: "os.fork", unit: "fork+exit+wait", count: 2000, quickCount: 50, baseline: .python("os.fork")) { count in
         guard cbf_fork_exit_wait(Int32(count)) == 0 else { throw BenchmarkFailure(description: "fork failed") }
     },
     Scenario(name: "process.fork", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.fork"), run: startJoin(.fork)),
+    Scenario(name: "fork.stop-the-world", unit: "start+join", count: 1000, quickCount: 20, baseline: .swift("plain fork", plainForkStartJoin), run: startJoin(.fork)),
     Scenario(name: "process.forkserver", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.forkserver"), run: startJoin(.forkserver)),
     Scenario(name: "process.spawn", unit: "start+join", count: 100, quickCount: 5, baseline: .python("process.spawn"), run: startJoin(.spawn)),
 ] + wireScenarios + sharedStateScenarios + poolScenarios + managerScenarios + largeMemoryScenarios

@@ -248,6 +248,28 @@ struct ForkSafetyTests {
         #expect(after.unstoppable - before.unstoppable >= 1)
     }
 
+    @Test("with stopping the world turned off, forks are plain; turned on again, they stop it")
+    func plainForks() async {
+        // In a fresh process: the setting is global, and other suites fork meanwhile.
+        await #expect(processExitsWith: .success) {
+            func forkOnce() -> Bool {
+                let child = ChildProcess {}
+                return (try? child.start()) != nil && (try? child.join(timeout: .seconds(10))) == 0
+            }
+            func stopped(_ s: ForkSafety.Statistics) -> Int { s.quiesced + s.busy + s.unstoppable + s.releasedEarly }
+            let before = ForkSafety.statistics
+            ForkSafety.stopsTheWorld = false
+            guard forkOnce() else { exit(2) }
+            let plain = ForkSafety.statistics
+            guard plain.forks == before.forks + 1, stopped(plain) == stopped(before), plain.stopping == before.stopping else { exit(3) }
+            ForkSafety.stopsTheWorld = true
+            guard forkOnce() else { exit(4) }
+            let after = ForkSafety.statistics
+            guard after.forks == plain.forks + 1, stopped(after) == stopped(plain) + 1 else { exit(5) }
+            exit(0)
+        }
+    }
+
     @Test("a SIGSYS that is not the library's still reaches the handler that was there before")
     func foreignSIGSYS() throws {
         // In a child, whose handler (inherited, or installed by its own fork) is the library's.

@@ -80,11 +80,31 @@ public enum ForkSafety {
         set { loggerBox.withLock { $0 = newValue } }
     }
 
+    /// Whether the library's forks stop the world first (the default).
+    ///
+    /// Turn it off only in a process whose other threads cannot be inside
+    /// the Swift runtime while a fork happens (none, or all blocked in
+    /// waits of their own): forks are then plain `fork(2)` calls and a child
+    /// can inherit a runtime lock held. What stopping costs is in
+    /// ``Statistics/stopping``; the benchmark's `fork.stop-the-world` row
+    /// measures it against plain forks in the same run.
+    public static var stopsTheWorld: Bool {
+        get { enabled.load(ordering: .relaxed) }
+        set { enabled.store(newValue, ordering: .relaxed) }
+    }
+
+    private static let enabled = Atomic<Bool>(true)
+
     static let budgetNanoseconds: Int64 = 200_000_000
     static let watchdogNanoseconds: Int64 = 100_000_000
 
     private static let counters = Locked(Statistics())
     private static let loggerBox = Locked(Logger(label: "swift-multiprocessing.fork", factory: { _ in SwiftLogNoOpLogHandler() }))
+
+    /// In the parent, after a plain fork (the world not stopped on purpose).
+    static func recordPlainFork() {
+        counters.withLock { $0.forks += 1 }
+    }
 
     /// In the parent, after a fork: counts it and warns when the world could not be stopped.
     static func record(_ report: cmp_quiesce_report_t) {

@@ -155,6 +155,11 @@ internal enum Syscall {
     /// (see ``ForkSafety``); `deathSignal` (0: none) is the child's
     /// `PR_SET_PDEATHSIG`. The parent records how the stop went.
     static func quiescedFork(deathSignal: Int32) throws(Errno) -> pid_t {
+        guard ForkSafety.stopsTheWorld else {
+            let pid = try valueOrErrno { cmp_fork_flushing(deathSignal, 1) }
+            if pid != 0 { ForkSafety.recordPlainFork() }
+            return pid
+        }
         var report = cmp_quiesce_report_t()
         let pid = try valueOrErrno {
             cmp_fork_quiesced(deathSignal, ForkSafety.budgetNanoseconds, ForkSafety.watchdogNanoseconds, &report)
