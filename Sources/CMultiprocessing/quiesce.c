@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include "CMultiprocessing.h"
 #include "code_ranges.h"
+#include "safe_waits.h"
 
 #include <elf.h>
 #include <errno.h>
@@ -53,8 +54,10 @@
 /* IDLE: not part of a stop. REQUESTED: sent the signal, not parked yet.
    PARKED: waiting in the handler (or in the trampoline). HIJACKED: let
    run with the return address of its outermost runtime frame pointed at
-   the trampoline, which parks it as it leaves the runtime. */
-enum { SLOT_IDLE = 0, SLOT_REQUESTED = 1, SLOT_PARKED = 2, SLOT_HIJACKED = 3 };
+   the trampoline, which parks it as it leaves the runtime. WAITING: blocked
+   in one of the library's own waits (safe_waits.c), counted as parked
+   without a signal; it waits on its way out until the stop is over. */
+enum { SLOT_IDLE = 0, SLOT_REQUESTED = 1, SLOT_PARKED = 2, SLOT_HIJACKED = 3, SLOT_WAITING = 4 };
 
 typedef struct {
     pid_t tid;
@@ -236,6 +239,10 @@ static int enlist_new_threads(pid_t self) {
             int index = slot_count++;
             slots[index].tid = tid;
             slots[index].stack_low = slots[index].stack_high = 0;
+            if (cmp_in_safe_wait(tid)) {
+                atomic_store_explicit(&slots[index].state, SLOT_WAITING, memory_order_relaxed);
+                continue;
+            }
             for (int c = 0; c < MAX_THREADS; c++) {
                 stack_entry_t *entry = &stack_cache[c];
                 if (entry->tid != tid) continue;
@@ -628,6 +635,7 @@ static void decide_hijacking(void) {
 
 static void release_all(void) {
     for (int i = 0; i < slot_count; i++) release_slot(i);
+    cmp_world_stop_end();
 }
 
 static void pause_ns(long long ns) {
@@ -642,6 +650,7 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
     slot_count = 0;
     stop_generation++;
     for (int attempt = 0;; attempt++) {
+        cmp_world_stop_begin();
         /* Everyone, until no new thread appears (a running one may start one). */
         for (;;) {
             int added = enlist_new_threads(self);
@@ -705,8 +714,11 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
                 }
             }
             report->threads = 0;
+            report->waiting = 0;
             for (int i = 0; i < slot_count; i++) {
-                if (atomic_load_explicit(&slots[i].state, memory_order_acquire) == SLOT_PARKED) report->threads++;
+                uint32_t state = atomic_load_explicit(&slots[i].state, memory_order_acquire);
+                if (state == SLOT_PARKED) report->threads++;
+                else if (state == SLOT_WAITING) report->waiting++;
             }
             if (unsafe == 0) return CMP_QUIESCE_STOPPED;
             if (now_ns() >= deadline) { release_all(); return CMP_QUIESCE_BUSY; }
@@ -770,6 +782,7 @@ static int arm_watchdog(long long after_ns) {
 pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report) {
     memset(report, 0, sizeof *report);
     report->runtime_symbols = cmp_load_code_ranges();
+    cmp_safe_waits_prepare();
     pthread_mutex_lock(&stopping);
     decide_hijacking();
     owner_pid = getpid();
@@ -778,11 +791,6 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         report->outcome = CMP_QUIESCE_FAILED;
         return cmp_fork(death_signal);
     }
-    /* The watchdog's signal must reach this thread. */
-    sigset_t park, saved_mask;
-    sigemptyset(&park);
-    sigaddset(&park, PARK_SIGNAL);
-    pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
     /* Every stdio stream is flushed before the others are parked: a parked
        thread may hold one's lock (blocked in a read under fread). stdout and
        stderr, whose locks the caller holds, are flushed again by cmp_fork. */
@@ -790,15 +798,25 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     long long start = now_ns();
     report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
-    int timer = -1;
+    /* A watchdog only when some thread is parked (one in a library wait holds
+       nothing fork needs); its signal must reach this thread. */
+    int timer = -1, unblocked = 0;
+    sigset_t park, saved_mask;
     atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
-    if (report->outcome == CMP_QUIESCE_STOPPED) timer = arm_watchdog(watchdog_ns);
+    if (report->outcome == CMP_QUIESCE_STOPPED && report->threads > 0) {
+        sigemptyset(&park);
+        sigaddset(&park, PARK_SIGNAL);
+        pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
+        unblocked = 1;
+        timer = arm_watchdog(watchdog_ns);
+    }
     pid_t pid = cmp_fork_flushing(death_signal, 0);
     int saved_errno = errno;
     if (pid == 0) {
         /* The child has none of those threads, and no timer. Only entries in
            use are cleared: a write to a page shared with the parent copies it. */
         slot_count = 0;
+        cmp_safe_waits_forked_child();
         for (int i = 0; i < MAX_THREADS; i++) {
             if (atomic_load_explicit(&hijacks[i].tid, memory_order_relaxed) != 0) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
             if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);
@@ -811,7 +829,7 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     }
     /* A child bound to its parent starts with no signal blocked (cmp_fork);
        otherwise it keeps the caller's mask, as the parent does. */
-    if (pid != 0 || death_signal == 0) pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+    if (unblocked && (pid != 0 || death_signal == 0)) pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
     pthread_mutex_unlock(&stopping);
     errno = saved_errno;
     return pid;

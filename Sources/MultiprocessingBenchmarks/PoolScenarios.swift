@@ -63,6 +63,13 @@ struct Spin: ProcessFunction {
     }
 }
 
+/// `poolClosureApply` with the library's forks plain: what stopping the world costs there.
+@Sendable func poolClosureApplyPlainForks(_ count: Int) throws {
+    ForkSafety.stopsTheWorld = false
+    defer { ForkSafety.stopsTheWorld = true }
+    try poolClosureApply(count)
+}
+
 /// `count` applyAsync+get round trips of a closure given its argument
 /// (`capturing:`), one at a time: it runs in the pool's warm workers, as
 /// Python's `apply_async(square, (i,))` does.
@@ -103,6 +110,7 @@ let poolScenarios: [Scenario] = [
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
     Scenario(name: "pool.closure.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolClosureMap),
     Scenario(name: "pool.closure.apply", unit: "round trips", count: 1000, quickCount: 50, baseline: .python("pool.apply"), run: poolClosureApply),
+    Scenario(name: "pool.closure.stop-the-world", unit: "round trips", count: 1000, quickCount: 50, baseline: .swift("plain forks", poolClosureApplyPlainForks), run: poolClosureApply),
     Scenario(name: "pool.capturing.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolCapturingApply),
     Scenario(name: "pool.capturing.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolCapturingMap),
     Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),

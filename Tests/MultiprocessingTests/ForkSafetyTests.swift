@@ -251,23 +251,12 @@ struct ForkSafetyTests {
     @Test("with stopping the world turned off, forks are plain; turned on again, they stop it")
     func plainForks() async {
         // In a fresh process: the setting is global, and other suites fork meanwhile.
-        await #expect(processExitsWith: .success) {
-            func forkOnce() -> Bool {
-                let child = ChildProcess {}
-                return (try? child.start()) != nil && (try? child.join(timeout: .seconds(10))) == 0
-            }
-            func stopped(_ s: ForkSafety.Statistics) -> Int { s.quiesced + s.busy + s.unstoppable + s.releasedEarly }
-            let before = ForkSafety.statistics
-            ForkSafety.stopsTheWorld = false
-            guard forkOnce() else { exit(2) }
-            let plain = ForkSafety.statistics
-            guard plain.forks == before.forks + 1, stopped(plain) == stopped(before), plain.stopping == before.stopping else { exit(3) }
-            ForkSafety.stopsTheWorld = true
-            guard forkOnce() else { exit(4) }
-            let after = ForkSafety.statistics
-            guard after.forks == plain.forks + 1, stopped(after) == stopped(plain) + 1 else { exit(5) }
-            exit(0)
-        }
+        await #expect(processExitsWith: .success) { exit(ForkSafetyScenarios.plainForks()) }
+    }
+
+    @Test("a thread blocked in a library wait is not signalled; woken during forks, it waits for each to end and misses nothing")
+    func libraryWaits() async {
+        await #expect(processExitsWith: .success) { exit(ForkSafetyScenarios.libraryWaits()) }
     }
 
     @Test("a SIGSYS that is not the library's still reaches the handler that was there before")
@@ -292,4 +281,54 @@ enum SlowGlobal {
         hooks?.release.wait()
         return 42
     }()
+}
+
+/// Bodies of the fork-safety exit tests: synchronous code in a fresh
+/// process (the settings and counts they read are process-wide), returning
+/// the exit status.
+enum ForkSafetyScenarios {
+    static func plainForks() -> Int32 {
+        func forkOnce() -> Bool {
+            let child = ChildProcess {}
+            return (try? child.start()) != nil && (try? child.join(timeout: .seconds(10))) == 0
+        }
+        func stopped(_ s: ForkSafety.Statistics) -> Int { s.quiesced + s.busy + s.unstoppable + s.releasedEarly }
+        let before = ForkSafety.statistics
+        ForkSafety.stopsTheWorld = false
+        guard forkOnce() else { return 2 }
+        let plain = ForkSafety.statistics
+        guard plain.forks == before.forks + 1, stopped(plain) == stopped(before), plain.stopping == before.stopping else { return 3 }
+        ForkSafety.stopsTheWorld = true
+        guard forkOnce() else { return 4 }
+        let after = ForkSafety.statistics
+        guard after.forks == plain.forks + 1, stopped(after) == stopped(plain) + 1 else { return 5 }
+        return 0
+    }
+
+    static func libraryWaits() -> Int32 {
+        let counter = Monitor(0)
+        let seen = Atomic<Int>(0)
+        let rounds = 150
+        let waiter = Thread {
+            var last = 0
+            while last < rounds {
+                // Blocks in cmp_safe_cond_wait until the main thread moves the counter.
+                last = counter.wait(until: nil) { value in value > last ? value : nil }!
+                seen.store(last, ordering: .releasing)
+            }
+        }
+        waiter.start()
+        let before = ForkSafety.statistics
+        for round in 1...rounds {
+            // Wakes the waiter, so that it leaves its wait while the next fork stops the world.
+            counter.update { $0 = round }
+            let child = ChildProcess { _ = String(describing: [round: "\(round)"]) }
+            guard (try? child.start()) != nil, (try? child.join(timeout: .seconds(10))) == 0 else { return 2 }
+        }
+        guard eventually(within: .seconds(10), { seen.load(ordering: .acquiring) == rounds }) else { return 3 }
+        let after = ForkSafety.statistics
+        // The waiter was blocked at many of the forks, and so never signalled then.
+        guard after.forks - before.forks == rounds, after.waiting - before.waiting >= rounds / 4 else { return 4 }
+        return 0
+    }
 }

@@ -65,6 +65,9 @@ typedef struct {
     int outcome;
     /// Threads parked at the fork.
     int threads;
+    /// Threads blocked in one of the library's own waits at the fork,
+    /// counted as parked without a signal (cmp_word_event_wait, cmp_safe_cond_wait).
+    int waiting;
     /// Looks that found some thread inside the runtime or the C library.
     int retries;
     /// Threads let run to the return from their outermost runtime call.
@@ -343,5 +346,23 @@ int cmp_code_locate(const void *address, cmp_code_location_t *location);
 /// The address of the code at `location` in this process, or NULL if no
 /// loaded image has that build ID or the offset is not in its code.
 const void *cmp_code_resolve(const cmp_code_location_t *location);
+
+/// A one-shot event in a 32-bit word (0: not set): waits until it is set.
+/// A thread blocked here is not stopped by a stop-the-world fork (it holds
+/// nothing a child needs, and waits on its way out until the fork is done).
+void cmp_word_event_wait(uint32_t *word);
+
+/// Sets the event and wakes its waiters.
+void cmp_word_event_set(uint32_t *word);
+
+/// `pthread_cond_wait`, or `pthread_cond_timedwait` until `deadline`
+/// (CLOCK_MONOTONIC, for a condition made so) when it is not NULL, as a wait
+/// a stop-the-world fork need not interrupt. Returns what they return.
+int cmp_safe_cond_wait(pthread_cond_t *condition, pthread_mutex_t *mutex, const struct timespec *deadline);
+
+struct pollfd;
+/// `poll(2)`, as a wait a stop-the-world fork need not interrupt. Returns
+/// what it returns, with errno.
+int cmp_safe_poll(struct pollfd *fds, unsigned long count, int timeout_ms);
 
 #endif

@@ -24,7 +24,10 @@ import Synchronization
 /// others stay parked; one running the C library's own locked code (malloc,
 /// whose locks `fork` itself takes) is looked at again a moment later. The
 /// fork happens when no thread is inside; then the parent lets every thread
-/// go. A process with no other thread pays only for listing its threads.
+/// go. A process with no other thread pays only for listing its threads,
+/// and threads blocked in the library's own waits (a pool result, a join,
+/// the wait for a fork) are not signalled at all: they hold nothing, and on
+/// their way out of the wait they wait for the fork to be done.
 ///
 /// What it cannot cover, and what happens then (each counted in
 /// ``statistics`` and logged as a warning through ``logger``):
@@ -64,6 +67,11 @@ public enum ForkSafety {
         public var releasedEarly = 0
         /// Looks that found a thread inside the runtime or the C library.
         public var retries = 0
+        /// Threads found blocked in one of the library's own waits (a pool's
+        /// result, a queue, a join), all forks together: these are counted as
+        /// parked without a signal, and wait on their way out until the fork
+        /// is done.
+        public var waiting = 0
         /// Time spent stopping the other threads, all forks together.
         public var stopping: Duration = .zero
     }
@@ -111,6 +119,7 @@ public enum ForkSafety {
         counters.withLock { statistics in
             statistics.forks += 1
             statistics.retries += Int(report.retries)
+            statistics.waiting += Int(report.waiting)
             statistics.stopping += .nanoseconds(report.elapsed_ns)
             switch Int(report.outcome) {
             case Int(CMP_QUIESCE_STOPPED): statistics.quiesced += 1

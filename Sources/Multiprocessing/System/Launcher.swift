@@ -1,3 +1,4 @@
+import CMultiprocessing
 import Dispatch
 import Glibc
 
@@ -42,12 +43,12 @@ internal final class Launcher: Sendable {
         ForkWarmUp.runOnce()
 
         do {
-            let done = DispatchSemaphore(value: 0)
-            nonisolated(unsafe) var result: Result<T, any Error>? = nil  // written by the launcher before `done` is signalled
+            let done = WordEvent()
+            nonisolated(unsafe) var result: Result<T, any Error>? = nil  // written by the launcher before `done` is set
             nonisolated(unsafe) let work = body  // runs once, on the launcher thread, while this frame waits
             let request = Request {
                 result = Result { try work() }
-                done.signal()
+                done.set()
             }
             let wakeUp: DispatchSemaphore = state.withLock { state in
                 if state.ownerPID != getpid() {
@@ -76,4 +77,23 @@ internal final class Launcher: Sendable {
             for request in requests { request.body() }
         }
     }
+}
+
+/// A one-shot event whose wait a stop-the-world fork need not interrupt
+/// (see `cmp_word_event_wait`): the caller waiting for the launcher is not
+/// sent the park signal. A class, so that the word outlives the setter's
+/// wake-up as well as the waiter.
+private final class WordEvent: @unchecked Sendable {  // the word is only touched through atomic C calls
+    private let word: UnsafeMutablePointer<UInt32>
+
+    init() {
+        word = .allocate(capacity: 1)
+        word.initialize(to: 0)
+    }
+
+    deinit { word.deallocate() }
+
+    func wait() { cmp_word_event_wait(word) }
+
+    func set() { cmp_word_event_set(word) }
 }

@@ -1,3 +1,4 @@
+import CMultiprocessing
 import Glibc
 
 /// A value behind a `pthread_mutex_t` with a condition variable, for threads
@@ -56,8 +57,9 @@ internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only t
         defer { pthread_mutex_unlock(mutex) }
         while true {
             if let result = ready(&value) { return result }
+            // Waits a stop-the-world fork need not interrupt (see cmp_safe_cond_wait).
             guard let deadline else {
-                pthread_cond_wait(condition, mutex)
+                cmp_safe_cond_wait(condition, mutex, nil)
                 continue
             }
             let remaining = deadline - ContinuousClock.now
@@ -72,7 +74,7 @@ internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only t
                 wholeSeconds += 1
             }
             var limit = timespec(tv_sec: wholeSeconds, tv_nsec: nanoseconds)
-            pthread_cond_timedwait(condition, mutex, &limit)
+            cmp_safe_cond_wait(condition, mutex, &limit)
         }
     }
 }

@@ -107,11 +107,12 @@ internal enum Syscall {
     }
 
     /// `poll(2)` on `fds` for readability (or `events`). `timeout` in
-    /// milliseconds, -1 for none. Returns the `revents` of each.
+    /// milliseconds, -1 for none. Returns the `revents` of each. A thread
+    /// blocked here is not stopped by a stop-the-world fork (`cmp_safe_poll`).
     static func poll(_ fds: [FileDescriptor], events: Int16 = Int16(POLLIN), timeout: Int32) throws(Errno) -> [Int16] {
         var pollfds = fds.map { pollfd(fd: $0.rawValue, events: events, revents: 0) }
         _ = try pollfds.withUnsafeMutableBufferPointer { buffer throws(Errno) in
-            try valueOrErrno { Glibc.poll(buffer.baseAddress, nfds_t(buffer.count), timeout) }
+            try valueOrErrno { cmp_safe_poll(buffer.baseAddress, UInt(buffer.count), timeout) }
         }
         return pollfds.map { $0.revents }
     }
