@@ -47,9 +47,12 @@ static long futex(_Atomic uint32_t *word, int op, uint32_t value) {
     return syscall(SYS_futex, word, op, value, NULL, NULL, 0);
 }
 
-/* A thread that ends frees its entry (its id may be reused). */
+/* A thread that ends frees its entry (its id may be reused). One cancelled
+   inside a wait ends with `blocked` still set: cleared first. */
 static void thread_exit(void *entry) {
-    atomic_store_explicit(&waiters[(intptr_t)entry - 1].tid, 0, memory_order_release);
+    waiter_t *waiter = &waiters[(intptr_t)entry - 1];
+    atomic_store_explicit(&waiter->blocked, 0, memory_order_seq_cst);
+    atomic_store_explicit(&waiter->tid, 0, memory_order_release);
 }
 
 static void make_exit_key(void) { pthread_key_create(&exit_key, thread_exit); }
