@@ -126,6 +126,10 @@ static void chain_previous(int sig, siginfo_t *info, void *context) {
 
 static void release_all(void);
 static _Atomic int watchdog_fired;
+/* The watchdog's timer and period, for its second stage (set before it is armed). */
+static int watchdog_timer = -1;
+static long long watchdog_period_ns;
+static void release_in_system_code(void);
 static _Atomic uint32_t watchdog_generation;
 
 static void park_handler(int sig, siginfo_t *info, void *context) {
@@ -133,8 +137,17 @@ static void park_handler(int sig, siginfo_t *info, void *context) {
     uint64_t value = (uint64_t)(uintptr_t)info->si_value.sival_ptr;
     if (info->si_code == SI_TIMER && (uint32_t)(value >> 32) == cookie && (uint32_t)value == (0x80000000u | atomic_load_explicit(&watchdog_generation, memory_order_relaxed))) {
         /* The forking thread's watchdog: the fork is stuck on a lock a
-           parked thread holds (malloc's, stdio's list): let them all go. */
-        atomic_store_explicit(&watchdog_fired, 1, memory_order_relaxed);
+           parked thread holds (malloc's, stdio's list). First the threads
+           parked in the C library's code go, as only they can hold one; if
+           the fork is still stuck a period later, or there were none, all. */
+        if (atomic_fetch_add_explicit(&watchdog_fired, 1, memory_order_relaxed) == 0) {
+            release_in_system_code();
+            struct itimerspec again = { { 0, 0 }, { (time_t)(watchdog_period_ns / 1000000000LL), (long)(watchdog_period_ns % 1000000000LL) } };
+            if (watchdog_timer != -1 && syscall(SYS_timer_settime, watchdog_timer, 0, &again, NULL) == 0) {
+                errno = saved_errno;
+                return;
+            }
+        }
         release_all();
         errno = saved_errno;
         return;
@@ -638,6 +651,20 @@ static void release_all(void) {
     cmp_world_stop_end();
 }
 
+/* The watchdog's first stage: lets go the threads parked in the C library's
+   code (at a system call); returns with the others still parked, unless
+   there was none, when it lets every thread go. Async-signal-safe. */
+static void release_in_system_code(void) {
+    int released = 0;
+    for (int i = 0; i < slot_count; i++) {
+        if (atomic_load_explicit(&slots[i].state, memory_order_acquire) == SLOT_PARKED && cmp_in_system_code(slots[i].pc)) {
+            release_slot(i);
+            released++;
+        }
+    }
+    if (released == 0) release_all();
+}
+
 static void pause_ns(long long ns) {
     struct timespec t = { (time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL) };
     while (clock_nanosleep(CLOCK_MONOTONIC, 0, &t, &t) == EINTR) {}
@@ -808,7 +835,9 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         sigaddset(&park, PARK_SIGNAL);
         pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
         unblocked = 1;
+        watchdog_period_ns = watchdog_ns;
         timer = arm_watchdog(watchdog_ns);
+        watchdog_timer = timer;
     }
     pid_t pid = cmp_fork_flushing(death_signal, 0);
     int saved_errno = errno;
@@ -822,7 +851,10 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
             if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);
         }
     } else {
-        if (timer != -1) syscall(SYS_timer_delete, timer);
+        if (timer != -1) {
+            watchdog_timer = -1;
+            syscall(SYS_timer_delete, timer);
+        }
         if (report->outcome == CMP_QUIESCE_STOPPED) release_all();
         if (atomic_load_explicit(&watchdog_fired, memory_order_relaxed)) report->outcome = CMP_QUIESCE_RELEASED_EARLY;
         slot_count = 0;
