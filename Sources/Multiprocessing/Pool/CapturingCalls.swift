@@ -122,7 +122,7 @@ extension ProcessPool {
     }
 
     private func submitSent<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolCall? {
-        if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
+        try checkChunkSize(chunkSize)
         guard let typeName = _mangledTypeName(SentFunction<Capture, Item, Output>.self), let code = sentCode(body, typeName: typeName) else { return nil }
         let runnerParts = SentRunnerBox(runner).parts
         let sentRunner = runnerParts.context == nil ? sentCode(at: runnerParts.code, typeName: SentRunnerBox.signedName(typeName)) : nil

@@ -98,7 +98,7 @@ public final class ProcessPool: Sendable {
 
     // MARK: - Submitting
 
-    private func checkChunkSize(_ chunkSize: Int?) throws {
+    func checkChunkSize(_ chunkSize: Int?) throws {
         if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
     }
 

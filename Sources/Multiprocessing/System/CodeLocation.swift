@@ -30,7 +30,8 @@ internal struct CodeLocation: Codable, Sendable, Hashable {
 
     /// The image's build ID in hexadecimal, for messages.
     var imageDescription: String {
-        image.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        let digits = Array("0123456789abcdef")
+        return String(image.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 0xF)]] })
     }
 }
 
