@@ -830,6 +830,9 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     int timer = -1, unblocked = 0;
     sigset_t park, saved_mask;
     atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
+    /* A new generation at every fork, armed or not: a watchdog signal still
+       pending from an earlier fork is then never taken for this one's. */
+    atomic_store_explicit(&watchdog_generation, (atomic_load_explicit(&watchdog_generation, memory_order_relaxed) + 1) & 0x7fffffffu, memory_order_relaxed);
     if (report->outcome == CMP_QUIESCE_STOPPED && report->threads > 0) {
         sigemptyset(&park);
         sigaddset(&park, PARK_SIGNAL);
