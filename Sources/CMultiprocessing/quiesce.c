@@ -42,7 +42,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -807,14 +806,6 @@ static int arm_watchdog(long long after_ns) {
     return timer;
 }
 
-/* How many times a fork the watchdog let go early is made again (the copy
-   leaves at once, before any of the caller's code); past them, it stands. */
-#define MAX_REFORKS 3
-static int refork_allowed;
-static int simulated_releases;
-
-void cmp_fork_quiesced_simulate_releases(int forks) { simulated_releases = forks; }
-
 pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report) {
     memset(report, 0, sizeof *report);
     report->runtime_symbols = cmp_load_code_ranges();
@@ -827,73 +818,49 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         report->outcome = CMP_QUIESCE_FAILED;
         return cmp_fork(death_signal);
     }
-    pid_t pid;
-    int saved_errno, unblocked;
+    /* Every stdio stream is flushed before the others are parked: a parked
+       thread may hold one's lock (blocked in a read under fread). stdout and
+       stderr, whose locks the caller holds, are flushed again by cmp_fork. */
+    fflush(NULL);
+    long long start = now_ns();
+    report->outcome = stop_world(budget_ns, report);
+    report->elapsed_ns = now_ns() - start;
+    /* A watchdog only when some thread is parked (one in a library wait holds
+       nothing fork needs); its signal must reach this thread. */
+    int timer = -1, unblocked = 0;
     sigset_t park, saved_mask;
-    for (int attempt = 0;; attempt++) {
-        /* Every stdio stream is flushed before the others are parked: a parked
-           thread may hold one's lock (blocked in a read under fread). stdout and
-           stderr, whose locks the caller holds, are flushed again by cmp_fork. */
-        fflush(NULL);
-        long long start = now_ns();
-        report->outcome = stop_world(budget_ns, report);
-        report->elapsed_ns += now_ns() - start;
-        /* A watchdog only when some thread is parked (one in a library wait holds
-           nothing fork needs); its signal must reach this thread. */
-        int timer = -1;
-        unblocked = 0;
-        atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
-        /* A new generation at every fork, armed or not: a watchdog signal still
-           pending from an earlier fork is then never taken for this one's. */
-        atomic_store_explicit(&watchdog_generation, (atomic_load_explicit(&watchdog_generation, memory_order_relaxed) + 1) & 0x7fffffffu, memory_order_relaxed);
-        if (report->outcome == CMP_QUIESCE_STOPPED && report->threads > 0) {
-            sigemptyset(&park);
-            sigaddset(&park, PARK_SIGNAL);
-            pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
-            unblocked = 1;
-            watchdog_period_ns = watchdog_ns;
-            timer = arm_watchdog(watchdog_ns);
-            watchdog_timer = timer;
+    atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
+    /* A new generation at every fork, armed or not: a watchdog signal still
+       pending from an earlier fork is then never taken for this one's. */
+    atomic_store_explicit(&watchdog_generation, (atomic_load_explicit(&watchdog_generation, memory_order_relaxed) + 1) & 0x7fffffffu, memory_order_relaxed);
+    if (report->outcome == CMP_QUIESCE_STOPPED && report->threads > 0) {
+        sigemptyset(&park);
+        sigaddset(&park, PARK_SIGNAL);
+        pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
+        unblocked = 1;
+        watchdog_period_ns = watchdog_ns;
+        timer = arm_watchdog(watchdog_ns);
+        watchdog_timer = timer;
+    }
+    pid_t pid = cmp_fork_flushing(death_signal, 0);
+    int saved_errno = errno;
+    if (pid == 0) {
+        /* The child has none of those threads, and no timer. Only entries in
+           use are cleared: a write to a page shared with the parent copies it. */
+        slot_count = 0;
+        cmp_safe_waits_forked_child();
+        for (int i = 0; i < MAX_THREADS; i++) {
+            if (atomic_load_explicit(&hijacks[i].tid, memory_order_relaxed) != 0) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
+            if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);
         }
-        refork_allowed = attempt < MAX_REFORKS;
-        if (report->outcome == CMP_QUIESCE_STOPPED && simulated_releases > 0) {
-            simulated_releases--;
-            atomic_store_explicit(&watchdog_fired, 1, memory_order_relaxed);
-        }
-        pid = cmp_fork_flushing(death_signal, 0);
-        saved_errno = errno;
-        if (pid == 0) {
-            /* The watchdog let the threads go before this copy was made: one of
-               them may have taken a lock this child would wait on for ever. It
-               has run none of the caller's code; it leaves, and the parent
-               forks again. (Set before the copy, the flag is in it.) */
-            if (refork_allowed && atomic_load_explicit(&watchdog_fired, memory_order_relaxed)) syscall(SYS_exit_group, 0x7e);
-            /* The child has none of those threads, and no timer. Only entries in
-               use are cleared: a write to a page shared with the parent copies it. */
-            slot_count = 0;
-            cmp_safe_waits_forked_child();
-            for (int i = 0; i < MAX_THREADS; i++) {
-                if (atomic_load_explicit(&hijacks[i].tid, memory_order_relaxed) != 0) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
-                if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);
-            }
-            break;
-        }
+    } else {
         if (timer != -1) {
             watchdog_timer = -1;
             syscall(SYS_timer_delete, timer);
         }
         if (report->outcome == CMP_QUIESCE_STOPPED) release_all();
+        if (atomic_load_explicit(&watchdog_fired, memory_order_relaxed)) report->outcome = CMP_QUIESCE_RELEASED_EARLY;
         slot_count = 0;
-        int released_early = atomic_load_explicit(&watchdog_fired, memory_order_relaxed) != 0;
-        if (released_early && pid > 0 && refork_allowed) {
-            /* It leaves at once (above): reap it and fork again. */
-            while (waitpid(pid, NULL, 0) == -1 && errno == EINTR) {}
-            report->reforks++;
-            if (unblocked) pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
-            continue;
-        }
-        if (released_early) report->outcome = CMP_QUIESCE_RELEASED_EARLY;
-        break;
     }
     /* A child bound to its parent starts with no signal blocked (cmp_fork);
        otherwise it keeps the caller's mask, as the parent does. */

@@ -82,9 +82,6 @@ typedef struct {
     int runtime_symbols;
     /// Time spent stopping the others, in nanoseconds.
     long long elapsed_ns;
-    /// Forks made again because the watchdog let the threads go before the
-    /// copy was made (the copy left at once, having run nothing).
-    int reforks;
 } cmp_quiesce_report_t;
 
 /// `cmp_fork`, with every other thread of the process parked outside the
@@ -92,10 +89,6 @@ typedef struct {
 /// the runtime's locks held. Gives up after `budget_ns` and forks anyway
 /// (the report says why). Returns like `fork`.
 pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
-
-/// For tests: the next `forks` forks that stop the world behave as if the
-/// watchdog had let the threads go before the copy was made.
-void cmp_fork_quiesced_simulate_releases(int forks);
 
 /// Forks and executes `path` with `argv` and `envp`. In the child, the
 /// descriptors in `fds` become 3, 4, … (all others close on exec), the signal

@@ -36,10 +36,8 @@ import Synchronization
 ///   200 ms (stuck in the kernel).
 /// - Some thread inside the runtime for 200 ms on end: the fork goes ahead.
 /// - A parked thread that was blocked in the kernel while holding a lock
-///   `fork` needs (malloc's, say): after 100 ms a watchdog lets the threads
-///   go (first those in the C library). The copy made then could hold a lock
-///   one of them took, so it leaves at once, before any of your code, and
-///   the fork is made again; after three such tries it stands.
+///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
+///   watchdog lets the threads go, and the fork completes without them parked.
 /// - A lazy global whose initializer runs on another thread at the fork
 ///   cannot be used in the child (its initializer cannot finish there).
 /// - Locks of other libraries (Foundation's caches, a C library's own) are
@@ -65,12 +63,8 @@ public enum ForkSafety {
         public var unstoppable = 0
         /// Forks with some thread inside the runtime at every look.
         public var busy = 0
-        /// Forks during which the watchdog let the threads go, made so
-        /// nonetheless (after three tries).
+        /// Forks during which the watchdog let the threads go.
         public var releasedEarly = 0
-        /// Forks made again because the watchdog let the threads go before
-        /// the copy was made: that copy left at once, having run nothing.
-        public var reforks = 0
         /// Looks that found a thread inside the runtime or the C library.
         public var retries = 0
         /// Threads found blocked in one of the library's own waits (a pool's
@@ -126,7 +120,6 @@ public enum ForkSafety {
             statistics.forks += 1
             statistics.retries += Int(report.retries)
             statistics.waiting += Int(report.waiting)
-            statistics.reforks += Int(report.reforks)
             statistics.stopping += .nanoseconds(report.elapsed_ns)
             switch Int(report.outcome) {
             case Int(CMP_QUIESCE_STOPPED): statistics.quiesced += 1
