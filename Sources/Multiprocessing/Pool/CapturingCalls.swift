@@ -89,10 +89,7 @@ extension ProcessPool {
     /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
     @inlinable
     public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        let items = Array(items)
-        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body, runner: runner) { return sent }
-        return try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        try sentResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
     }
 
     /// Applies `body(capture, item)` to every item; results come in the order
@@ -100,10 +97,18 @@ extension ProcessPool {
     /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
     @inlinable
     public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        let items = Array(items)
+        try sentResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    /// `imap` or `imapUnordered` of a sent closure, or of a forked one when it cannot be sent.
+    @inlinable
+    func sentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body, runner: runner) { return sent }
-        return try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: ordered, body, runner: runner) { return sent }
+        let forked: (Item) throws -> Output = { try body(capture, $0) }
+        return ordered
+            ? try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+            : try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
     }
 
     /// Submits a map of a sent closure; nil if `body` cannot be sent (the
