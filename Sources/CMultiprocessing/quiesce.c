@@ -848,7 +848,6 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
         /* The child has none of those threads, and no timer. Only entries in
            use are cleared: a write to a page shared with the parent copies it. */
         slot_count = 0;
-        cmp_safe_waits_forked_child();
         for (int i = 0; i < MAX_THREADS; i++) {
             if (atomic_load_explicit(&hijacks[i].tid, memory_order_relaxed) != 0) atomic_store_explicit(&hijacks[i].tid, 0, memory_order_relaxed);
             if (stack_cache[i].tid != 0) memset(&stack_cache[i], 0, sizeof stack_cache[i]);

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CMultiprocessing.h"
+#include "safe_waits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -101,6 +102,8 @@ pid_t cmp_fork_flushing(int death_signal, int flush_all) {
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        /* None of the parent's threads, in a library wait or not, exists here. */
+        cmp_safe_waits_forked_child();
         __atomic_store_n(&_swift_willThrow, NULL, __ATOMIC_RELAXED);
         __atomic_store_n(&_swift_willThrowTypedImpl, NULL, __ATOMIC_RELAXED);
     }
