@@ -44,21 +44,21 @@ extension ProcessPool {
         ValueCodec.prepare(Capture.self)
         ValueCodec.prepare(Output.self)
         let decoder = OutcomeDecoder<Output>(single: true)
-        let work = PoolCall.Work.named(kind: .sentJob, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: [], code: code)
-        let call = try submit(.init(work: work, ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        let work = PoolCall.Work.named(kind: .sentJob, typeName: typeName, payload: try ValueCodec.encode(capture), code: code)
+        let call = try submit(work, units: [.init(items: 1)], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
     }
 
     /// Applies `body(capture, item)` to every item in the pool's workers;
     /// returns the outputs in item order.
     ///
-    /// See ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)``.
+    /// See ``mapAsync(_:capturing:chunkSize:bufferSize:timeout:progress:_:)``.
     ///
     /// - Throws: the first failed item's ``ProcessError`` (in item order).
     @available(*, noasync, message: "await mapAsync(_:capturing:_:).value instead")
     @inlinable
-    public func map<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> [Output] {
-        try mapAsync(items, capturing: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body).get()
+    public func map<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> [Output] {
+        try mapAsync(items, capturing: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, body).get()
     }
 
     /// Starts applying `body(capture, item)` to every item in the pool's
@@ -73,71 +73,76 @@ extension ProcessPool {
     /// As with ``applyAsync(capturing:timeout:onSuccess:onFailure:_:)``, a
     /// closure that uses nothing from around it runs in the pool's
     /// long-lived workers: `capture` is sent once per chunk and the items in
-    /// chunks, like a ``ProcessFunction``'s. Any other closure runs in
-    /// workers forked for the call, as ``mapAsync(_:chunkSize:timeout:progress:_:)`` does.
+    /// chunks, like a ``ProcessFunction``'s, and the items are read as
+    /// ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its
+    /// inputs: lazily, at most `bufferSize` chunks ahead. Any other closure
+    /// runs in workers forked for the call, as
+    /// ``mapAsync(_:chunkSize:timeout:progress:_:)`` does, and the items are
+    /// read whole first (the forked workers hold them).
     @inlinable
-    public func mapAsync<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> MapResult<Output> {
-        let items = Array(items)
+    public func mapAsync<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> MapResult<Output> {
         // Compiled here, for these types: sent only where that made it code without a context.
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        if let sent = try submitSentMap(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) { return sent }
-        return try mapAsync(items, chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        return try sentMap(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, body, runner: runner)
     }
 
     /// Applies `body(capture, item)` to every item; results come in item
     /// order as they are ready (Python's `imap`). Runs as
-    /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    /// ``mapAsync(_:capturing:chunkSize:bufferSize:timeout:progress:_:)`` does; a
+    /// sent closure's items are read as ``imap(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its inputs.
     @inlinable
-    public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        try sentResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true, body)
+    public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
+        return try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true, body, runner: runner)
     }
 
     /// Applies `body(capture, item)` to every item; results come in the order
     /// they complete (Python's `imap_unordered`). Runs as
-    /// ``mapAsync(_:capturing:chunkSize:timeout:progress:_:)`` does.
+    /// ``imap(_:capturing:chunkSize:bufferSize:timeout:progress:_:)`` does.
     @inlinable
-    public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        try sentResults(Array(items), capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false, body)
-    }
-
-    /// `imap` or `imapUnordered` of a sent closure, or of a forked one when it cannot be sent.
-    @inlinable
-    func sentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+    public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        if let sent = try submitSentResults(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: ordered, body, runner: runner) { return sent }
-        let forked: (Item) throws -> Output = { try body(capture, $0) }
-        return ordered
-            ? try imap(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
-            : try imapUnordered(items, chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+        return try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false, body, runner: runner)
     }
 
-    /// Submits a map of a sent closure; nil if `body` cannot be sent (the
-    /// caller forks for it instead).
+    /// A map of a sent closure over lazily read items, or of a forked one
+    /// over the items read whole when `body` cannot be sent.
     @usableFromInline
-    func submitSentMap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> MapResult<Output>? {
-        guard let call = try submitSent(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) else { return nil }
+    func sentMap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capture: Capture, chunkSize: Int?, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> MapResult<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        guard let work = try sentWork(capture: capture, body, runner: runner) else {
+            return try mapAsync(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        }
+        let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
+        let call = try submit(work, input: .sequence(.encoding(items, sizing: sizing)), bufferSize: bufferSize, timeout: timeout, progress: progress)
         return MapResult(call: call, decoder: OutcomeDecoder(single: false))
     }
 
-    /// Submits an `imap` of a sent closure; nil if `body` cannot be sent.
+    /// `imap` or `imapUnordered` of a sent closure, or of a forked one when it cannot be sent.
     @usableFromInline
-    func submitSentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolResults<Output>? {
-        guard let call = try submitSent(items, capture: capture, chunkSize: chunkSize, timeout: timeout, progress: progress, body, runner: runner) else { return nil }
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+    func sentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capture: Capture, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolResults<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        guard let work = try sentWork(capture: capture, body, runner: runner) else {
+            let forked: (Item) throws -> Output = { try body(capture, $0) }
+            return ordered
+                ? try imap(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+                : try imapUnordered(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+        }
+        let call = try submit(work, input: .sequence(.encoding(items, sizing: .fixed(chunkSize))), consumption: ordered ? .inOrder : .asCompleted,
+                              bufferSize: bufferSize, timeout: timeout, progress: progress)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
     }
 
-    private func submitSent<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: [Item], capture: Capture, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolCall? {
-        try checkChunkSize(chunkSize)
+    /// The work of a sent closure mapped over items; nil if `body` cannot be
+    /// sent (the caller forks for it instead).
+    private func sentWork<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(capture: Capture, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolCall.Work? {
         guard let typeName = _mangledTypeName(SentFunction<Capture, Item, Output>.self), let code = sentCode(body, typeName: typeName) else { return nil }
         let runnerParts = SentRunnerBox(runner).parts
         let sentRunner = runnerParts.context == nil ? sentCode(at: runnerParts.code, typeName: SentRunnerBox.signedName(typeName)) : nil
         ValueCodec.prepare(Capture.self)
         ValueCodec.prepare(Item.self)
         ValueCodec.prepare(Output.self)
-        let ranges = Self.ranges(count: items.count, chunkSize: chunkSize ?? defaultChunkSize(items.count))
-        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: items[range])) }
-        let work = PoolCall.Work.named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), inputs: encoded, code: code, runner: sentRunner)
-        return try submit(PoolCall.Pending(work: work, ranges: ranges), timeout: timeout, progress: progress)
+        return .named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), code: code, runner: sentRunner)
     }
 
     /// The signed reference to `body`'s code, or nil when `body` has a

@@ -1,3 +1,4 @@
+import DequeModule
 import Glibc
 import Synchronization
 
@@ -10,78 +11,243 @@ internal final class ClosureProgram: @unchecked Sendable {  // its closures run 
     init(execute: @escaping (Range<Int>) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
 }
 
-/// One call on a pool (an apply, a map): its units, and their outcomes as
-/// they arrive. The engine schedules the units; the typed front ends
-/// (``AsyncResult``, ``MapResult``, ``PoolResults``) wait on and decode the outcomes.
+/// One call on a pool (an apply, a map): its units as they are read from
+/// its input, and their outcomes as they arrive. The engine schedules the
+/// units; the typed front ends (``AsyncResult``, ``MapResult``,
+/// ``PoolResults``) wait on, take and decode the outcomes.
+///
+/// A call holds what is in flight, not what it was given: a unit's input is
+/// dropped once it has ended, and its outcome once it is taken (`imap`).
+/// A call with an ``CallInput`` reads more units only while fewer than
+/// `bufferSize` are held (see ``room(_:)``).
 internal final class PoolCall: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
     enum Work {
-        /// Work named by type: the kind, type name and encoded value, and
-        /// each unit's encoded inputs (none for a `.job`).
+        /// Work named by type: the kind, type name and encoded value; each
+        /// unit carries its encoded inputs (none for a `.job`).
         /// A sent closure's `code` comes with its requests.
-        case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], inputs: [[UInt8]], code: SentCode? = nil, runner: SentCode? = nil)
+        case named(kind: UnitRequest.Kind, typeName: String, payload: [UInt8], code: SentCode? = nil, runner: SentCode? = nil)
         /// A closure over items the forked workers hold.
         case closure(ClosureProgram)
     }
 
-    /// The work and units of a call about to be submitted.
-    struct Pending {
-        var work: Work
-        var ranges: [Range<Int>]
+    /// How the outcomes are consumed, which says when they are dropped and
+    /// what counts against the buffer.
+    enum Consumption {
+        /// All at the end (apply, map): kept until the call is dropped; the
+        /// buffer counts units not yet ended.
+        case atEnd
+        /// Taken one by one in input order (`imap`); the buffer counts units not yet taken.
+        case inOrder
+        /// Taken one by one as they complete (`imapUnordered`).
+        case asCompleted
+    }
+
+    /// One unit read from the input: how many items, and their encoding
+    /// (empty for a closure call, whose workers hold the items).
+    struct UnitInput {
+        var items: Int
+        var bytes: [UInt8] = []
+    }
+
+    struct Unit {
+        /// The index of its first item.
+        let lower: Int
+        let items: Int
+        /// Dropped once the unit has ended.
+        var input: [UInt8]
+        var outcome: Result<UnitOutcome, ProcessError>?
+        var taken = false
+    }
+
+    /// What a consumer takes next.
+    enum Taken {
+        case unit(items: Int, Result<UnitOutcome, ProcessError>)
+        /// The input failed after the units read before it.
+        case inputFailed(ProcessError)
+        case end
     }
 
     struct State {
-        var outcomes: [Result<UnitOutcome, ProcessError>?]
-        /// Units in the order they completed.
-        var completionOrder: [Int] = []
+        /// Units `base ..< base + units.count`; those before `base` were taken.
+        var units: Deque<Unit> = []
+        var base = 0
+        /// Units read so far.
+        var unitCount = 0
+        var itemsRead = 0
+        /// No more units will be read (the input ended, failed, or the call is over).
+        var inputEnded: Bool
+        var inputError: ProcessError?
+        var inputErrorTaken = false
+        var endedUnits = 0
         var completedItems = 0
+        /// Ended units not yet taken, in completion order (`asCompleted` only).
+        var completions: Deque<Int> = []
+        var takenUnits = 0
+        /// The unit an `inOrder` consumer takes next.
+        var nextInOrder = 0
+        /// A thread is reading the input; `readAgain` asks it to look for room once more.
+        var reading = false
+        var readAgain = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
-        var isFinished: Bool { completionOrder.count == outcomes.count }
+        /// Counts the changes waiters are woken for.
+        var generation: UInt64 = 0
+        var isFinished: Bool { inputEnded && endedUnits == unitCount }
+
+        func unit(_ number: Int) -> Unit? {
+            let index = number - base
+            return index >= 0 && index < units.count ? units[index] : nil
+        }
+
+        /// The outcome of `number`, if it has ended and is still held.
+        func outcome(of number: Int) -> Result<UnitOutcome, ProcessError>? { unit(number)?.outcome }
     }
 
     let id: Int
     let work: Work
-    /// The items of each unit.
-    let ranges: [Range<Int>]
-    let itemCount: Int
+    let consumption: Consumption
+    /// The most units held at once (see ``room(_:)``).
+    let bufferSize: Int
     /// The limit per item; a unit of n items has n times this.
     let timeout: Duration?
     private let progress: (@Sendable (PoolProgress) -> Void)?
     /// Called once, on the thread that completes the call. Not `@Sendable`:
     /// it decodes a generic output type there, which is safe but not provably so.
     private let completion: ((PoolCall) -> Void)?
+    /// Where further units come from; nil when they were all given at the start.
+    private let input: CallInput?
     let state: Monitor<State>
     /// Set by the pool: cancels the call's outstanding work.
     var cancelHandler: (@Sendable (PoolCall) -> Void)?
     /// Set by the pool: forgets the call once every unit has ended, however
     /// it ended (answered, failed, cancelled from any thread).
     var finishHandler: (@Sendable (PoolCall) -> Void)?
+    /// Set by the pool: more units were read (up to the count given) or the input ended.
+    var unitsHandler: (@Sendable (PoolCall, _ unitCount: Int, _ inputEnded: Bool) -> Void)?
 
-    init(id: Int, work: Work, ranges: [Range<Int>], timeout: Duration?,
-         progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)?) {
+    init(id: Int, work: Work, units: [UnitInput], input: CallInput? = nil, consumption: Consumption = .atEnd, bufferSize: Int = .max,
+         timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)?) {
         self.id = id
         self.work = work
-        self.ranges = ranges
-        self.itemCount = ranges.last?.upperBound ?? 0
+        self.consumption = consumption
+        self.bufferSize = max(1, bufferSize)
         self.timeout = timeout
         self.progress = progress
         self.completion = completion
-        self.state = Monitor(State(outcomes: Array(repeating: nil, count: ranges.count)))
+        self.input = input
+        var state = State(inputEnded: input == nil)
+        for unit in units { Self.append(unit, to: &state) }
+        self.state = Monitor(state)
+    }
+
+    private static func append(_ unit: UnitInput, to state: inout State) {
+        state.units.append(Unit(lower: state.itemsRead, items: unit.items, input: unit.bytes))
+        state.unitCount += 1
+        state.itemsRead += unit.items
     }
 
     var isClosureCall: Bool {
         if case .closure = work { true } else { false }
     }
 
-    /// The request for unit `unit`, numbered `id`.
-    func request(unit: Int, id: UInt64) -> UnitRequest {
+    /// The request for unit `unit`, numbered `id`, and its item count;
+    /// nil if the unit is no longer held.
+    func request(unit: Int, id: UInt64) -> (UnitRequest, items: Int)? {
+        guard let held = state.withLock({ $0.unit(unit) }) else { return nil }
         switch work {
-        case let .named(kind, typeName, payload, inputs, code, runner):
-            UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, code: code, runner: runner, inputs: kind == .job || kind == .sentJob ? [] : inputs[unit])
+        case let .named(kind, typeName, payload, code, runner):
+            return (UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, code: code, runner: runner, inputs: held.input), held.items)
         case .closure:
-            UnitRequest(kind: .closureChunk, id: id, lower: ranges[unit].lowerBound, upper: ranges[unit].upperBound)
+            return (UnitRequest(kind: .closureChunk, id: id, lower: held.lower, upper: held.lower + held.items), held.items)
         }
     }
+
+    // MARK: - Reading the input
+
+    /// How many more units the call may read now.
+    func room(_ state: State) -> Int {
+        guard !state.inputEnded else { return 0 }
+        let held = state.unitCount - (consumption == .atEnd ? state.endedUnits : state.takenUnits)
+        return max(0, bufferSize - held)
+    }
+
+    /// Reads units from a sequence input while there is room, on this
+    /// thread. One thread reads at a time; a call made while another reads
+    /// makes that one look for room again instead.
+    func refill() {
+        guard case let .sequence(reader)? = input else { return }
+        let mine = state.withLock { state -> Bool in
+            if state.reading {
+                state.readAgain = true
+                return false
+            }
+            state.reading = true
+            return true
+        }
+        guard mine else { return }
+        while true {
+            let room = state.withLock { state -> Int in
+                state.readAgain = false
+                return self.room(state)
+            }
+            if room > 0 {
+                for _ in 0..<room {
+                    let read = reader.next()
+                    guard add(read) else { break }
+                }
+                continue
+            }
+            let stop = state.withLock { state -> Bool in
+                guard !state.readAgain || state.inputEnded else { return false }
+                state.reading = false
+                return true
+            }
+            if stop { return }
+        }
+    }
+
+    /// Starts whatever reads the rest of the input when nobody consuming
+    /// will (a map's outputs are all taken at the end): a thread for a
+    /// sequence, a task for an asynchronous sequence.
+    func startReading() {
+        switch input {
+        case nil:
+            return
+        case .sequence:
+            refill()
+            guard consumption == .atEnd, !state.withLock(\.inputEnded) else { return }
+            _ = SystemThread.start { [self] in
+                while state.wait(until: nil, { state in state.inputEnded ? false : (self.room(state) > 0 ? true : nil) }) == true {
+                    refill()
+                }
+            }
+        case .asynchronous:
+            return  // its task was started with it (see AsyncReader.read)
+        }
+    }
+
+    /// Adds a unit read (or the end of the input); returns whether to read on.
+    @discardableResult
+    func add(_ read: InputRead) -> Bool {
+        let (count, ended, finished) = state.withLock { state -> (Int, Bool, Bool) in
+            guard !state.inputEnded else { return (state.unitCount, true, false) }
+            switch read {
+            case let .unit(unit):
+                Self.append(unit, to: &state)
+            case .end:
+                state.inputEnded = true
+            case let .failed(error):
+                state.inputEnded = true
+                state.inputError = error
+            }
+            return (state.unitCount, state.inputEnded, state.isFinished)
+        }
+        unitsHandler?(self, count, ended)
+        if ended { settle(finished: finished) }
+        return !ended
+    }
+
+    // MARK: - Outcomes
 
     /// Records how `unit` ended, unless it already has; wakes waiters.
     func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
@@ -92,43 +258,100 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     /// come before waiters wake, so a caller woken by the end of a call has
     /// seen its last progress report and its callback.
     func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
-        if let progress {
-            let completed = state.withLock { state in
-                state.completedItems + Set(outcomes.map(\.0)).filter { state.outcomes[$0] == nil }.reduce(0) { $0 + ranges[$1].count }
-            }
-            progress(PoolProgress(completed: completed, total: itemCount))
-        }
-        let (changed, finished) = state.withLock { state -> (Bool, Bool) in
+        let (changed, finished, report) = state.withLock { state -> (Bool, Bool, PoolProgress) in
             var changed = false
-            for (unit, outcome) in outcomes where state.outcomes[unit] == nil {
-                state.outcomes[unit] = outcome
-                state.completionOrder.append(unit)
-                state.completedItems += ranges[unit].count
+            for (unit, outcome) in outcomes {
+                let index = unit - state.base
+                guard index >= 0, index < state.units.count, state.units[index].outcome == nil else { continue }
+                state.units[index].outcome = outcome
+                state.units[index].input = []
+                state.endedUnits += 1
+                state.completedItems += state.units[index].items
+                if consumption == .asCompleted { state.completions.append(unit) }
                 changed = true
             }
-            return (changed, changed && state.isFinished)
+            return (changed, changed && state.isFinished, Self.progress(state))
         }
         guard changed else { return }
-        if finished { finishedFlag.store(true, ordering: .releasing) }
-        // As in Python, callbacks run before waiters wake.
+        progress?(report)
+        settle(finished: finished)
+    }
+
+    private static func progress(_ state: State) -> PoolProgress {
+        PoolProgress(completed: state.completedItems, total: state.itemsRead, isTotalKnown: state.inputEnded)
+    }
+
+    /// After a change: runs the end-of-call work if it just finished, then wakes every waiter.
+    private func settle(finished: Bool) {
         if finished {
+            finishedFlag.store(true, ordering: .releasing)
+            // As in Python, callbacks run before waiters wake.
             completion?(self)
             finishHandler?(self)
         }
         let waiters = state.update { state in
+            state.generation &+= 1
             defer { state.waiters.removeAll() }
             return Array(state.waiters.values)
         }
         waiters.forEach { $0.resume() }
     }
 
-    /// Fails every unit that has not ended with `error`.
+    /// Ends the call: reads no more input, and fails every unit that has
+    /// not ended with `error`.
     func failRemaining(_ error: ProcessError) {
-        let open = state.withLock { state in state.outcomes.indices.filter { state.outcomes[$0] == nil } }
-        if !open.isEmpty { deliver(open.map { ($0, .failure(error)) }) }
+        let (open, stoppedReading) = state.withLock { state -> ([Int], Bool) in
+            let stopped = !state.inputEnded
+            state.inputEnded = true
+            let open = state.units.indices.filter { state.units[$0].outcome == nil }.map { $0 + state.base }
+            return (open, stopped)
+        }
+        if stoppedReading {
+            if case let .asynchronous(reader)? = input { reader.stop() }
+            unitsHandler?(self, state.withLock(\.unitCount), true)
+        }
+        if open.isEmpty {
+            settle(finished: stoppedReading && isFinished)
+        } else {
+            deliver(open.map { ($0, .failure(error)) })
+        }
     }
 
     var isFinished: Bool { state.withLock(\.isFinished) }
+
+    /// Takes the next outcome for an `imap` consumer, if one is ready (the
+    /// consumer then waits); drops it from the call.
+    func take(_ state: inout State) -> Taken? {
+        let number: Int
+        switch consumption {
+        case .inOrder:
+            guard state.nextInOrder < state.unitCount else { return state.inputEnded ? endOfTaking(&state) : nil }
+            guard state.outcome(of: state.nextInOrder) != nil else { return nil }
+            number = state.nextInOrder
+            state.nextInOrder += 1
+        case .asCompleted, .atEnd:
+            guard let first = state.completions.popFirst() else {
+                return state.inputEnded && state.takenUnits == state.unitCount ? endOfTaking(&state) : nil
+            }
+            number = first
+        }
+        let index = number - state.base
+        let unit = state.units[index]
+        state.units[index].taken = true
+        state.units[index].outcome = nil
+        state.takenUnits += 1
+        while let first = state.units.first, first.taken {
+            state.units.removeFirst()
+            state.base += 1
+        }
+        return .unit(items: unit.items, unit.outcome!)
+    }
+
+    private func endOfTaking(_ state: inout State) -> Taken {
+        guard let error = state.inputError, !state.inputErrorTaken else { return .end }
+        state.inputErrorTaken = true
+        return .inputFailed(error)
+    }
 
     /// Set once every unit has ended: read without the lock, for spinning.
     private let finishedFlag = Atomic<Bool>(false)
@@ -143,28 +366,30 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         }
     }
 
-    /// Cancels what has not ended: it fails with ``ProcessError/cancelled``
-    /// and workers running it are killed.
+    /// Cancels what has not ended: it fails with ``ProcessError/cancelled``,
+    /// workers running it are killed, and no more input is read.
     func cancel() {
         cancelHandler?(self)
         failRemaining(.cancelled)
     }
 
     /// Waits until `ready` gives a value or the deadline passes.
-    func wait<T>(until deadline: ContinuousClock.Instant?, _ ready: (State) -> T?) -> T? {
-        state.wait(until: deadline) { ready($0) }
+    func wait<T>(until deadline: ContinuousClock.Instant?, _ ready: (inout State) -> T?) -> T? {
+        state.wait(until: deadline) { ready(&$0) }
     }
 
     /// Waits without blocking a thread until `ready` gives a value. A
     /// cancelled task cancels the call, whose open units then fail with
     /// ``ProcessError/cancelled``.
-    func wait<T>(_ ready: @escaping (State) -> T?) async -> T? {
+    func wait<T>(_ ready: @escaping (inout State) -> T?) async -> T? {
         await withTaskCancellationHandler {
             while !Task.isCancelled {
-                if let value = state.withLock({ ready($0) }) { return value }
+                let (value, seen) = state.withLock { state in (ready(&state), state.generation) }
+                if let value { return value }
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = state.withLock { state -> Bool in
-                        if ready(state) != nil { return true }
+                        // Changed since `ready` looked: look again rather than sleep.
+                        if state.generation != seen { return true }
                         state.waiters[state.nextWaiter] = continuation
                         state.nextWaiter += 1
                         return false
@@ -172,19 +397,37 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
                     if resumeNow { continuation.resume() }
                 }
             }
-            return state.withLock { ready($0) }
+            return state.withLock { ready(&$0) }
         } onCancel: {
             cancel()
         }
     }
+
+    /// After a consumer took an outcome: there is room to read more.
+    func tookOutcome() {
+        switch input {
+        case .sequence?: refill()
+        case .asynchronous?: settle(finished: false)
+        case nil: return
+        }
+    }
 }
 
-/// How far a call has come: items completed (delivered or failed) of the total.
+/// How far a call has come: items completed (delivered or failed) of those read.
 public struct PoolProgress: Sendable, Equatable {
     /// Items that have ended, successfully or not.
     public var completed: Int
-    /// Items in the call.
+    /// Items read from the input so far (all of them once ``isTotalKnown``).
     public var total: Int
+    /// Whether the input has ended, so that ``total`` is final.
+    public var isTotalKnown: Bool
+
+    /// Creates a progress report.
+    public init(completed: Int, total: Int, isTotalKnown: Bool = true) {
+        self.completed = completed
+        self.total = total
+        self.isTotalKnown = isTotalKnown
+    }
 
     /// `completed` as a fraction of `total` (1 for an empty call).
     public var fraction: Double { total == 0 ? 1 : Double(completed) / Double(total) }

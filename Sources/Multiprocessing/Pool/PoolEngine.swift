@@ -28,10 +28,16 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// Units still to send for one call.
     struct Pending {
         var next = 0
-        let count: Int
+        /// Units read so far (a streaming call reads more as it has room).
+        var count: Int
+        /// No more units will be read.
+        var inputEnded: Bool
         /// Units given back by a worker that died before running them; they go first.
         var returned: [Int] = []
+        /// Nothing to send now.
         var isEmpty: Bool { returned.isEmpty && next == count }
+        /// Nothing to send, ever.
+        var drained: Bool { isEmpty && inputEnded }
         var remaining: Int { returned.count + count - next }
 
         mutating func take() -> Int? {
@@ -107,9 +113,9 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
     /// once, here, the type lookups and decoding a worker will do for this
     /// call's type, before any worker for it is forked.
     private func prepareForFork(_ call: PoolCall) {
-        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _, _, _) = call.work, !call.ranges.isEmpty else { return }
+        guard configuration.startMethod == .fork, case let .named(_, typeName, _, _, _) = call.work, let (first, _) = call.request(unit: 0, id: 0) else { return }
         guard prepared.withLock({ $0.insert(typeName).inserted }) else { return }
-        guard let (head, body) = try? call.request(unit: 0, id: 0).wire(), let request = try? UnitRequest.decode(head + body) else { return }
+        guard let (head, body) = try? first.wire(), let request = try? UnitRequest.decode(head + body) else { return }
         ChunkRunner.prepareInParent(request)
     }
 
@@ -118,11 +124,13 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         prepareForFork(call)
         call.cancelHandler = { [weak self] call in self?.cancel(call) }
         call.finishHandler = { [weak self] call in self?.finish(call) }
+        call.unitsHandler = { [weak self] call, count, inputEnded in self?.unitsRead(call, count: count, inputEnded: inputEnded) }
         let failure = try state.withLock { state throws(PoolError) -> ProcessError? in
             guard state.phase == .running else { throw .notRunning }
             if !call.isClosureCall, let failure = state.namedFailure { return failure }
             state.calls[call.id] = call
-            state.pending[call.id] = Pending(count: call.ranges.count)
+            let (count, inputEnded) = call.state.withLock { ($0.unitCount, $0.inputEnded) }
+            state.pending[call.id] = Pending(count: count, inputEnded: inputEnded)
             if !call.isClosureCall { state.namedOrder.append(call.id) }
             return nil
         }
@@ -130,10 +138,23 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             call.failRemaining(failure)
             return
         }
-        if call.ranges.isEmpty { finish(call) }  // nothing will ever be delivered
+        if call.isFinished { finish(call) }  // nothing will ever be delivered
         // Units that idle workers take at once need no wake-up of the
         // dispatcher: it hears the answers anyway. One thread hop less per apply.
         let handedOver = call.timeout == nil && state.withLock { sendToIdleWorkers(call, &$0) }
+        if !handedOver { signal() }
+    }
+
+    /// More units of `call` were read, or its input ended.
+    private func unitsRead(_ call: PoolCall, count: Int, inputEnded: Bool) {
+        let handedOver = state.withLock { state -> Bool in
+            guard var pending = state.pending[call.id] else { return true }
+            pending.count = max(pending.count, count)
+            pending.inputEnded = pending.inputEnded || inputEnded
+            state.pending[call.id] = pending
+            // Its end may let workers retire: the dispatcher looks again.
+            return !inputEnded && call.timeout == nil && sendToIdleWorkers(call, &state)
+        }
         if !handedOver { signal() }
     }
 
@@ -147,13 +168,14 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             if let limit = configuration.maxTasksPerChild, worker.unitsDone >= limit { continue }
             guard let unit = state.pending[call.id]?.take() else { break }
             let id = state.nextUnitID
-            guard let (head, body) = try? call.request(unit: unit, id: id).wire(), head.count + body.count + 64 <= worker.requestCapacity else {
+            guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire(),
+                  head.count + body.count + 64 <= worker.requestCapacity else {
                 state.pending[call.id]?.returned.append(unit)
                 return false
             }
             state.nextUnitID += 1
             worker.startedAt = .now
-            worker.outstanding.append(.init(call: call, unit: unit, id: id))
+            worker.outstanding.append(.init(call: call, unit: unit, id: id, items: items))
             if (try? worker.connection.sendBytes(head: head, body: body)) == nil { worker.kill(for: nil) }
         }
         return state.pending[call.id]?.isEmpty ?? true
@@ -302,10 +324,10 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
         var nearest: ContinuousClock.Instant? = nil
         for worker in state.workers where worker.killedFor == nil {
             guard let first = worker.outstanding.first, let timeout = first.call.timeout, let startedAt = worker.startedAt else { continue }
-            let deadline = startedAt + timeout * first.call.ranges[first.unit].count
+            let deadline = startedAt + timeout * first.items
             if deadline <= now {
                 let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-                worker.kill(for: .timedOut(seconds: seconds * Double(first.call.ranges[first.unit].count)))
+                worker.kill(for: .timedOut(seconds: seconds * Double(first.items)))
             } else if nearest.map({ deadline < $0 }) ?? true {
                 nearest = deadline
             }
@@ -320,7 +342,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
             let idle: Bool
             switch worker.kind {
             case .jobs: idle = state.phase != .running && !hasPending(state, for: .jobs)
-            case let .closure(callID): idle = state.pending[callID]?.isEmpty ?? true
+            case let .closure(callID): idle = state.pending[callID]?.drained ?? true
             }
             if exhausted || idle {
                 worker.retiring = true
@@ -335,8 +357,8 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
 
     private func hasPending(_ state: State, for kind: PoolWorker.Kind) -> Bool {
         switch kind {
-        case .jobs: state.namedOrder.contains { !(state.pending[$0]?.isEmpty ?? true) }
-        case let .closure(callID): !(state.pending[callID]?.isEmpty ?? true)
+        case .jobs: state.namedOrder.contains { !(state.pending[$0]?.drained ?? true) }
+        case let .closure(callID): !(state.pending[callID]?.drained ?? true)
         }
     }
 
@@ -347,8 +369,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
                 if let limit = configuration.maxTasksPerChild, worker.unitsDone + worker.outstanding.count >= limit { break }
                 guard let (call, unit) = takeUnit(&state, for: worker.kind) else { break }
                 let id = state.nextUnitID
-                let request = call.request(unit: unit, id: id)
-                guard let (head, body) = try? request.wire() else {
+                guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire() else {
                     plan.failures.append((call, unit, .corruptRequest("the request did not encode")))
                     continue
                 }
@@ -362,7 +383,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
                 }
                 state.nextUnitID += 1
                 if worker.outstanding.isEmpty { worker.startedAt = .now }
-                worker.outstanding.append(.init(call: call, unit: unit, id: id))
+                worker.outstanding.append(.init(call: call, unit: unit, id: id, items: items))
                 plan.sends.append((worker, head, body))
             }
         }

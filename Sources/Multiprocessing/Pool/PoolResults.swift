@@ -68,7 +68,7 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
     @available(*, noasync, message: "await value instead")
     public func get(timeout: Duration? = nil) throws -> Output {
         call.spinBriefly()
-        guard let outcome = call.wait(until: timeout.map { .now + $0 }, { $0.outcomes[0] }) else {
+        guard let outcome = call.wait(until: timeout.map { .now + $0 }, { $0.outcome(of: 0) }) else {
             throw PoolError.resultNotReady
         }
         return try decoder.values(outcome, count: 1)[0]
@@ -80,7 +80,7 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
     /// - Throws: the ``ProcessError`` the task failed with.
     public var value: Output {
         get async throws(ProcessError) {
-            let outcome = await call.wait { $0.outcomes[0] } ?? .failure(.cancelled)
+            let outcome = await call.wait { $0.outcome(of: 0) } ?? .failure(.cancelled)
             return try decoder.values(outcome, count: 1)[0]
         }
     }
@@ -97,7 +97,7 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
 
     /// Whether the task succeeded; nil while it has not ended.
     public var isSuccessful: Bool? {
-        guard let outcome = call.state.withLock({ $0.outcomes[0] }) else { return nil }
+        guard let outcome = call.state.withLock({ $0.outcome(of: 0) }) else { return nil }
         return (try? decoder.values(outcome, count: 1)) != nil
     }
 
@@ -116,12 +116,22 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
         self.decoder = decoder
     }
 
-    private func collect(_ outcomes: [Result<UnitOutcome, ProcessError>?]) throws(ProcessError) -> [Output] {
+    /// Every unit with its outcome, and the input's failure, once the call
+    /// has finished (a map keeps every unit until the end).
+    typealias Ended = (units: [(items: Int, outcome: Result<UnitOutcome, ProcessError>)], inputError: ProcessError?)
+
+    static func ended(_ state: inout PoolCall.State) -> Ended? {
+        guard state.isFinished else { return nil }
+        return (state.units.map { ($0.items, $0.outcome ?? .failure(.cancelled)) }, state.inputError)
+    }
+
+    private func collect(_ ended: Ended) throws(ProcessError) -> [Output] {
         var outputs: [Output] = []
-        outputs.reserveCapacity(call.itemCount)
-        for (unit, outcome) in outcomes.enumerated() {
-            outputs += try decoder.values(outcome ?? .failure(.cancelled), count: call.ranges[unit].count)
+        outputs.reserveCapacity(ended.units.reduce(0) { $0 + $1.items })
+        for (items, outcome) in ended.units {
+            outputs += try decoder.values(outcome, count: items)
         }
+        if let error = ended.inputError { throw error }
         return outputs
     }
 
@@ -131,38 +141,39 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
     ///   the first failed item's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await value instead")
     public func get(timeout: Duration? = nil) throws -> [Output] {
-        guard let outcomes = call.wait(until: timeout.map { .now + $0 }, { $0.isFinished ? $0.outcomes : nil }) else {
+        guard let ended = call.wait(until: timeout.map { .now + $0 }, Self.ended) else {
             throw PoolError.resultNotReady
         }
-        return try collect(outcomes)
+        return try collect(ended)
     }
 
     /// Every output, awaited without blocking a thread. Cancelling the
     /// awaiting task cancels the outstanding work.
     public var value: [Output] {
         get async throws(ProcessError) {
-            guard let outcomes = await call.wait({ $0.isFinished ? $0.outcomes : nil }) else { throw .cancelled }
-            return try collect(outcomes)
+            guard let ended = await call.wait(Self.ended) else { throw .cancelled }
+            return try collect(ended)
         }
     }
 
-    /// Every item's output or error, in input order, once all have ended.
+    /// Every item's output or error, in input order, once all have ended;
+    /// if the input failed, its error comes last.
     @available(*, noasync, message: "await results() instead")
     public func results() -> [Result<Output, ProcessError>] {
-        let outcomes = call.wait(until: nil) { $0.isFinished ? $0.outcomes : nil }!
-        return itemResults(outcomes)
+        itemResults(call.wait(until: nil, Self.ended)!)
     }
 
-    /// Every item's output or error, in input order, awaited.
+    /// Every item's output or error, in input order, awaited; if the input
+    /// failed, its error comes last.
     public func results() async -> [Result<Output, ProcessError>] {
-        let outcomes = await call.wait { $0.isFinished ? $0.outcomes : nil } ?? call.state.withLock(\.outcomes)
-        return itemResults(outcomes)
+        if let ended = await call.wait(Self.ended) { return itemResults(ended) }
+        // Cancelled: what has ended, and the rest as cancelled.
+        call.cancel()
+        return itemResults(call.wait(until: nil, Self.ended)!)
     }
 
-    private func itemResults(_ outcomes: [Result<UnitOutcome, ProcessError>?]) -> [Result<Output, ProcessError>] {
-        outcomes.enumerated().flatMap { unit, outcome in
-            decoder.items(outcome ?? .failure(.cancelled), count: call.ranges[unit].count)
-        }
+    private func itemResults(_ ended: Ended) -> [Result<Output, ProcessError>] {
+        ended.units.flatMap { decoder.items($0.outcome, count: $0.items) } + (ended.inputError.map { [.failure($0)] } ?? [])
     }
 
     /// Waits until every item has ended, at most `timeout`; returns whether they have.
@@ -177,13 +188,13 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
 
     /// Whether every item succeeded; nil while some have not ended.
     public var isSuccessful: Bool? {
-        guard let outcomes = call.state.withLock({ $0.isFinished ? $0.outcomes : nil }) else { return nil }
-        return (try? collect(outcomes)) != nil
+        guard let ended = call.state.withLock({ Self.ended(&$0) }) else { return nil }
+        return (try? collect(ended)) != nil
     }
 
     /// Items ended so far, of the total.
     public var progress: PoolProgress {
-        PoolProgress(completed: call.state.withLock(\.completedItems), total: call.itemCount)
+        call.state.withLock { PoolProgress(completed: $0.completedItems, total: $0.itemsRead, isTotalKnown: $0.inputEnded) }
     }
 
     /// Cancels the items not yet ended: they fail with ``ProcessError/cancelled``.
@@ -196,58 +207,67 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
 /// Iterate it with `for result in results` (blocking) or
 /// `for await result in results` (awaiting; cancelling the task cancels the
 /// outstanding work). A failed item does not end the iteration: every other
-/// item's result still comes.
+/// item's result still comes. If the input failed (an asynchronous sequence
+/// threw), its ``ProcessError/inputFailed(errorType:description:)`` comes
+/// after the results of the items read before it.
+///
+/// The results are consumed as they are taken, once: two iterators share
+/// them, each taking the next. The call reads its input as results are
+/// taken, keeping at most its `bufferSize` chunks ahead of the consumer; a
+/// consumer that stops taking stops the reading. Dropping the results
+/// before the end cancels the rest: what is running is stopped, and no more
+/// input is read.
 public final class PoolResults<Output: Decodable & Sendable>: Sequence, AsyncSequence, Sendable {
     public typealias Element = Result<Output, ProcessError>
 
     let call: PoolCall
     let decoder: OutcomeDecoder<Output>
-    /// Whether results come in input order (`imap`) or as they complete.
-    let ordered: Bool
 
-    init(call: PoolCall, decoder: OutcomeDecoder<Output>, ordered: Bool) {
+    init(call: PoolCall, decoder: OutcomeDecoder<Output>) {
         self.call = call
         self.decoder = decoder
-        self.ordered = ordered
     }
 
-    /// Items ended so far, of the total.
+    deinit {
+        if !call.isFinished { call.cancel() }
+    }
+
+    /// Items ended so far, of those read.
     public var progress: PoolProgress {
-        PoolProgress(completed: call.state.withLock(\.completedItems), total: call.itemCount)
+        call.state.withLock { PoolProgress(completed: $0.completedItems, total: $0.itemsRead, isTotalKnown: $0.inputEnded) }
     }
 
-    /// Cancels the items not yet ended: they fail with ``ProcessError/cancelled``.
+    /// Cancels the items not yet ended: they fail with ``ProcessError/cancelled``,
+    /// and no more input is read.
     public func cancel() { call.cancel() }
 
-    /// The unit whose results come `position`-th, once it has ended.
-    fileprivate func unit(at position: Int) -> @Sendable (PoolCall.State) -> (Int, Result<UnitOutcome, ProcessError>)? {
-        { [ordered] state in
-            let unit: Int
-            if ordered {
-                unit = position
-            } else {
-                guard position < state.completionOrder.count else { return nil }
-                unit = state.completionOrder[position]
-            }
-            guard let outcome = state.outcomes[unit] else { return nil }
-            return (unit, outcome)
+    /// The items of what was taken; nil at the end.
+    fileprivate func items(_ taken: PoolCall.Taken) -> [Result<Output, ProcessError>]? {
+        call.tookOutcome()
+        switch taken {
+        case let .unit(items, outcome): return decoder.items(outcome, count: items)
+        case let .inputFailed(error): return [.failure(error)]
+        case .end: return nil
         }
     }
 
     /// The blocking iterator.
     public struct Iterator: IteratorProtocol {
         let results: PoolResults
-        var position = 0
         var buffered: [Result<Output, ProcessError>] = []
         var index = 0
+        var ended = false
 
         public mutating func next() -> Result<Output, ProcessError>? {
             while index == buffered.count {
-                guard position < results.call.ranges.count else { return nil }
-                let (unit, outcome) = results.call.wait(until: nil, results.unit(at: position))!
-                buffered = results.decoder.items(outcome, count: results.call.ranges[unit].count)
+                guard !ended else { return nil }
+                let call = results.call
+                guard let items = results.items(call.wait(until: nil, call.take)!) else {
+                    ended = true
+                    return nil
+                }
+                buffered = items
                 index = 0
-                position += 1
             }
             defer { index += 1 }
             return buffered[index]
@@ -259,17 +279,20 @@ public final class PoolResults<Output: Decodable & Sendable>: Sequence, AsyncSeq
     /// The awaiting iterator.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let results: PoolResults
-        var position = 0
         var buffered: [Result<Output, ProcessError>] = []
         var index = 0
+        var ended = false
 
         public mutating func next() async -> Result<Output, ProcessError>? {
             while index == buffered.count {
-                guard position < results.call.ranges.count, !Task.isCancelled else { return nil }
-                guard let (unit, outcome) = await results.call.wait(results.unit(at: position)), !Task.isCancelled else { return nil }
-                buffered = results.decoder.items(outcome, count: results.call.ranges[unit].count)
+                guard !ended, !Task.isCancelled else { return nil }
+                let call = results.call
+                guard let taken = await call.wait(call.take), !Task.isCancelled, let items = results.items(taken) else {
+                    ended = true
+                    return nil
+                }
+                buffered = items
                 index = 0
-                position += 1
             }
             defer { index += 1 }
             return buffered[index]

@@ -15,6 +15,8 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         let call: PoolCall
         let unit: Int
         let id: UInt64
+        /// Items in the unit (its time limit is this many times the call's).
+        let items: Int
     }
 
     let kind: Kind

@@ -98,8 +98,9 @@ public final class ProcessPool: Sendable {
 
     // MARK: - Submitting
 
-    func checkChunkSize(_ chunkSize: Int?) throws {
+    func checkChunkSize(_ chunkSize: Int?, bufferSize: Int? = nil) throws {
         if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
+        if let bufferSize, bufferSize < 1 { throw PoolError.invalidArgument("bufferSize must be at least 1, not \(bufferSize)") }
     }
 
     /// Python's default chunk size for `map`: about four chunks per worker.
@@ -107,20 +108,27 @@ public final class ProcessPool: Sendable {
         max(1, (count + 4 * processes - 1) / (4 * processes))
     }
 
-    static func ranges(count: Int, chunkSize: Int) -> [Range<Int>] {
-        stride(from: 0, to: count, by: chunkSize).map { $0..<min($0 + chunkSize, count) }
+    /// The units of `count` items held here, `chunkSize` at a time.
+    static func units(count: Int, chunkSize: Int) -> [PoolCall.UnitInput] {
+        stride(from: 0, to: count, by: chunkSize).map { PoolCall.UnitInput(items: min(chunkSize, count - $0)) }
     }
 
-    func submit(_ pending: PoolCall.Pending, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
-        let call = PoolCall(id: engine.makeCallID(), work: pending.work, ranges: pending.ranges, timeout: timeout, progress: progress, completion: completion)
+    /// Makes and submits a call. A sequence input is read here until the
+    /// call's buffer is full, then as it has room (see ``PoolCall/startReading()``).
+    func submit(_ work: PoolCall.Work, units: [PoolCall.UnitInput] = [], input: CallInput? = nil, consumption: PoolCall.Consumption = .atEnd,
+                bufferSize: Int? = nil, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
+        let call = PoolCall(id: engine.makeCallID(), work: work, units: units, input: input, consumption: consumption,
+                            bufferSize: bufferSize ?? 4 * processes, timeout: timeout, progress: progress, completion: completion)
+        call.refill()
         try engine.submit(call)
+        call.startReading()
         return call
     }
 
     static func callbacks<Output>(_ decoder: OutcomeDecoder<Output>, onSuccess: (@Sendable (Output) -> Void)?, onFailure: (@Sendable (ProcessError) -> Void)?) -> ((PoolCall) -> Void)? {
         guard onSuccess != nil || onFailure != nil else { return nil }
         return { call in
-            guard let outcome = call.state.withLock({ $0.outcomes[0] }) else { return }
+            guard let outcome = call.state.withLock({ $0.outcome(of: 0) }) else { return }
             do throws(ProcessError) {
                 let output = try decoder.values(outcome, count: 1)[0]
                 onSuccess?(output)
@@ -152,98 +160,149 @@ extension ProcessPool {
         let decoder = OutcomeDecoder<Job.Output>(single: true)
         ValueCodec.prepare(Job.self)
         ValueCodec.prepare(Job.Output.self)
-        let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job), inputs: [])
-        let call = try submit(.init(work: work, ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job))
+        let call = try submit(work, units: [.init(items: 1)], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
     }
 
     /// Applies `function` to every input in the workers; returns the outputs
     /// in input order (Python's `map`).
     ///
+    /// The inputs are read as workers free up, at most `bufferSize` chunks
+    /// ahead of those that have ended, so an input far larger than memory
+    /// (a lazy sequence) works; only the outputs are kept.
+    ///
     /// - Parameters:
+    ///   - inputs: read once, lazily, on this thread and then on a thread of
+    ///     the call's own.
     ///   - chunkSize: inputs sent to a worker at once; nil chooses about
-    ///     four chunks per worker, as Python does.
+    ///     four chunks per worker, as Python does, when the input's length is
+    ///     known (an array, a range) and chunks of 1, 2, 4 … 1024 otherwise.
+    ///   - bufferSize: the most chunks read and not yet ended; nil: four per worker.
     ///   - timeout: the time one item may take (a chunk gets as many times it).
     ///   - progress: called on a pool thread as chunks end.
     /// - Throws: the first failed item's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:over:).value instead")
-    @inlinable
-    public func map<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
-        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+    public func map<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
+        try mapAsync(function, over: inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
     }
 
-    /// Starts mapping `function` over `inputs` and returns at once (Python's `map_async`).
-    @inlinable
-    public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
-        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    /// Starts mapping `function` over `inputs` and returns at once (Python's
+    /// `map_async`). Reads `inputs` as ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
+    public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        let sizing = ChunkSizing.forMap(chunkSize, knownCount: inputs.underestimatedCount, processes: processes)
+        let input = CallInput.sequence(.encoding(inputs, sizing: sizing))
+        let call = try submit(functionWork(function), input: input, bufferSize: bufferSize, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
     }
 
     /// Applies `function` to every input; results come in input order as
     /// they are ready (Python's `imap`).
-    @inlinable
-    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
+    ///
+    /// The inputs are read as results are taken, at most `bufferSize`
+    /// chunks ahead of the consumer (Python 3.14's `buffersize`): an
+    /// infinite sequence works, and a consumer that stops taking stops the
+    /// reading. See ``PoolResults``.
+    ///
+    /// - Parameters:
+    ///   - inputs: read once, lazily, on this thread and then on the threads
+    ///     that take the results.
+    ///   - chunkSize: inputs sent to a worker at once.
+    ///   - bufferSize: the most chunks read and not yet taken; nil: four per worker.
+    ///   - timeout: the time one item may take (a chunk gets as many times it).
+    ///   - progress: called on a pool thread as chunks end.
+    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try functionResults(function, inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .inOrder)
     }
 
     /// Applies `function` to every input; results come in the order they
-    /// complete (Python's `imap_unordered`).
-    @inlinable
-    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: some Sequence<Function.Input>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try submitFunction(function, Array(inputs), chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
+    /// complete (Python's `imap_unordered`). Reads `inputs` as
+    /// ``imap(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
+    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
+        try functionResults(function, inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .asCompleted)
     }
 
-    /// Runs every job in the workers; returns their outputs in order.
+    /// Runs every job in the workers; returns their outputs in order. Reads
+    /// `jobs` as ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its inputs.
     ///
     /// - Throws: the first failed job's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:).value instead")
-    @inlinable
-    public func map<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
-        try submitJobs(Array(jobs), chunkSize: chunkSize, timeout: timeout, progress: progress).get()
+    public func map<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
+        try mapAsync(jobs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
     }
 
     /// Starts running every job in the workers and returns at once.
-    @inlinable
-    public func mapAsync<Job: ProcessJob>(_ jobs: some Sequence<Job>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
-        try submitJobs(Array(jobs), chunkSize: chunkSize, timeout: timeout, progress: progress)
+    public func mapAsync<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        ValueCodec.prepare(Job.self)
+        ValueCodec.prepare(Job.Output.self)
+        let sizing = ChunkSizing.forMap(chunkSize, knownCount: jobs.underestimatedCount, processes: processes)
+        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [])
+        let call = try submit(work, input: .sequence(.encoding(jobs, sizing: sizing)), bufferSize: bufferSize, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    // MARK: Over an asynchronous sequence
+
+    /// Applies `function` to every element of `inputs` in the workers;
+    /// returns the outputs in input order. The elements are read by a task
+    /// of the call's own as workers free up, at most `bufferSize` chunks
+    /// ahead of those that have ended.
+    ///
+    /// - Throws: the first failed item's ``ProcessError`` (in input order),
+    ///   or ``ProcessError/inputFailed(errorType:description:)`` if `inputs`
+    ///   threw (after every item read before it ran).
+    public func map<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) async throws -> [Function.Output] where Inputs.Element == Function.Input {
+        try await mapAsync(function, over: inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).value
+    }
+
+    /// Starts mapping `function` over an asynchronous sequence and returns at once.
+    public func mapAsync<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> where Inputs.Element == Function.Input {
+        let call = try functionCall(function, inputs, sizing: chunkSize.map { .fixed($0) } ?? .growing(upTo: 1024), chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .atEnd)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Applies `function` to every element of an asynchronous sequence;
+    /// results come in input order. The elements are read by a task of the
+    /// call's own, at most `bufferSize` chunks ahead of the consumer. If
+    /// `inputs` throws, the results of the items read before it come, then
+    /// ``ProcessError/inputFailed(errorType:description:)``.
+    public func imap<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> where Inputs.Element == Function.Input {
+        let call = try functionCall(function, inputs, sizing: .fixed(chunkSize), chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .inOrder)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Applies `function` to every element of an asynchronous sequence;
+    /// results come in the order they complete.
+    public func imapUnordered<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> where Inputs.Element == Function.Input {
+        let call = try functionCall(function, inputs, sizing: .fixed(chunkSize), chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .asCompleted)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
     }
 
     // The parts that need not be specialized.
 
-    private func functionCall<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int) throws -> PoolCall.Pending {
+    private func functionWork<Function: ProcessFunction>(_ function: Function) throws -> PoolCall.Work {
         // Forked workers decode these and encode the outputs (see ValueCodec.prepare).
         ValueCodec.prepare(Function.self)
         ValueCodec.prepare(Function.Input.self)
         ValueCodec.prepare(Function.Output.self)
-        let ranges = Self.ranges(count: inputs.count, chunkSize: chunkSize)
-        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: inputs[range])) }
-        let work = PoolCall.Work.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function), inputs: encoded)
-        return PoolCall.Pending(work: work, ranges: ranges)
+        return .named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function))
     }
 
-    @usableFromInline
-    func submitFunction<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Function.Output> {
-        try checkChunkSize(chunkSize)
-        let call = try submit(functionCall(function, inputs, chunkSize: chunkSize ?? defaultChunkSize(inputs.count)), timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    private func functionResults<Function: ProcessFunction>(_ function: Function, _ inputs: sending some Sequence<Function.Input>, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, consumption: PoolCall.Consumption) throws -> PoolResults<Function.Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        let call = try submit(functionWork(function), input: .sequence(.encoding(inputs, sizing: .fixed(chunkSize))), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
     }
 
-    @usableFromInline
-    func submitFunction<Function: ProcessFunction>(_ function: Function, _ inputs: [Function.Input], chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Function.Output> {
-        try checkChunkSize(chunkSize)
-        let call = try submit(functionCall(function, inputs, chunkSize: chunkSize), timeout: timeout, progress: progress)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
-    }
-
-    @usableFromInline
-    func submitJobs<Job: ProcessJob>(_ jobs: [Job], chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Job.Output> {
-        try checkChunkSize(chunkSize)
-        ValueCodec.prepare(Job.self)
-        ValueCodec.prepare(Job.Output.self)
-        let ranges = Self.ranges(count: jobs.count, chunkSize: chunkSize ?? defaultChunkSize(jobs.count))
-        let encoded = try ranges.map { (range: Range<Int>) throws -> [UInt8] in try ValueCodec.encode(ArrayChunk(slice: jobs[range])) }
-        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [], inputs: encoded)
-        let call = try submit(PoolCall.Pending(work: work, ranges: ranges), timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    /// Submits `function` over an asynchronous sequence, read by a task of its own.
+    private func functionCall<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, _ inputs: sending Inputs, sizing: ChunkSizing, chunkSize: Int?, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, consumption: PoolCall.Consumption) throws -> PoolCall where Inputs.Element == Function.Input {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        let reader = AsyncReader()
+        let call = try submit(functionWork(function), input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
+        reader.attach(Task.detached { await AsyncReader.read(inputs, into: call, sizing: sizing) })
+        return call
     }
 }
 
@@ -264,7 +323,7 @@ extension ProcessPool {
         let decoder = OutcomeDecoder<Output>(single: false)
         ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
         let program = ClosureProgram { _ in ChunkRunner.run(CollectionOfOne(())) { try body() }.wire() }
-        let call = try submit(.init(work: .closure(program), ranges: [0..<1]), timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
+        let call = try submit(.closure(program), units: [.init(items: 1)], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
         return AsyncResult(call: call, decoder: decoder)
     }
 
@@ -318,16 +377,15 @@ extension ProcessPool {
     @usableFromInline
     func submitClosure<Output: Decodable & Sendable>(_ program: ClosureProgram, count: Int, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Output> {
         try checkChunkSize(chunkSize)
-        let ranges = Self.ranges(count: count, chunkSize: chunkSize ?? defaultChunkSize(count))
-        let call = try submit(.init(work: .closure(program), ranges: ranges), timeout: timeout, progress: progress)
+        let call = try submit(.closure(program), units: Self.units(count: count, chunkSize: chunkSize ?? defaultChunkSize(count)), timeout: timeout, progress: progress)
         return MapResult(call: call, decoder: OutcomeDecoder(single: false))
     }
 
     @usableFromInline
     func submitClosure<Output: Decodable & Sendable>(_ program: ClosureProgram, count: Int, chunkSize: Int, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool) throws -> PoolResults<Output> {
         try checkChunkSize(chunkSize)
-        let call = try submit(.init(work: .closure(program), ranges: Self.ranges(count: count, chunkSize: chunkSize)), timeout: timeout, progress: progress)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false), ordered: ordered)
+        let call = try submit(.closure(program), units: Self.units(count: count, chunkSize: chunkSize), consumption: ordered ? .inOrder : .asCompleted, timeout: timeout, progress: progress)
+        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
     }
 }
 

@@ -41,6 +41,9 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     case initializerFailed(String)
     /// A worker answered with bytes that are not a reply; it was killed.
     case corruptReply(String)
+    /// A pool call's input failed: an asynchronous sequence threw, or an
+    /// item did not encode. The items read before it ran; no more were read.
+    case inputFailed(errorType: String, description: String)
 
     public var description: String {
         switch self {
@@ -62,6 +65,7 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case .poolTerminated: "the pool was terminated"
         case let .initializerFailed(reason): "the pool's initializer failed: \(reason)"
         case let .corruptReply(reason): "a worker sent a corrupt reply: \(reason)"
+        case let .inputFailed(errorType, description): "the call's input failed with \(errorType): \(description)"
         }
     }
 }
