@@ -205,6 +205,27 @@ struct StreamingTests {
         #expect(pool.workerProcessIDs.isEmpty)
     }
 
+    @Test("results not yet taken when the pool closes: the rest is read and run, join returns, and they wait to be taken")
+    func closeBeforeTaking() throws {
+        let counter = ReadCounter()
+        let pool = try ProcessPool(processes: 2)
+        let results = try pool.imap(SquareFunction(), over: counter.items(upTo: 300), chunkSize: 2, bufferSize: 2)
+        let mapped = try pool.mapAsync(SquareFunction(), over: AsyncStream<Int> { continuation in
+            for x in 0..<100 { continuation.yield(x) }
+            continuation.finish()
+        }, chunkSize: 1, bufferSize: 1)
+        pool.close()
+        let finished = eventually(within: .seconds(30)) { results.progress.completed == 300 && mapped.isReady }
+        #expect(finished)
+        guard finished else {
+            pool.terminate()
+            return
+        }
+        try pool.join()
+        #expect(results.map { try! $0.get() } == (0..<300).map { $0 * $0 })
+        #expect(try mapped.get() == (0..<100).map { $0 * $0 })
+    }
+
     @Test("bad arguments: a buffer below 1 is refused before anything is read")
     func badBuffer() throws {
         let counter = ReadCounter()

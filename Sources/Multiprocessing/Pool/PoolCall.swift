@@ -88,6 +88,8 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         /// A thread is reading the input; `readAgain` asks it to look for room once more.
         var reading = false
         var readAgain = false
+        /// The pool is closing: the rest is read whether it is taken or not.
+        var unbounded = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
         /// Counts the changes waiters are woken for.
@@ -167,6 +169,7 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     /// How many more units the call may read now.
     func room(_ state: State) -> Int {
         guard !state.inputEnded else { return 0 }
+        if state.unbounded { return Int.max }
         let held = state.unitCount - (consumption == .atEnd ? state.endedUnits : state.takenUnits)
         return max(0, bufferSize - held)
     }
@@ -223,6 +226,27 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
             }
         case .asynchronous:
             return  // its task was started with it (see AsyncReader.read)
+        }
+    }
+
+    /// The pool is closing, and `join` waits for every call to end: the
+    /// rest of the input is read at once rather than as the consumer takes
+    /// results (as Python's `imap` reads it), and the results wait to be taken.
+    func readWithoutBound() {
+        let wasBounded = state.withLock { state -> Bool in
+            defer { state.unbounded = true }
+            return !state.unbounded && !state.inputEnded
+        }
+        guard wasBounded else { return }
+        switch input {
+        case .sequence?:
+            // A map's thread is reading already; an imap's consumer may never come.
+            if consumption != .atEnd { _ = SystemThread.start { [self] in refill() } }
+            settle(finished: false)
+        case .asynchronous?:
+            settle(finished: false)  // wakes its reader
+        case nil:
+            return
         }
     }
 

@@ -214,10 +214,15 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
 
     // MARK: - Ending
 
+    /// Takes no more calls. Calls still reading their input read the rest
+    /// without waiting for their consumers (see ``PoolCall/readWithoutBound()``),
+    /// so that the pool can finish.
     func close() {
-        state.update { state in
+        let calls = state.update { state -> [PoolCall] in
             if state.phase == .running { state.phase = .closing }
+            return Array(state.calls.values)
         }
+        calls.forEach { $0.readWithoutBound() }
         signal()
     }
 
