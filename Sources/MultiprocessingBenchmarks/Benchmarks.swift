@@ -44,6 +44,7 @@ struct Benchmarks: ParsableCommand {
         print("machine: \(machineDescription())")
         print("repetitions: \(repeats)\(quick ? " (quick)" : "")\n")
         var rows: [Row] = []
+        var peakNotes: [String] = []
         printHeader()
         for scenario in chosen {
             let count = quick ? scenario.quickCount : scenario.count
@@ -54,13 +55,17 @@ struct Benchmarks: ParsableCommand {
             cbf_trim_heap()
             if scenario.pinned { cbf_pin_all_threads(0) }
             defer { if scenario.pinned { cbf_pin_all_threads(-1) } }
-            let seconds = try measure(scenario.run, count: count, repeats: repeats)
+            let memory = PeakMemory()
+            let seconds = try measure(scenario.run, count: count, repeats: repeats, memory: scenario.measuresPeakMemory ? memory : nil)
             let operations = count * scenario.operationsPerIteration
             let ours = Samples(operations: operations, seconds: seconds)
             var baseline: Samples?
+            var baselineGrowth: Int?
             switch scenario.baseline {
             case let .python(name)?:
-                baseline = Samples(operations: operations, seconds: try Python.run(scenario: name, count: count, repeats: repeats, pinned: scenario.pinned))
+                let python = try Python.run(scenario: name, count: count, repeats: repeats, pinned: scenario.pinned)
+                baseline = Samples(operations: operations, seconds: python.seconds)
+                baselineGrowth = python.peakGrowth
             case let .swift(_, run)?:
                 baseline = Samples(operations: operations, seconds: try measure(run, count: count, repeats: repeats))
             case nil:
@@ -73,7 +78,14 @@ struct Benchmarks: ParsableCommand {
                 pinned: scenario.pinned
             )
             printRow(row)
+            if scenario.measuresPeakMemory {
+                peakNotes.append("\(scenario.name): peak memory rose \(megabytes(memory.largestGrowth)) here, \(baselineGrowth.map(megabytes) ?? "—") in \(row.baselineName ?? "the baseline")")
+            }
             rows.append(row)
+        }
+        if !peakNotes.isEmpty {
+            print("\npeak resident memory above the start of a repetition (largest of the repetitions):")
+            peakNotes.forEach { print("- \($0)") }
         }
         if rows.contains(where: \.pinned) {
             print("\n¹ every process of both sides on one CPU (see Scenario.pinned)")
@@ -92,13 +104,15 @@ struct Benchmarks: ParsableCommand {
     }
 
     /// Seconds each repetition of `count` iterations took, after a warm-up.
-    private func measure(_ run: (Int) throws -> Void, count: Int, repeats: Int) throws -> [Double] {
+    private func measure(_ run: (Int) throws -> Void, count: Int, repeats: Int, memory: PeakMemory? = nil) throws -> [Double] {
         try run(max(1, count / 10))
         var seconds: [Double] = []
         for _ in 0..<repeats {
+            memory?.begin()
             let start = ContinuousClock.now
             try run(count)
             let elapsed = ContinuousClock.now - start
+            memory?.end()
             seconds.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
         }
         return seconds
@@ -115,6 +129,10 @@ struct Benchmarks: ParsableCommand {
         let ratio = row.ratio.map { "\(format3($0))×" } ?? "—"
         print("| \(row.scenario)\(row.pinned ? " ¹" : "") | \(row.unit) | \(ours) | \(row.baselineName ?? "—") | \(baseline) | \(ratio) |")
         fflush(nil)
+    }
+
+    private func megabytes(_ bytes: Int) -> String {
+        "\(format3(Double(bytes) / 1e6)) MB"
     }
 
     private func machineDescription() -> String {

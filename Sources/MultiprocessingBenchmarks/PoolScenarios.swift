@@ -90,6 +90,22 @@ struct Spin: ProcessFunction {
     }
 }
 
+/// `imap` of x² over a lazy sequence of `count` Ints, in chunks of 1000,
+/// every result taken as it comes: the input is read as the results are
+/// taken (four chunks per worker ahead), so memory stays flat. Python's
+/// `imap` over `range(count)` reads the whole input into its task queue.
+@Sendable func poolImapLazy(_ count: Int) throws {
+    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+        var total = 0
+        for result in try pool.imap(SquareTask(), over: (0..<count).lazy.map { $0 }, chunkSize: 1000) {
+            total &+= try result.get()
+        }
+        var expected = 0
+        for x in 0..<count { expected &+= x &* x }
+        guard total == expected else { throw BenchmarkFailure(description: "wrong result") }
+    }
+}
+
 /// A CPU-bound map on two workers (small chunks: the last chunk to end sets
 /// the time, and a 50-item chunk is 37 ms)…
 @Sendable func poolSpin(_ count: Int) throws {
@@ -113,5 +129,6 @@ let poolScenarios: [Scenario] = [
     Scenario(name: "pool.closure.stop-the-world", unit: "round trips", count: 1000, quickCount: 50, baseline: .swift("plain forks", poolClosureApplyPlainForks), run: poolClosureApply),
     Scenario(name: "pool.capturing.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolCapturingApply),
     Scenario(name: "pool.capturing.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolCapturingMap),
+    Scenario(name: "pool.imap.lazy", unit: "items", count: 10_000_000, quickCount: 100_000, baseline: .python("pool.imap.lazy"), measuresPeakMemory: true, run: poolImapLazy),
     Scenario(name: "pool.cpu", unit: "items", count: 400, quickCount: 10, baseline: .swift("serial", serialSpin), run: poolSpin),
 ]

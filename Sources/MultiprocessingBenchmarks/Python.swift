@@ -13,8 +13,9 @@ enum Python {
         var description: String
     }
 
-    /// The seconds each repetition took.
-    static func run(scenario: String, count: Int, repeats: Int, pinned: Bool) throws -> [Double] {
+    /// The seconds each repetition took, and for some scenarios how far
+    /// the peak resident memory rose (the largest of the repetitions).
+    static func run(scenario: String, count: Int, repeats: Int, pinned: Bool) throws -> (seconds: [Double], peakGrowth: Int?) {
         guard let script = scriptPath else { throw Failure(description: "python_benchmarks.py not found") }
         let process = Foundation.Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -27,7 +28,11 @@ enum Python {
         guard process.terminationStatus == 0 else {
             throw Failure(description: "python3 exited with \(process.terminationStatus) for \(scenario)")
         }
-        struct Result: Decodable { var seconds: [Double] }
-        return try JSONDecoder().decode(Result.self, from: data).seconds
+        struct Result: Decodable {
+            var seconds: [Double]
+            var peak_growth: Int?
+        }
+        let result = try JSONDecoder().decode(Result.self, from: data)
+        return (result.seconds, result.peak_growth)
     }
 }

@@ -37,6 +37,10 @@ struct Scenario: Sendable {
     /// processes on this 2-core VM otherwise swings 5× with where the
     /// scheduler puts them.
     var pinned = false
+    /// Also report how far each side's peak resident memory rose above
+    /// where it stood when a repetition began (`VmHWM`, reset through
+    /// `/proc/self/clear_refs`): for scenarios whose point is bounded memory.
+    var measuresPeakMemory = false
     /// Does `count` iterations.
     var run: @Sendable (Int) throws -> Void
 }

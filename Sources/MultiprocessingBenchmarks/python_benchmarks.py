@@ -140,6 +140,24 @@ def pool_map(count):
         assert pool.map(square, range(count))[-1] == (count - 1) ** 2
 
 
+def pool_imap_lazy(count):
+    # range() is lazy, as the Swift side's input is; Python's imap reads it
+    # all (its task handler thread queues every chunk) whatever the consumer does.
+    total = 0
+    with mp.get_context("fork").Pool(2) as pool:
+        for y in pool.imap(square, range(count), chunksize=1000):
+            total += y
+    assert total == sum(x * x for x in range(count))
+
+
+def status_bytes(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def pool_apply(count):
     with mp.get_context("fork").Pool(2) as pool:
         for i in range(count):
@@ -165,6 +183,7 @@ SCENARIOS = {
     "manager.dict": manager_dict,
     "pool.map": pool_map,
     "pool.apply": pool_apply,
+    "pool.imap.lazy": pool_imap_lazy,
     "queue.int": queue_ints,
     "queue.bytes": queue_bytes,
     "value.locked": locked_value,
@@ -189,11 +208,17 @@ def main():
     run = SCENARIOS[args.scenario]
     run(max(1, args.count // 10))  # warm up (starts the forkserver, loads modules)
     seconds = []
+    peak_growth = 0
     for _ in range(args.repeats):
+        # The peak resident size is reset to the current one (Linux 4.0+).
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        rss = status_bytes("VmRSS:")
         start = time.perf_counter()
         run(args.count)
         seconds.append(time.perf_counter() - start)
-    json.dump({"seconds": seconds}, sys.stdout)
+        peak_growth = max(peak_growth, status_bytes("VmHWM:") - rss)
+    json.dump({"seconds": seconds, "peak_growth": peak_growth}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ internal enum ChunkSizing: Sendable {
         return .fixed(max(1, (knownCount + 4 * processes - 1) / (4 * processes)))
     }
 
+    @usableFromInline
     func size(ofUnit unit: Int) -> Int {
         switch self {
         case let .fixed(size): size
@@ -50,22 +51,31 @@ internal final class SequenceReader: @unchecked Sendable {  // `next` runs on on
 
     init(_ next: @escaping () -> InputRead) { self.next = next }
 
-    /// Reads `inputs` in units of encoded items.
-    @usableFromInline
-    static func encoding<Inputs: Sequence>(_ inputs: sending Inputs, sizing: ChunkSizing) -> SequenceReader where Inputs.Element: Encodable {
+    /// Reads `inputs` in units of encoded items. Inlinable: the loop over
+    /// the items is compiled for their types where it is called.
+    @inlinable
+    static func chunks<Inputs: Sequence>(of inputs: sending Inputs, sizing: ChunkSizing) -> SequenceReader where Inputs.Element: Encodable {
         var iterator = inputs.makeIterator()
-        var units = 0
-        var ended = false
-        return SequenceReader {
-            guard !ended else { return .end }
-            let size = sizing.size(ofUnit: units)
+        var unit = 0
+        return SequenceReader(encoding: { () -> (items: [Inputs.Element], exhausted: Bool) in
+            let size = sizing.size(ofUnit: unit)
+            unit += 1
             var items: [Inputs.Element] = []
             items.reserveCapacity(size)
             while items.count < size, let item = iterator.next() { items.append(item) }
-            if items.count < size { ended = true }
-            guard !items.isEmpty else { return .end }
-            units += 1
-            return encodedUnit(items)
+            return (items, items.count < size)
+        })
+    }
+
+    /// A reader of the units `read` gives, each encoded here.
+    @usableFromInline
+    convenience init<Item: Encodable>(encoding read: @escaping () -> (items: [Item], exhausted: Bool)) {
+        var ended = false
+        self.init {
+            guard !ended else { return .end }
+            let (items, exhausted) = read()
+            ended = exhausted
+            return items.isEmpty ? .end : encodedUnit(items)
         }
     }
 }

@@ -81,9 +81,14 @@ extension ProcessPool {
     /// read whole first (the forked workers hold them).
     @inlinable
     public func mapAsync<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> MapResult<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
         // Compiled here, for these types: sent only where that made it code without a context.
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        return try sentMap(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, body, runner: runner)
+        guard let work = try sentWork(capture: capture, body, runner: runner) else {
+            return try mapAsync(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+        }
+        let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
+        return try submitMap(work, .chunks(of: items, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     /// Applies `body(capture, item)` to every item; results come in item
@@ -92,8 +97,7 @@ extension ProcessPool {
     /// sent closure's items are read as ``imap(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its inputs.
     @inlinable
     public func imap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
-        let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        return try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true, body, runner: runner)
+        try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true, body)
     }
 
     /// Applies `body(capture, item)` to every item; results come in the order
@@ -101,48 +105,35 @@ extension ProcessPool {
     /// ``imap(_:capturing:chunkSize:bufferSize:timeout:progress:_:)`` does.
     @inlinable
     public func imapUnordered<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capturing capture: Capture, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    /// `imap` or `imapUnordered` of a sent closure over lazily read items,
+    /// or of a forked one over the items read whole when it cannot be sent.
+    @inlinable
+    func sentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capture: Capture, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output) throws -> PoolResults<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
-        return try sentResults(items, capture: capture, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false, body, runner: runner)
-    }
-
-    /// A map of a sent closure over lazily read items, or of a forked one
-    /// over the items read whole when `body` cannot be sent.
-    @usableFromInline
-    func sentMap<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capture: Capture, chunkSize: Int?, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> MapResult<Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        guard let work = try sentWork(capture: capture, body, runner: runner) else {
-            return try mapAsync(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
-        }
-        let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
-        let call = try submit(work, input: .sequence(.encoding(items, sizing: sizing)), bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    /// `imap` or `imapUnordered` of a sent closure, or of a forked one when it cannot be sent.
-    @usableFromInline
-    func sentResults<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, capture: Capture, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolResults<Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
         guard let work = try sentWork(capture: capture, body, runner: runner) else {
             let forked: (Item) throws -> Output = { try body(capture, $0) }
             return ordered
                 ? try imap(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
                 : try imapUnordered(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
         }
-        let call = try submit(work, input: .sequence(.encoding(items, sizing: .fixed(chunkSize))), consumption: ordered ? .inOrder : .asCompleted,
-                              bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
+        return try submitResults(work, .chunks(of: items, sizing: .fixed(chunkSize)), ordered: ordered, bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     /// The work of a sent closure mapped over items; nil if `body` cannot be
     /// sent (the caller forks for it instead).
-    private func sentWork<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(capture: Capture, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PoolCall.Work? {
+    @usableFromInline
+    func sentWork<Capture: Codable & Sendable, Item: Codable & Sendable, Output: Codable & Sendable>(capture: Capture, _ body: @escaping (Capture, Item) throws -> Output, runner: @escaping SentRunner) throws -> PreparedWork? {
         guard let typeName = _mangledTypeName(SentFunction<Capture, Item, Output>.self), let code = sentCode(body, typeName: typeName) else { return nil }
         let runnerParts = SentRunnerBox(runner).parts
         let sentRunner = runnerParts.context == nil ? sentCode(at: runnerParts.code, typeName: SentRunnerBox.signedName(typeName)) : nil
         ValueCodec.prepare(Capture.self)
         ValueCodec.prepare(Item.self)
         ValueCodec.prepare(Output.self)
-        return .named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), code: code, runner: sentRunner)
+        return PreparedWork(.named(kind: .sentChunk, typeName: typeName, payload: try ValueCodec.encode(capture), code: code, runner: sentRunner))
     }
 
     /// The signed reference to `body`'s code, or nil when `body` has a

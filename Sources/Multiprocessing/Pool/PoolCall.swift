@@ -11,6 +11,14 @@ internal final class ClosureProgram: @unchecked Sendable {  // its closures run 
     init(execute: @escaping (Range<Int>) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
 }
 
+/// A call's work, made ready by the non-inlinable half of a pool call for
+/// its inlinable half to submit.
+@usableFromInline
+internal final class PreparedWork {
+    let work: PoolCall.Work
+    init(_ work: PoolCall.Work) { self.work = work }
+}
+
 /// One call on a pool (an apply, a map): its units as they are read from
 /// its input, and their outcomes as they arrive. The engine schedules the
 /// units; the typed front ends (``AsyncResult``, ``MapResult``,

@@ -98,6 +98,7 @@ public final class ProcessPool: Sendable {
 
     // MARK: - Submitting
 
+    @usableFromInline
     func checkChunkSize(_ chunkSize: Int?, bufferSize: Int? = nil) throws {
         if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
         if let bufferSize, bufferSize < 1 { throw PoolError.invalidArgument("bufferSize must be at least 1, not \(bufferSize)") }
@@ -183,18 +184,18 @@ extension ProcessPool {
     ///   - progress: called on a pool thread as chunks end.
     /// - Throws: the first failed item's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:over:).value instead")
+    @inlinable
     public func map<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
         try mapAsync(function, over: inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
     }
 
     /// Starts mapping `function` over `inputs` and returns at once (Python's
     /// `map_async`). Reads `inputs` as ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
+    @inlinable
     public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
         let sizing = ChunkSizing.forMap(chunkSize, knownCount: inputs.underestimatedCount, processes: processes)
-        let input = CallInput.sequence(.encoding(inputs, sizing: sizing))
-        let call = try submit(functionWork(function), input: input, bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+        return try submitMap(functionWork(function), .chunks(of: inputs, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     /// Applies `function` to every input; results come in input order as
@@ -212,15 +213,19 @@ extension ProcessPool {
     ///   - bufferSize: the most chunks read and not yet taken; nil: four per worker.
     ///   - timeout: the time one item may take (a chunk gets as many times it).
     ///   - progress: called on a pool thread as chunks end.
+    @inlinable
     public func imap<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try functionResults(function, inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .inOrder)
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        return try submitResults(functionWork(function), .chunks(of: inputs, sizing: .fixed(chunkSize)), ordered: true, bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     /// Applies `function` to every input; results come in the order they
     /// complete (Python's `imap_unordered`). Reads `inputs` as
     /// ``imap(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
+    @inlinable
     public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try functionResults(function, inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, consumption: .asCompleted)
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        return try submitResults(functionWork(function), .chunks(of: inputs, sizing: .fixed(chunkSize)), ordered: false, bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     /// Runs every job in the workers; returns their outputs in order. Reads
@@ -228,19 +233,17 @@ extension ProcessPool {
     ///
     /// - Throws: the first failed job's ``ProcessError`` (in input order).
     @available(*, noasync, message: "await mapAsync(_:).value instead")
+    @inlinable
     public func map<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
         try mapAsync(jobs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
     }
 
     /// Starts running every job in the workers and returns at once.
+    @inlinable
     public func mapAsync<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        ValueCodec.prepare(Job.self)
-        ValueCodec.prepare(Job.Output.self)
         let sizing = ChunkSizing.forMap(chunkSize, knownCount: jobs.underestimatedCount, processes: processes)
-        let work = PoolCall.Work.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: [])
-        let call = try submit(work, input: .sequence(.encoding(jobs, sizing: sizing)), bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+        return try submitMap(jobsWork(Job.self), .chunks(of: jobs, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
     }
 
     // MARK: Over an asynchronous sequence
@@ -282,17 +285,33 @@ extension ProcessPool {
 
     // The parts that need not be specialized.
 
-    private func functionWork<Function: ProcessFunction>(_ function: Function) throws -> PoolCall.Work {
+    @usableFromInline
+    func functionWork<Function: ProcessFunction>(_ function: Function) throws -> PreparedWork {
         // Forked workers decode these and encode the outputs (see ValueCodec.prepare).
         ValueCodec.prepare(Function.self)
         ValueCodec.prepare(Function.Input.self)
         ValueCodec.prepare(Function.Output.self)
-        return .named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function))
+        return PreparedWork(.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function)))
     }
 
-    private func functionResults<Function: ProcessFunction>(_ function: Function, _ inputs: sending some Sequence<Function.Input>, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, consumption: PoolCall.Consumption) throws -> PoolResults<Function.Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let call = try submit(functionWork(function), input: .sequence(.encoding(inputs, sizing: .fixed(chunkSize))), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
+    @usableFromInline
+    func jobsWork<Job: ProcessJob>(_: Job.Type) -> PreparedWork {
+        ValueCodec.prepare(Job.self)
+        ValueCodec.prepare(Job.Output.self)
+        return PreparedWork(.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: []))
+    }
+
+    /// Submits a map whose units `reader` reads.
+    @usableFromInline
+    func submitMap<Output: Decodable & Sendable>(_ work: PreparedWork, _ reader: SequenceReader, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Output> {
+        let call = try submit(work.work, input: .sequence(reader), bufferSize: bufferSize, timeout: timeout, progress: progress)
+        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
+    }
+
+    /// Submits an `imap` (`ordered`) or `imapUnordered` whose units `reader` reads.
+    @usableFromInline
+    func submitResults<Output: Decodable & Sendable>(_ work: PreparedWork, _ reader: SequenceReader, ordered: Bool, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> PoolResults<Output> {
+        let call = try submit(work.work, input: .sequence(reader), consumption: ordered ? .inOrder : .asCompleted, bufferSize: bufferSize, timeout: timeout, progress: progress)
         return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
     }
 
@@ -300,7 +319,7 @@ extension ProcessPool {
     private func functionCall<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, _ inputs: sending Inputs, sizing: ChunkSizing, chunkSize: Int?, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, consumption: PoolCall.Consumption) throws -> PoolCall where Inputs.Element == Function.Input {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
         let reader = AsyncReader()
-        let call = try submit(functionWork(function), input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
+        let call = try submit(functionWork(function).work, input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
         reader.attach(Task.detached { await AsyncReader.read(inputs, into: call, sizing: sizing) })
         return call
     }
