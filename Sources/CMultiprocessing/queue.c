@@ -2,6 +2,7 @@
 #include "CMultiprocessing.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <time.h>
 
@@ -11,10 +12,11 @@ size_t cmp_queue_size(uint64_t capacity) { return sizeof(cmp_queue_t) + (size_t)
 
 
 
-int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages) {
+int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages, int sparse) {
     memset(queue, 0, sizeof *queue);
     queue->capacity = capacity;
     queue->max_messages = max_messages;
+    queue->sparse = sparse ? 1 : 0;
     int rc = cmp_lock_init(&queue->mutex, 0);
     if (!rc) rc = cmp_lock_init(&queue->writer, 0);
     if (!rc) rc = cmp_lock_init(&queue->reader, 0);
@@ -35,6 +37,85 @@ static int wait_on(cmp_queue_t *queue, cmp_futex_condition_t *condition, const s
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (now.tv_sec < deadline->tv_sec || (now.tv_sec == deadline->tv_sec && now.tv_nsec < deadline->tv_nsec)) rc = 0;
     }
+    return rc;
+}
+
+static void write_whole(cmp_queue_t *queue, const void *bytes, uint64_t length);
+
+/* ---- The sparse ring's memory ---- */
+
+/* Pages are allocated and given back this many bytes at a time. */
+#define SPARSE_STEP ((uint64_t)1 << 20)
+#define PAGE ((uint64_t)4096)
+
+/* Calls `fallocate(fd, mode, …)` on the file range of ring positions
+   [from, to) (at most one lap). To allocate (`consumed` 0): every page the
+   range touches. To give back (`consumed` 1, [from, to) being read, and
+   everything before `from` too): every page that ends by `to`, except the
+   one the queue's header shares with the ring. */
+static int each_range(cmp_queue_t *queue, int fd, int mode, uint64_t from, uint64_t to, int consumed) {
+    uint64_t base = (uint64_t)((unsigned char *)ring_of(queue) - (unsigned char *)queue);
+    uint64_t first_free = (base + PAGE - 1) / PAGE * PAGE;
+    while (from < to) {
+        uint64_t offset = from % queue->capacity;
+        uint64_t piece = queue->capacity - offset < to - from ? queue->capacity - offset : to - from;
+        uint64_t start = base + offset, end = base + offset + piece;
+        uint64_t first = start / PAGE * PAGE;
+        uint64_t last = consumed ? end / PAGE * PAGE : (end + PAGE - 1) / PAGE * PAGE;
+        if (consumed && first < first_free) first = first_free;
+        if (last > first) {
+            int rc;
+            do rc = fallocate(fd, mode, (off_t)first, (off_t)(last - first));
+            while (rc != 0 && errno == EINTR);
+            if (rc != 0) return errno;
+        }
+        from += piece;
+    }
+    return 0;
+}
+
+/* How far writers may go: a lap ahead of what was given back, less the
+   slack that keeps them off the pages a give-back may still punch (it
+   frees the page holding `released`, whose start was read before it). */
+static uint64_t sparse_limit(cmp_queue_t *queue) { return queue->released + queue->capacity - CMP_QUEUE_SPARSE_SLACK; }
+
+/* With the mutex held: memory for ring positions up to `end`, and a step
+   beyond (never past `sparse_limit`). 0, or ENOMEM. */
+static int commit_to(cmp_queue_t *queue, int fd, uint64_t end) {
+    if (!queue->sparse || end <= queue->committed) return 0;
+    uint64_t limit = sparse_limit(queue);
+    uint64_t target = end + SPARSE_STEP < limit ? end + SPARSE_STEP : limit;
+    int rc = each_range(queue, fd, FALLOC_FL_KEEP_SIZE, queue->committed, target, 0);
+    if (rc) return rc == ENOSPC ? ENOMEM : rc;
+    __atomic_store_n(&queue->committed, target, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* With the mutex held: gives back the pages wholly behind the readers.
+   A page only partly behind `read` keeps its memory until the readers pass it. */
+static void release_all_read(cmp_queue_t *queue, int fd) {
+    each_range(queue, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, queue->released, queue->read, 1);
+    __atomic_store_n(&queue->released, queue->read, __ATOMIC_RELEASE);
+}
+
+/* After a read: the same, a step at a time. */
+static void release_read(cmp_queue_t *queue, int fd) {
+    if (queue->sparse && queue->read - queue->released >= SPARSE_STEP) release_all_read(queue, fd);
+}
+
+/* A sparse queue's put: whole, under the mutex, never waiting. */
+static int put_sparse(cmp_queue_t *queue, int fd, const void *bytes, uint64_t length) {
+    uint64_t total = 8 + length + 1;
+    if (total > queue->capacity - CMP_QUEUE_SPARSE_SLACK) return ENOSPC;
+    lock_mutex(queue);
+    /* Full but for what was read since the last step: give that back now. */
+    if (queue->written + total > sparse_limit(queue) && queue->read > queue->released) release_all_read(queue, fd);
+    int rc = queue->written + total > sparse_limit(queue) ? ENOSPC : commit_to(queue, fd, queue->written + total);
+    if (!rc) {
+        __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
+        write_whole(queue, bytes, length);
+    }
+    unlock_mutex(queue);
     return rc;
 }
 
@@ -159,7 +240,8 @@ static void set_busy(cmp_queue_t *queue, uint32_t *flag, uint32_t value) {
     unlock_mutex(queue);
 }
 
-int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns) {
+int cmp_queue_put(cmp_queue_t *queue, int fd, const void *bytes, uint64_t length, long long timeout_ns) {
+    if (queue->sparse) return put_sparse(queue, fd, bytes, length);
     struct timespec deadline;
     if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     if (8 + length + 1 <= queue->capacity) {
@@ -218,7 +300,7 @@ int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long l
 
 /* Reads `count` bytes (NULL: discards) as they arrive; with the reader lock
    held. Only skipping a dead reader's message passes a `deadline`. */
-static int read_stream(cmp_queue_t *queue, unsigned char *bytes, uint64_t count, const struct timespec *deadline) {
+static int read_stream(cmp_queue_t *queue, int fd, unsigned char *bytes, uint64_t count, const struct timespec *deadline) {
     while (count > 0) {
         lock_mutex(queue);
         uint64_t available;
@@ -232,6 +314,7 @@ static int read_stream(cmp_queue_t *queue, unsigned char *bytes, uint64_t count,
         copy_out(queue, queue->read, bytes, piece);
         __atomic_store_n(&queue->read, queue->read + piece, __ATOMIC_RELEASE);
         __atomic_store_n(&queue->reader_remaining, queue->reader_remaining - piece, __ATOMIC_RELEASE);
+        release_read(queue, fd);
         cmp_futex_condition_signal(&queue->not_full, 0);
         unlock_mutex(queue);
         if (bytes) bytes += piece;
@@ -240,7 +323,7 @@ static int read_stream(cmp_queue_t *queue, unsigned char *bytes, uint64_t count,
     return 0;
 }
 
-int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length) {
+int cmp_queue_get_begin(cmp_queue_t *queue, int fd, long long timeout_ns, uint64_t *length) {
     struct timespec deadline;
     if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     int rc = cmp_lock_acquire(&queue->reader, timeout_ns);
@@ -251,7 +334,7 @@ int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *leng
         /* Readers finish what they begin: this one died inside a message,
            and the rest of that message goes too. */
         struct timespec now_deadline = cmp_deadline_after(0);
-        rc = read_stream(queue, NULL, queue->reader_remaining, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
+        rc = read_stream(queue, fd, NULL, queue->reader_remaining, timeout_ns < 0 ? NULL : timeout_ns == 0 ? &now_deadline : &deadline);
         if (rc) {
             set_busy(queue, &queue->reader_busy, 0);
             cmp_lock_release(&queue->reader);
@@ -279,16 +362,16 @@ int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *leng
     return 0;
 }
 
-int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length) {
-    read_stream(queue, bytes, length, NULL);
+int cmp_queue_get_finish(cmp_queue_t *queue, int fd, void *bytes, uint64_t length) {
+    read_stream(queue, fd, bytes, length, NULL);
     unsigned char trailer = 0;
-    read_stream(queue, &trailer, 1, NULL);
+    read_stream(queue, fd, &trailer, 1, NULL);
     set_busy(queue, &queue->reader_busy, 0);
     cmp_lock_release(&queue->reader);
     return trailer == 1 ? 0 : ECANCELED;
 }
 
-int cmp_queue_get_small(cmp_queue_t *queue, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns) {
+int cmp_queue_get_small(cmp_queue_t *queue, int fd, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns) {
     struct timespec deadline;
     if (timeout_ns > 0) deadline = cmp_deadline_after(timeout_ns);
     lock_mutex(queue);
@@ -304,6 +387,7 @@ int cmp_queue_get_small(cmp_queue_t *queue, void *bytes, uint64_t capacity, uint
             copy_out(queue, queue->read + 8 + *length, &trailer, 1);
             __atomic_store_n(&queue->read, queue->read + 8 + *length + 1, __ATOMIC_RELEASE);
             __atomic_store_n(&queue->messages_read, queue->messages_read + 1, __ATOMIC_RELEASE);
+            release_read(queue, fd);
             cmp_futex_condition_signal(&queue->not_full, 1);
             unlock_mutex(queue);
             return trailer == 1 ? 0 : ECANCELED;

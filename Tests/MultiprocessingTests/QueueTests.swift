@@ -34,9 +34,27 @@ struct PutBlob: ProcessJob {
     var queue: Queue<[UInt8]>
     var sizes: [Int]
     func run() throws -> Bool {
-        for (index, size) in sizes.enumerated() { try queue.put([UInt8](repeating: UInt8(index), count: size)) }
+        for (index, size) in sizes.enumerated() { try queue.put([UInt8](repeating: UInt8(truncatingIfNeeded: index), count: size)) }
         return true
     }
+}
+
+/// Puts `count` numbers 0, 1, 2 … and leaves.
+struct PutNumbers: ProcessJob {
+    var queue: Queue<Int>
+    var count: Int
+    var offset = 0
+    func run() throws -> Bool {
+        for x in 0..<count { try queue.put(offset + x) }
+        return true
+    }
+}
+
+/// The bytes of memory the queue's shared memory has now (its pages, not its size).
+func allocatedBytes<Element>(_ queue: Queue<Element>) -> Int {
+    var status = stat()
+    guard fstat(queue.memory.descriptor.rawValue, &status) == 0 else { return -1 }
+    return Int(status.st_blocks) * 512
 }
 
 struct GetBlob: ProcessJob {
@@ -135,9 +153,100 @@ struct QueueTests {
         #expect(queue.isEmpty)
     }
 
-    @Test("items larger than the ring cross whole and in order", arguments: jobStartMethods)
+    @Test("an unbounded queue: a producer puts 100,000 items and exits before any consumer starts; all arrive, in order", arguments: jobStartMethods)
+    func unboundedProducerExits(method: StartMethod) throws {
+        let queue = try Queue<Int>()
+        let producer = try ChildProcess(job: PutNumbers(queue: queue, count: 100_000), startMethod: method)
+        try producer.start()
+        #expect(try producer.join() == 0)  // never blocked: nobody was reading
+        #expect(queue.count == 100_000)
+        for x in 0..<100_000 {
+            guard try queue.get(timeout: .seconds(10)) == x else {
+                Issue.record("item \(x) out of order")
+                return
+            }
+        }
+        #expect(queue.isEmpty)
+    }
+
+    @Test("an unbounded queue: 4 producers put 100,000 items each at once and exit; every item arrives once, each producer's in order")
+    func unboundedFourProducers() throws {
+        let queue = try Queue<Int>()
+        let producers = try (0..<4).map { id in try ChildProcess(job: PutNumbers(queue: queue, count: 100_000, offset: id * 1_000_000), startMethod: .forkserver) }
+        for producer in producers { try producer.start() }
+        for producer in producers { #expect(try producer.join() == 0) }
+        var next = [0, 0, 0, 0]
+        for _ in 0..<400_000 {
+            let item = try queue.get(timeout: .seconds(10))
+            let (producer, sequence) = item.quotientAndRemainder(dividingBy: 1_000_000)
+            guard sequence == next[producer] else {
+                Issue.record("producer \(producer): \(sequence) came where \(next[producer]) was due")
+                return
+            }
+            next[producer] += 1
+        }
+        #expect(next == [100_000, 100_000, 100_000, 100_000])
+        #expect(queue.isEmpty)
+    }
+
+    @Test("an unbounded queue: 1,000 items of 1 MiB put by a producer that exits; all arrive, and the memory is given back as they are taken")
+    func unboundedLargeItems() throws {
+        let queue = try Queue<[UInt8]>()
+        let producer = try ChildProcess(job: PutBlob(queue: queue, sizes: Array(repeating: 1 << 20, count: 1_000)), startMethod: .forkserver)
+        try producer.start()
+        #expect(try producer.join() == 0)
+        // Memory for what is pending (1,000 MiB), not for the whole ceiling.
+        let pending = allocatedBytes(queue)
+        #expect(pending >= 1_000 << 20 && pending < 1_010 << 20)
+        for index in 0..<1_000 {
+            let item = try queue.get(timeout: .seconds(10))
+            guard item.count == 1 << 20, item.first == UInt8(truncatingIfNeeded: index), item.last == UInt8(truncatingIfNeeded: index) else {
+                Issue.record("item \(index) is wrong")
+                return
+            }
+        }
+        #expect(allocatedBytes(queue) < 4 << 20)
+        #expect(queue.isEmpty)
+    }
+
+    @Test("an unbounded queue at its ceiling: put refuses at once with a typed error, loses nothing, and works again once items are taken")
+    func unboundedCeiling() throws {
+        let queue = try Queue<[UInt8]>(bufferSize: 64 * 1024)
+        let item = [UInt8](repeating: 7, count: 1000)
+        var put = 0
+        while true {
+            do {
+                try queue.put(item)
+                put += 1
+            } catch let error as QueueError {
+                #expect(error == .outOfMemory(ceiling: 64 * 1024))
+                break
+            }
+        }
+        #expect(put == 64 * 1024 / (1000 + 9 + 5))  // 5: the array's length in the encoding
+        #expect(throws: QueueError.outOfMemory(ceiling: 64 * 1024)) { try queue.put([UInt8](repeating: 1, count: 100_000)) }
+        #expect(try queue.get() == item)
+        try queue.put(item)
+        for _ in 0..<put { #expect(try queue.get(timeout: .zero) == item) }
+        #expect(queue.isEmpty)
+        // Round the ring 30 times: every item intact, and no more memory than the ceiling.
+        for lap in 0..<2_000 {
+            let item = [UInt8](repeating: UInt8(truncatingIfNeeded: lap), count: 1000 + lap % 7)
+            try queue.put(item)
+            if lap % 3 == 0 { try queue.put(item) }
+            let first = try queue.get(timeout: .zero)
+            let second = lap % 3 == 0 ? try queue.get(timeout: .zero) : item
+            guard first == item, second == item else {
+                Issue.record("lap \(lap): an item changed")
+                return
+            }
+        }
+        #expect(allocatedBytes(queue) <= 64 * 1024 + 3 * 4096)
+    }
+
+    @Test("items larger than a bounded queue's ring cross whole and in order", arguments: jobStartMethods)
     func largeItems(method: StartMethod) throws {
-        let queue = try Queue<[UInt8]>(bufferSize: 4096)
+        let queue = try Queue<[UInt8]>(maxSize: 100, bufferSize: 4096)
         let sizes = [10, 100_000, 0, 5000, 4096, 1]
         let producer = try ChildProcess(job: PutBlob(queue: queue, sizes: sizes), startMethod: method)
         try producer.start()
@@ -151,7 +260,7 @@ struct QueueTests {
 
     @Test("a producer killed mid-put does not stall the others; its item is dropped")
     func killedMidPut() throws {
-        let queue = try Queue<[UInt8]>(bufferSize: 4096)
+        let queue = try Queue<[UInt8]>(maxSize: 100, bufferSize: 4096)
         // No consumer yet: the child blocks halfway through a 100 kB item.
         let producer = try ChildProcess(job: PutBlob(queue: queue, sizes: [100_000]), startMethod: .forkserver)
         try producer.start()

@@ -283,6 +283,16 @@ int cmp_barrier_is_broken(cmp_barrier_t *barrier);
 /// grow, each published by one store, so a process killed anywhere leaves
 /// the queue usable: the next writer (or reader) finishes an abandoned
 /// message for it.
+///
+/// A *sparse* queue (unbounded) has a ring far larger than what is pending,
+/// of which only the part between `released` and `committed` has memory:
+/// a writer allocates the pages ahead of it (`fallocate`, so that running
+/// out of memory is ENOMEM from the put, never a SIGBUS on a page fault),
+/// and readers give back the pages behind them (punching holes). Its puts
+/// never wait: a message is written whole under the mutex, or refused with
+/// ENOSPC (the ring's bytes, the queue's ceiling, are all pending) or
+/// ENOMEM (the system has no memory for it). The functions that move the
+/// ring take the descriptor of the shared memory for it (-1 if not sparse).
 typedef struct {
     cmp_lock_t mutex;
     cmp_futex_condition_t not_empty;
@@ -306,24 +316,34 @@ typedef struct {
     /// fits the ring is put or taken under the mutex alone.
     uint32_t writer_busy;
     uint32_t reader_busy;
+    /// Sparse only: the ring positions up to which pages were allocated,
+    /// and up to which pages were given back (never more than `capacity` apart).
+    uint32_t sparse;
+    uint64_t committed;
+    uint64_t released;
 } cmp_queue_t;
+
+/// A sparse queue's ring is this much larger than its ceiling (see `sparse_limit`).
+#define CMP_QUEUE_SPARSE_SLACK 8192
 
 /// The bytes needed for a queue whose ring holds `capacity` bytes.
 size_t cmp_queue_size(uint64_t capacity);
-int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages);
-/// 0, ETIMEDOUT when the queue stayed full (0 timeout: at once), or an error.
-int cmp_queue_put(cmp_queue_t *queue, const void *bytes, uint64_t length, long long timeout_ns);
+/// `sparse`: an unbounded queue whose ring has memory only for what is pending (see above).
+int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages, int sparse);
+/// 0, ETIMEDOUT when the queue stayed full (0 timeout: at once), or an
+/// error; a sparse queue never waits: ENOSPC or ENOMEM instead.
+int cmp_queue_put(cmp_queue_t *queue, int fd, const void *bytes, uint64_t length, long long timeout_ns);
 /// Takes the next message's length, holding the reader lock until
 /// `cmp_queue_get_finish`. 0, ETIMEDOUT when the queue stayed empty, or an error.
-int cmp_queue_get_begin(cmp_queue_t *queue, long long timeout_ns, uint64_t *length);
+int cmp_queue_get_begin(cmp_queue_t *queue, int fd, long long timeout_ns, uint64_t *length);
 /// Takes the next message in one step if it is whole in the ring and fits
 /// `capacity` bytes: 0 (its length in `*length`), ECANCELED if its writer
 /// abandoned it, ETIMEDOUT when the queue stayed empty, or EAGAIN: use
 /// `cmp_queue_get_begin` (a large message, or a reader streaming one).
-int cmp_queue_get_small(cmp_queue_t *queue, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns);
+int cmp_queue_get_small(cmp_queue_t *queue, int fd, void *bytes, uint64_t capacity, uint64_t *length, long long timeout_ns);
 /// Reads the payload begun with `cmp_queue_get_begin` into `bytes` and lets
 /// the reader lock go. 0, or ECANCELED if its writer abandoned it.
-int cmp_queue_get_finish(cmp_queue_t *queue, void *bytes, uint64_t length);
+int cmp_queue_get_finish(cmp_queue_t *queue, int fd, void *bytes, uint64_t length);
 /// Messages put and not yet taken (approximate).
 uint64_t cmp_queue_count(cmp_queue_t *queue);
 /// JoinableQueue: one task done; ERANGE if more than were put.

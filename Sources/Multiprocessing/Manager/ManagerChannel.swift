@@ -56,8 +56,8 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
         }
         guard case .unix = address else { return ManagerChannel(socket: socket, rings: nil) }
         do {
-            let requests = try Queue<[UInt8]>(bufferSize: ringSize)
-            let replies = try Queue<[UInt8]>(bufferSize: ringSize)
+            let requests = try Queue<[UInt8]>(ringBytes: ringSize, maxSize: 0, sparse: false)
+            let replies = try Queue<[UInt8]>(ringBytes: ringSize, maxSize: 0, sparse: false)
             try socket.sendBytes(ManagerRequest.fromHere(object: 0, method: ManagerRequest.openRings).encoded())
             guard case .value = try ManagerReply(decoding: try socket.receiveBytes()) else {
                 // A server that cannot take rings: stay on the socket.

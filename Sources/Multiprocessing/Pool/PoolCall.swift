@@ -275,8 +275,10 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
             return (state.unitCount, state.inputEnded, state.isFinished)
         }
         unitsHandler?(self, count, ended)
-        if ended { settle(finished: finished) }
-        return !ended
+        guard ended else { return true }
+        reportProgress()  // the total is known now
+        settle(finished: finished)
+        return false
     }
 
     // MARK: - Outcomes
@@ -290,7 +292,7 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
     /// come before waiters wake, so a caller woken by the end of a call has
     /// seen its last progress report and its callback.
     func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
-        let (changed, finished, report) = state.withLock { state -> (Bool, Bool, PoolProgress) in
+        let (changed, finished) = state.withLock { state -> (Bool, Bool) in
             var changed = false
             for (unit, outcome) in outcomes {
                 let index = unit - state.base
@@ -302,15 +304,22 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
                 if consumption == .asCompleted { state.completions.append(unit) }
                 changed = true
             }
-            return (changed, changed && state.isFinished, Self.progress(state))
+            return (changed, changed && state.isFinished)
         }
         guard changed else { return }
-        progress?(report)
+        reportProgress()
         settle(finished: finished)
     }
 
-    private static func progress(_ state: State) -> PoolProgress {
-        PoolProgress(completed: state.completedItems, total: state.itemsRead, isTotalKnown: state.inputEnded)
+    /// Serializes progress reports, so that the last one a callback sees is the latest.
+    private let progressOrder = Locked(())
+
+    /// Calls `progress` with where the call stands now.
+    private func reportProgress() {
+        guard let progress else { return }
+        progressOrder.withLock { _ in
+            progress(state.withLock { PoolProgress(completed: $0.completedItems, total: $0.itemsRead, isTotalKnown: $0.inputEnded) })
+        }
     }
 
     /// After a change: runs the end-of-call work if it just finished, then wakes every waiter.

@@ -4,7 +4,8 @@ public final class JoinableQueue<Element: Codable>: Sendable, Codable {
     /// The queue itself.
     public let queue: Queue<Element>
 
-    public init(maxSize: Int = 0, bufferSize: Int = 1 << 20) throws {
+    /// See ``Queue/init(maxSize:bufferSize:)``.
+    public init(maxSize: Int = 0, bufferSize: Int? = nil) throws {
         queue = try Queue(maxSize: maxSize, bufferSize: bufferSize)
     }
 
@@ -35,11 +36,15 @@ public final class JoinableQueue<Element: Codable>: Sendable, Codable {
 public final class SimpleQueue<Element: Codable>: Sendable, Codable {
     let queue: Queue<Element>
 
-    public init(bufferSize: Int = 1 << 20) throws {
+    /// An unbounded queue whose pending items may take up to `bufferSize`
+    /// bytes (see ``Queue/init(maxSize:bufferSize:)``).
+    public init(bufferSize: Int? = nil) throws {
         queue = try Queue(maxSize: 0, bufferSize: bufferSize)
     }
 
-    /// Puts `item` at the back (waits only while the ring is full of bytes).
+    /// Puts `item` at the back; never waits.
+    ///
+    /// - Throws: ``QueueError/outOfMemory(ceiling:)`` past the queue's ceiling.
     public func put(_ item: Element) throws { try queue.put(item) }
 
     /// Takes the front item, waiting for one.

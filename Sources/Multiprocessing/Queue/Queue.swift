@@ -11,6 +11,10 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
     case closed
     /// `taskDone()` was called more often than items were put.
     case taskDoneTooOften
+    /// An unbounded queue could not take the item: its pending items
+    /// already fill its ceiling of `ceiling` bytes (``Queue/init(maxSize:bufferSize:)``),
+    /// or the system has no memory left for them. Nothing was put.
+    case outOfMemory(ceiling: Int)
 
     public var description: String {
         switch self {
@@ -18,6 +22,7 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
         case .empty: "the queue is empty"
         case .closed: "the queue is closed"
         case .taskDoneTooOften: "taskDone() called more times than there were items"
+        case let .outOfMemory(ceiling): "the queue has no memory for the item (its ceiling is \(ceiling) bytes of pending items)"
         }
     }
 }
@@ -28,8 +33,22 @@ public enum QueueError: Error, Sendable, Equatable, CustomStringConvertible {
 /// put them. Items are `Codable` values; they live in a ring of shared memory
 /// guarded by robust process-shared locks, so a process killed in the middle
 /// of a `put` or `get` leaves the queue usable (an item being written is
-/// dropped; one being read is lost with its reader). Items larger than the
-/// ring cross in pieces, in order. Passes to children by every start method.
+/// dropped; one being read is lost with its reader). Passes to children by
+/// every start method.
+///
+/// An **unbounded** queue (`maxSize` 0, the default) never blocks a `put`:
+/// its ring is a large sparse region of shared memory that has memory only
+/// for the items pending (pages are allocated ahead of the writers and given
+/// back behind the readers). Items live in that shared memory, not in the
+/// producer, so everything a process put is delivered even after it exits —
+/// there is no feeder thread (neither of Python's pitfalls: items lost at
+/// exit, or a `join` that deadlocks on them). Its ceiling is `bufferSize`
+/// bytes of pending items; past it, or when the system has no memory left,
+/// `put` throws ``QueueError/outOfMemory(ceiling:)`` at once.
+///
+/// A **bounded** queue blocks `put` while it holds `maxSize` items, or while
+/// its ring of `bufferSize` bytes is full; items larger than its ring cross
+/// in pieces, in order.
 public final class Queue<Element: Codable>: Sendable, Codable {
     let memory: SharedMemory
     private var state: UnsafeMutablePointer<cmp_queue_t> {
@@ -39,13 +58,49 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     /// The largest number of items the queue holds (Int.max: unbounded).
     public var maxSize: Int { Int(clamping: state.pointee.max_messages) }
 
-    /// A queue of at most `maxSize` items (0 or less: unbounded), whose ring
-    /// of shared memory holds `bufferSize` bytes of encoded items.
-    public init(maxSize: Int = 0, bufferSize: Int = 1 << 20) throws {
-        precondition(bufferSize >= 64, "a queue's buffer needs at least 64 bytes")
-        memory = try SharedMemory(size: cmp_queue_size(UInt64(bufferSize)))
+    /// A queue of at most `maxSize` items (0 or less: unbounded).
+    ///
+    /// - Parameters:
+    ///   - maxSize: the most items it holds; 0 or less: no limit, and `put` never blocks.
+    ///   - bufferSize: the bytes of encoded items its ring holds (each item
+    ///     takes 9 bytes more than its encoding). Bounded queues: nil means
+    ///     1 MiB, all of it memory from the start. Unbounded: the ceiling of
+    ///     what may be pending, with memory only for what is; nil means half
+    ///     the machine's memory, at most 16 GiB.
+    public convenience init(maxSize: Int = 0, bufferSize: Int? = nil) throws {
+        let sparse = maxSize <= 0
+        try self.init(ringBytes: bufferSize ?? (sparse ? Self.defaultCeiling : 1 << 20), maxSize: maxSize, sparse: sparse)
+    }
+
+    /// A queue whose ring of `ringBytes` bytes is all memory from the start
+    /// unless `sparse`; a put blocks while it is full and a larger item
+    /// crosses in pieces (the manager's channels use it so).
+    internal init(ringBytes: Int, maxSize: Int, sparse: Bool) throws {
+        precondition(ringBytes >= 64, "a queue's buffer needs at least 64 bytes")
+        // A sparse ring has slack beyond its ceiling (see CMP_QUEUE_SPARSE_SLACK).
+        let ring = UInt64(ringBytes) + (sparse ? UInt64(CMP_QUEUE_SPARSE_SLACK) : 0)
+        memory = try SharedMemory(size: cmp_queue_size(ring))
         let limit = maxSize > 0 ? UInt64(maxSize) : UInt64.max
-        try check(cmp_queue_init(state, UInt64(bufferSize), limit))
+        try check(cmp_queue_init(state, ring, limit, sparse ? 1 : 0))
+    }
+
+    /// An unbounded queue's default ceiling: half the machine's memory, at most 16 GiB.
+    static var defaultCeiling: Int {
+        let physical = sysconf(Int32(_SC_PHYS_PAGES)) * sysconf(Int32(_SC_PAGESIZE))
+        return max(1 << 20, min(physical / 2, 16 << 30))
+    }
+
+    /// The descriptor of the queue's memory, which its C side allocates and frees pages of.
+    private var descriptor: Int32 { memory.descriptor.rawValue }
+
+    /// Throws for what `cmp_queue_put` returned.
+    private func checkPut(_ code: Int32) throws {
+        switch code {
+        case 0: return
+        case ETIMEDOUT: throw QueueError.full
+        case ENOSPC, ENOMEM: throw QueueError.outOfMemory(ceiling: Int(clamping: state.pointee.capacity) - Int(CMP_QUEUE_SPARSE_SLACK))
+        default: try check(code)
+        }
     }
 
     /// Items up to this size are taken in one step when whole in the ring.
@@ -65,10 +120,9 @@ public final class Queue<Element: Codable>: Sendable, Codable {
             // Numbers are encoded on the stack: no allocation.
             let code = withUnsafeTemporaryAllocation(byteCount: ValueCodec.integerCapacity, alignment: 1) { buffer in
                 let count = ValueCodec.encodeInteger(_identityCast(item, to: Int.self), into: buffer)
-                return cmp_queue_put(state, buffer.baseAddress, UInt64(count), nanoseconds(timeout))
+                return cmp_queue_put(state, descriptor, buffer.baseAddress, UInt64(count), nanoseconds(timeout))
             }
-            if code == ETIMEDOUT { throw QueueError.full }
-            return try check(code)
+            return try checkPut(code)
         }
         try putEncoded(try ValueCodec.encode(item), timeout: timeout)
     }
@@ -78,10 +132,9 @@ public final class Queue<Element: Codable>: Sendable, Codable {
     internal func putEncoded(_ bytes: [UInt8], timeout: Duration? = nil) throws {
         try checkOpen()
         let code = bytes.withUnsafeBytes { buffer in
-            cmp_queue_put(state, buffer.baseAddress, UInt64(buffer.count), nanoseconds(timeout))
+            cmp_queue_put(state, descriptor, buffer.baseAddress, UInt64(buffer.count), nanoseconds(timeout))
         }
-        if code == ETIMEDOUT { throw QueueError.full }
-        try check(code)
+        try checkPut(code)
     }
 
     /// Puts `item` only if there is room now. - Throws: ``QueueError/full``.
@@ -106,7 +159,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
         var length: UInt64 = 0
         var code: Int32 = 0
         let number = withUnsafeTemporaryAllocation(byteCount: ValueCodec.integerCapacity, alignment: 1) { buffer -> Int? in
-            code = cmp_queue_get_small(state, buffer.baseAddress, UInt64(buffer.count), &length, nanoseconds(timeout))
+            code = cmp_queue_get_small(state, descriptor, buffer.baseAddress, UInt64(buffer.count), &length, nanoseconds(timeout))
             return code == 0 ? ValueCodec.decodeInteger(UnsafeRawBufferPointer(rebasing: buffer[..<Int(length)])) : nil
         }
         if let number { return number }
@@ -131,7 +184,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
             // queue's mutex, without the reader lock.
             var fast: Int32 = 0
             let small = [UInt8](unsafeUninitializedCapacity: Self.smallItem) { buffer, count in
-                fast = cmp_queue_get_small(state, buffer.baseAddress, UInt64(Self.smallItem), &length, nanoseconds(remaining))
+                fast = cmp_queue_get_small(state, descriptor, buffer.baseAddress, UInt64(Self.smallItem), &length, nanoseconds(remaining))
                 count = fast == 0 ? Int(length) : 0
             }
             if fast == 0 { return small }
@@ -139,11 +192,11 @@ public final class Queue<Element: Codable>: Sendable, Codable {
             if fast == ETIMEDOUT { throw QueueError.empty }
             if fast != EAGAIN { try check(fast) }
             remaining = deadline.map { max(.zero, $0 - ContinuousClock.now) }
-            let code = cmp_queue_get_begin(state, nanoseconds(remaining), &length)
+            let code = cmp_queue_get_begin(state, descriptor, nanoseconds(remaining), &length)
             if code == ETIMEDOUT { throw QueueError.empty }
             try check(code)
             var bytes = [UInt8](repeating: 0, count: Int(length))
-            let finished = bytes.withUnsafeMutableBytes { cmp_queue_get_finish(state, $0.baseAddress, length) }
+            let finished = bytes.withUnsafeMutableBytes { cmp_queue_get_finish(state, descriptor, $0.baseAddress, length) }
             if finished == ECANCELED { continue }  // its writer died while writing it
             return bytes
         }
@@ -185,7 +238,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
         try self.init(memory: memory)
     }
 
-    private init(memory: SharedMemory) throws {
+    internal init(memory: SharedMemory) throws {
         guard memory.size > MemoryLayout<cmp_queue_t>.size else { throw SharedMemoryError.invalidSize(memory.size) }
         self.memory = memory
     }
