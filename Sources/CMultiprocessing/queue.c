@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <time.h>
 
@@ -10,13 +11,25 @@ static unsigned char *ring_of(cmp_queue_t *queue) { return (unsigned char *)(que
 
 size_t cmp_queue_size(uint64_t capacity) { return sizeof(cmp_queue_t) + (size_t)capacity; }
 
+static int each_range(cmp_queue_t *queue, int fd, int mode, uint64_t from, uint64_t to, int consumed);
+#define SPARSE_STEP ((uint64_t)1 << 20)
 
 
-int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages, int sparse) {
+
+int cmp_queue_init(cmp_queue_t *queue, int fd, uint64_t capacity, uint64_t max_messages, int sparse) {
     memset(queue, 0, sizeof *queue);
     queue->capacity = capacity;
     queue->max_messages = max_messages;
     queue->sparse = sparse ? 1 : 0;
+    if (sparse) {
+        /* The ring's first pages have memory for good (see rewind_if_empty). */
+        uint64_t keep = capacity - CMP_QUEUE_SPARSE_SLACK;
+        if (keep > SPARSE_STEP) keep = SPARSE_STEP;
+        int rc = each_range(queue, fd, FALLOC_FL_KEEP_SIZE, 0, keep, 0);
+        if (rc) return rc == ENOSPC ? ENOMEM : rc;
+        queue->keep = keep;
+        queue->committed = keep;
+    }
     int rc = cmp_lock_init(&queue->mutex, 0);
     if (!rc) rc = cmp_lock_init(&queue->writer, 0);
     if (!rc) rc = cmp_lock_init(&queue->reader, 0);
@@ -44,18 +57,18 @@ static void write_whole(cmp_queue_t *queue, const void *bytes, uint64_t length);
 
 /* ---- The sparse ring's memory ---- */
 
-/* Pages are allocated and given back this many bytes at a time. */
-#define SPARSE_STEP ((uint64_t)1 << 20)
+/* Pages are allocated and given back SPARSE_STEP bytes at a time. */
 #define PAGE ((uint64_t)4096)
 
 /* Calls `fallocate(fd, mode, …)` on the file range of ring positions
    [from, to) (at most one lap). To allocate (`consumed` 0): every page the
    range touches. To give back (`consumed` 1, [from, to) being read, and
-   everything before `from` too): every page that ends by `to`, except the
-   one the queue's header shares with the ring. */
+   everything before `from` too): every page that ends by `to`, except
+   those of the ring's first `keep` bytes (and so the one the queue's header
+   shares with the ring), which keep their memory for good. */
 static int each_range(cmp_queue_t *queue, int fd, int mode, uint64_t from, uint64_t to, int consumed) {
     uint64_t base = (uint64_t)((unsigned char *)ring_of(queue) - (unsigned char *)queue);
-    uint64_t first_free = (base + PAGE - 1) / PAGE * PAGE;
+    uint64_t first_free = (base + queue->keep + PAGE - 1) / PAGE * PAGE;
     while (from < to) {
         uint64_t offset = from % queue->capacity;
         uint64_t piece = queue->capacity - offset < to - from ? queue->capacity - offset : to - from;
@@ -65,6 +78,15 @@ static int each_range(cmp_queue_t *queue, int fd, int mode, uint64_t from, uint6
         if (consumed && first < first_free) first = first_free;
         if (last > first) {
             int rc;
+            /* To allocate, prefault the pages writable in this process too, in
+               one call (each write would otherwise fault page by page);
+               kernels before 5.14 lack it: allocate only. */
+            if (!consumed) {
+                do rc = madvise((unsigned char *)queue + first, (size_t)(last - first), MADV_POPULATE_WRITE);
+                while (rc != 0 && errno == EINTR);
+                if (rc == 0) { from += piece; continue; }
+                if (errno != EINVAL) return errno;
+            }
             do rc = fallocate(fd, mode, (off_t)first, (off_t)(last - first));
             while (rc != 0 && errno == EINTR);
             if (rc != 0) return errno;
@@ -103,20 +125,101 @@ static void release_read(cmp_queue_t *queue, int fd) {
     if (queue->sparse && queue->read - queue->released >= SPARSE_STEP) release_all_read(queue, fd);
 }
 
-/* A sparse queue's put: whole, under the mutex, never waiting. */
+/* With the mutex held, after a read: once every message put has been
+   taken, and nobody is in the middle of one, the positions go back to the
+   ring's start, whose pages have memory already, and whatever memory the
+   ring had beyond them is given back. A queue that empties now and then
+   so keeps using the same few warm pages, with no system call. */
+static void rewind_if_empty(cmp_queue_t *queue, int fd) {
+    if (!queue->sparse || queue->read != queue->written || queue->writer_busy || queue->reader_busy
+        || queue->writer_remaining > 0 || queue->reader_remaining > 0) return;
+    if (queue->committed > queue->keep || queue->released > 0) {
+        uint64_t base = (uint64_t)((unsigned char *)ring_of(queue) - (unsigned char *)queue);
+        uint64_t first = (base + queue->keep + PAGE - 1) / PAGE * PAGE;
+        uint64_t last = (base + queue->capacity + PAGE - 1) / PAGE * PAGE;
+        int rc;
+        do rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)first, (off_t)(last - first));
+        while (rc != 0 && errno == EINTR);
+        __atomic_store_n(&queue->committed, queue->keep, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&queue->released, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->read, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->written, 0, __ATOMIC_RELEASE);
+}
+
+static void copy_in(cmp_queue_t *queue, uint64_t position, const unsigned char *bytes, uint64_t count);
+static void copy_out(cmp_queue_t *queue, uint64_t position, unsigned char *bytes, uint64_t count);
+
+/* Messages up to this size are copied into a sparse ring under the mutex;
+   larger ones outside it, so that readers go on meanwhile. */
+#define SPARSE_SMALL ((uint64_t)16 << 10)
+
+/* With the mutex held: room for `total` more bytes, and their memory. 0,
+   ENOSPC (the ceiling), or ENOMEM. */
+static int sparse_room(cmp_queue_t *queue, int fd, uint64_t total) {
+    /* Full but for what was read since the last step: give that back now. */
+    if (queue->written + total > sparse_limit(queue) && queue->read > queue->released) release_all_read(queue, fd);
+    return queue->written + total > sparse_limit(queue) ? ENOSPC : commit_to(queue, fd, queue->written + total);
+}
+
+/* A sparse queue's put: never waits for room. A small message is written
+   whole under the mutex. A large one (or any while a large one is being
+   written) is written by the holder of the writer lock beyond `written`,
+   where no reader looks, without the mutex, and appears when `written`
+   moves; a writer that dies meanwhile leaves nothing visible. */
 static int put_sparse(cmp_queue_t *queue, int fd, const void *bytes, uint64_t length) {
     uint64_t total = 8 + length + 1;
     if (total > queue->capacity - CMP_QUEUE_SPARSE_SLACK) return ENOSPC;
     lock_mutex(queue);
-    /* Full but for what was read since the last step: give that back now. */
-    if (queue->written + total > sparse_limit(queue) && queue->read > queue->released) release_all_read(queue, fd);
-    int rc = queue->written + total > sparse_limit(queue) ? ENOSPC : commit_to(queue, fd, queue->written + total);
-    if (!rc) {
-        __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
-        write_whole(queue, bytes, length);
+    if (total <= SPARSE_SMALL && !queue->writer_busy) {
+        int rc = sparse_room(queue, fd, total);
+        if (!rc) {
+            __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
+            write_whole(queue, bytes, length);
+        }
+        unlock_mutex(queue);
+        return rc;
     }
     unlock_mutex(queue);
+    int rc = cmp_lock_acquire(&queue->writer, -1);
+    if (rc == EOWNERDEAD) rc = 0;  /* its writer died before it appeared: nothing to repair */
+    if (rc) return rc;
+    lock_mutex(queue);
+    __atomic_store_n(&queue->writer_busy, 1, __ATOMIC_RELEASE);
+    rc = sparse_room(queue, fd, total);
+    uint64_t position = queue->written;
+    unlock_mutex(queue);
+    if (!rc) {
+        unsigned char trailer = 1;
+        copy_in(queue, position, (const unsigned char *)&length, 8);
+        copy_in(queue, position + 8, bytes, length);
+        copy_in(queue, position + 8 + length, &trailer, 1);
+    }
+    lock_mutex(queue);
+    if (!rc) {
+        __atomic_store_n(&queue->unfinished, queue->unfinished + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->messages_written, queue->messages_written + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&queue->written, position + total, __ATOMIC_RELEASE);
+        cmp_futex_condition_signal(&queue->not_empty, 0);
+    }
+    __atomic_store_n(&queue->writer_busy, 0, __ATOMIC_RELEASE);
+    unlock_mutex(queue);
+    cmp_lock_release(&queue->writer);
     return rc;
+}
+
+/* A sparse queue's reader, holding the reader lock, takes `count` bytes of
+   a message that is whole in the ring: copied without the mutex (writers
+   write only beyond `written`), then `read` moves. */
+static void read_sparse(cmp_queue_t *queue, int fd, unsigned char *bytes, uint64_t count) {
+    uint64_t position = __atomic_load_n(&queue->read, __ATOMIC_ACQUIRE);
+    copy_out(queue, position, bytes, count);
+    lock_mutex(queue);
+    __atomic_store_n(&queue->read, position + count, __ATOMIC_RELEASE);
+    __atomic_store_n(&queue->reader_remaining, queue->reader_remaining - count, __ATOMIC_RELEASE);
+    release_read(queue, fd);
+    cmp_futex_condition_signal(&queue->not_full, 0);
+    unlock_mutex(queue);
 }
 
 static void copy_in(cmp_queue_t *queue, uint64_t position, const unsigned char *bytes, uint64_t count) {
@@ -363,10 +466,19 @@ int cmp_queue_get_begin(cmp_queue_t *queue, int fd, long long timeout_ns, uint64
 }
 
 int cmp_queue_get_finish(cmp_queue_t *queue, int fd, void *bytes, uint64_t length) {
-    read_stream(queue, fd, bytes, length, NULL);
     unsigned char trailer = 0;
-    read_stream(queue, fd, &trailer, 1, NULL);
-    set_busy(queue, &queue->reader_busy, 0);
+    if (queue->sparse) {
+        /* Its writer published it whole. */
+        read_sparse(queue, fd, bytes, length);
+        read_sparse(queue, fd, &trailer, 1);
+    } else {
+        read_stream(queue, fd, bytes, length, NULL);
+        read_stream(queue, fd, &trailer, 1, NULL);
+    }
+    lock_mutex(queue);
+    __atomic_store_n(&queue->reader_busy, 0, __ATOMIC_RELEASE);
+    rewind_if_empty(queue, fd);
+    unlock_mutex(queue);
     cmp_lock_release(&queue->reader);
     return trailer == 1 ? 0 : ECANCELED;
 }
@@ -388,6 +500,7 @@ int cmp_queue_get_small(cmp_queue_t *queue, int fd, void *bytes, uint64_t capaci
             __atomic_store_n(&queue->read, queue->read + 8 + *length + 1, __ATOMIC_RELEASE);
             __atomic_store_n(&queue->messages_read, queue->messages_read + 1, __ATOMIC_RELEASE);
             release_read(queue, fd);
+            rewind_if_empty(queue, fd);
             cmp_futex_condition_signal(&queue->not_full, 1);
             unlock_mutex(queue);
             return trailer == 1 ? 0 : ECANCELED;

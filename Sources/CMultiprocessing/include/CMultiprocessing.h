@@ -321,6 +321,8 @@ typedef struct {
     uint32_t sparse;
     uint64_t committed;
     uint64_t released;
+    /// Sparse only: the ring's first bytes, whose pages always have memory.
+    uint64_t keep;
 } cmp_queue_t;
 
 /// A sparse queue's ring is this much larger than its ceiling (see `sparse_limit`).
@@ -329,7 +331,7 @@ typedef struct {
 /// The bytes needed for a queue whose ring holds `capacity` bytes.
 size_t cmp_queue_size(uint64_t capacity);
 /// `sparse`: an unbounded queue whose ring has memory only for what is pending (see above).
-int cmp_queue_init(cmp_queue_t *queue, uint64_t capacity, uint64_t max_messages, int sparse);
+int cmp_queue_init(cmp_queue_t *queue, int fd, uint64_t capacity, uint64_t max_messages, int sparse);
 /// 0, ETIMEDOUT when the queue stayed full (0 timeout: at once), or an
 /// error; a sparse queue never waits: ENOSPC or ENOMEM instead.
 int cmp_queue_put(cmp_queue_t *queue, int fd, const void *bytes, uint64_t length, long long timeout_ns);

@@ -81,7 +81,7 @@ public final class Queue<Element: Codable>: Sendable, Codable {
         let ring = UInt64(ringBytes) + (sparse ? UInt64(CMP_QUEUE_SPARSE_SLACK) : 0)
         memory = try SharedMemory(size: cmp_queue_size(ring))
         let limit = maxSize > 0 ? UInt64(maxSize) : UInt64.max
-        try check(cmp_queue_init(state, ring, limit, sparse ? 1 : 0))
+        try check(cmp_queue_init(state, memory.descriptor.rawValue, ring, limit, sparse ? 1 : 0))
     }
 
     /// An unbounded queue's default ceiling: half the machine's memory, at most 16 GiB.
