@@ -120,6 +120,33 @@ struct StreamingTests {
         }
     }
 
+    @Test("closures forked per call over lazy Codable items: the workers are fed the items, an infinite input works")
+    func forkedClosuresStream() throws {
+        let counter = ReadCounter()
+        let offset = 7  // captured: the closures have a context and are forked for the call
+        try withProcessPool(processes: 2) { pool in
+            var seen = 0
+            for result in try pool.imap(counter.items(), bufferSize: 4, { x in x * 3 + offset }) {
+                #expect(try result.get() == seen * 3 + offset)
+                seen += 1
+                if seen == 500 { break }
+            }
+            #expect(counter.value <= 500 + 4 + 1)
+            #expect(try pool.map(ReadCounter().items(upTo: 3_000), chunkSize: 25) { x in x + offset } == (0..<3_000).map { $0 + offset })
+            let unordered = try pool.imapUnordered(ReadCounter().items(upTo: 400), chunkSize: 3) { x in x - offset }
+            #expect(Set(unordered.map { try! $0.get() }) == Set((0..<400).map { $0 - offset }))
+            // Given its capture but with a context too: forked, and still fed lazily.
+            let lazyCapture = ReadCounter()
+            var taken = 0
+            for result in try pool.imap(lazyCapture.items(), capturing: 2, bufferSize: 3, { k, x in x * k + offset }) {
+                #expect(try result.get() == taken * 2 + offset)
+                taken += 1
+                if taken == 200 { break }
+            }
+            #expect(lazyCapture.value <= 200 + 3 + 1)
+        }
+    }
+
     @Test("mapAsync reads a lazy input on a thread of its own while nobody waits")
     func mapAsyncReadsAlone() throws {
         let counter = ReadCounter()

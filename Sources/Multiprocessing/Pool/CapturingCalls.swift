@@ -85,7 +85,8 @@ extension ProcessPool {
         // Compiled here, for these types: sent only where that made it code without a context.
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
         guard let work = try sentWork(capture: capture, body, runner: runner) else {
-            return try mapAsync(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress) { try body(capture, $0) }
+            // Forked for the call; fed the items if they are not an array.
+            return try mapAsync(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress) { try body(capture, $0) }
         }
         let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
         return try submitMap(work, .chunks(of: items, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
@@ -116,9 +117,7 @@ extension ProcessPool {
         let runner: SentRunner = { SentFunction<Capture, Item, Output>.run($0, payload: $1, inputs: $2, offset: $3) }
         guard let work = try sentWork(capture: capture, body, runner: runner) else {
             let forked: (Item) throws -> Output = { try body(capture, $0) }
-            return ordered
-                ? try imap(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
-                : try imapUnordered(Array(items), chunkSize: chunkSize, timeout: timeout, progress: progress, forked)
+            return try closureResults(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: ordered, forked)
         }
         return try submitResults(work, .chunks(of: items, sizing: .fixed(chunkSize)), ordered: ordered, bufferSize: bufferSize, timeout: timeout, progress: progress)
     }

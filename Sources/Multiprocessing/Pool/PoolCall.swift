@@ -3,12 +3,37 @@ import Glibc
 import Synchronization
 
 /// The work of a closure call, run only in the workers forked for it: the
-/// encoded outcome of a range of items.
+/// encoded outcome of a unit — a range of the items the workers hold, or
+/// items sent in the request.
 @usableFromInline
 internal final class ClosureProgram: @unchecked Sendable {  // its closures run only in forked children, never here
-    let execute: (Range<Int>) -> (tag: UInt8, body: [UInt8])
+    let execute: (UnitRequest) -> (tag: UInt8, body: [UInt8])
+
+    /// Over the items the forked workers hold: `execute` gets a unit's range.
     @usableFromInline
-    init(execute: @escaping (Range<Int>) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
+    init(execute: @escaping (Range<Int>) -> (tag: UInt8, body: [UInt8])) {
+        self.execute = { request in execute(request.lower..<request.upper) }
+    }
+
+    private init(request execute: @escaping (UnitRequest) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
+
+    /// Over items read lazily and sent in each unit's request, encoded:
+    /// the workers are forked once for the call, and fed.
+    @usableFromInline
+    static func overSentItems<Item: Decodable, Output: Encodable>(_ body: @escaping (Item) throws -> Output) -> ClosureProgram {
+        // The forked workers decode the items and encode the outputs (see prepare).
+        ValueCodec.prepare(Item.self)
+        ValueCodec.prepare(Output.self)
+        return ClosureProgram { request in
+            let items: [Item]
+            do {
+                items = try WireCodec.decode([Item].self, from: request.inputs, startingAt: request.inputsOffset)
+            } catch {
+                return UnitOutcome.failed(.corruptRequest(String(describing: error))).wire()
+            }
+            return ChunkRunner.run(items, body).wire()
+        }
+    }
 }
 
 /// A call's work, made ready by the non-inlinable half of a pool call for
@@ -17,6 +42,10 @@ internal final class ClosureProgram: @unchecked Sendable {  // its closures run 
 internal final class PreparedWork {
     let work: PoolCall.Work
     init(_ work: PoolCall.Work) { self.work = work }
+
+    /// A closure call's work.
+    @usableFromInline
+    static func closure(_ program: ClosureProgram) -> PreparedWork { PreparedWork(.closure(program)) }
 }
 
 /// One call on a pool (an apply, a map): its units as they are read from
@@ -168,7 +197,7 @@ internal final class PoolCall: @unchecked Sendable {  // mutable state is in `st
         case let .named(kind, typeName, payload, code, runner):
             return (UnitRequest(kind: kind, id: id, typeName: typeName, payload: payload, code: code, runner: runner, inputs: held.input), held.items)
         case .closure:
-            return (UnitRequest(kind: .closureChunk, id: id, lower: held.lower, upper: held.lower + held.items), held.items)
+            return (UnitRequest(kind: .closureChunk, id: id, lower: held.lower, upper: held.lower + held.items, inputs: held.input), held.items)
         }
     }
 

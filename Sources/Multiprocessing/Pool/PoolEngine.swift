@@ -498,7 +498,7 @@ internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `
                     guard request.kind == .closureChunk, request.lower >= 0, request.lower <= request.upper else {
                         return UnitOutcome.failed(.corruptRequest("a closure worker was sent a \(request.kind) request")).wire()
                     }
-                    return program.execute(request.lower..<request.upper)
+                    return program.execute(request)
                 })
             }
         }

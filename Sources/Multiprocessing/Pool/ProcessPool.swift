@@ -393,6 +393,67 @@ extension ProcessPool {
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }
 
+    // MARK: Closures over `Codable` items
+
+    /// Applies `body` to every item in workers forked for the call; returns
+    /// the outputs in item order. As ``mapAsync(_:chunkSize:bufferSize:timeout:progress:_:)``.
+    @available(*, noasync, message: "await mapAsync(_:_:).value instead")
+    @inlinable
+    public func map<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> [Output] {
+        try mapAsync(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, body).get()
+    }
+
+    /// Starts applying `body` to every item in workers forked for the call,
+    /// and returns at once.
+    ///
+    /// An array's items are held by the forked workers, as any closure
+    /// call's are: nothing but the outputs travels. Any other sequence of
+    /// `Codable` items (a range, a lazy or infinite sequence) is read as
+    /// ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its
+    /// inputs — lazily, at most `bufferSize` chunks ahead — and its items
+    /// are sent to the forked workers, encoded, a chunk at a time.
+    @inlinable
+    public func mapAsync<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        if let held = items as? [Item] {
+            ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
+            let program = ClosureProgram { range in ChunkRunner.run(held[range], body).wire() }
+            return try submitClosure(program, count: held.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
+        }
+        let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
+        return try submitMap(.closure(.overSentItems(body)), .chunks(of: items, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
+    }
+
+    /// Applies `body` to every item in workers forked for the call; results
+    /// come in item order as they are ready (Python's `imap`).
+    ///
+    /// An array's items are held by the forked workers. Any other sequence
+    /// of `Codable` items is read as ``imap(_:over:chunkSize:bufferSize:timeout:progress:)``
+    /// reads its inputs — as results are taken, at most `bufferSize` chunks
+    /// ahead, so an infinite sequence works — and sent to the workers encoded.
+    @inlinable
+    public func imap<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try closureResults(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true, body)
+    }
+
+    /// Applies `body` to every item in workers forked for the call; results
+    /// come in the order they complete. Reads `items` as ``imap(_:chunkSize:bufferSize:timeout:progress:_:)`` does.
+    @inlinable
+    public func imapUnordered<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try closureResults(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    @inlinable
+    func closureResults<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        if let held = items as? [Item] {
+            ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
+            let program = ClosureProgram { range in ChunkRunner.run(held[range], body).wire() }
+            return try submitClosure(program, count: held.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: ordered)
+        }
+        return try submitResults(.closure(.overSentItems(body)), .chunks(of: items, sizing: .fixed(chunkSize)), ordered: ordered, bufferSize: bufferSize, timeout: timeout, progress: progress)
+    }
+
     @usableFromInline
     func submitClosure<Output: Decodable & Sendable>(_ program: ClosureProgram, count: Int, chunkSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Output> {
         try checkChunkSize(chunkSize)
