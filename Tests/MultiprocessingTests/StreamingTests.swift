@@ -117,6 +117,8 @@ struct StreamingTests {
             let sent = try pool.imap(ReadCounter().items(upTo: 1_000), capturing: 3, chunkSize: 5) { k, x in x * k }
             #expect(sent.map { try! $0.get() } == (0..<1_000).map { $0 * 3 })
             #expect(try pool.map(SquareFunction(), over: EmptyCollection<Int>()) == [])
+            // starmap over any sequence of tuples (held by the forked workers).
+            #expect(try pool.starmap((0..<10).lazy.map { ($0, "\($0)") }) { n, s in s.count + n } == (0..<10).map { $0 + 1 })
         }
     }
 
@@ -172,6 +174,19 @@ struct StreamingTests {
             }
             #expect(unordered.sorted() == (0..<200).map { $0 * $0 })
             #expect(try await pool.map(SquareFunction(), over: NumbersThenFailure(count: 1_000)) == (0..<1_000).map { $0 * $0 })
+            // Closures forked for the call, fed the elements.
+            let offset = 5
+            var forked: [Int] = []
+            for await result in try pool.imap(NumbersThenFailure(count: 300, failAfter: 120), chunkSize: 7, { x in x + offset }) {
+                forked.append((try? result.get()) ?? -1)
+            }
+            #expect(forked == (0..<120).map { $0 + offset } + [-1])
+            #expect(try await pool.map(NumbersThenFailure(count: 50), { x in x * offset }) == (0..<50).map { $0 * offset })
+            var unordered2: [Int] = []
+            for await result in try pool.imapUnordered(NumbersThenFailure(count: 60), { x in x - offset }) {
+                unordered2.append(try result.get())
+            }
+            #expect(unordered2.sorted() == (0..<60).map { $0 - offset })
         }
     }
 
@@ -279,7 +294,7 @@ struct StreamingTests {
         #expect(allEnded(pids))
     }
 
-    @Test("streaming calls leave no process, descriptor or thread behind")
+    @Test("streaming calls and unbounded queues leave no process, descriptor or thread behind")
     func streamingLeaves() async {
         await #expect(processExitsWith: .success) {
             exit(StreamingScenarios.leaves())
@@ -362,6 +377,14 @@ enum StreamingScenarios {
                 awaitTask { _ = try? await pool.map(SquareFunction(), over: NumbersThenFailure(count: 50, failAfter: 20)) }
                 if round % 3 == 0 { pool.terminate() } else { pool.close() }
                 try pool.join()
+            }
+            // Unbounded queues whose producers exited before anyone read.
+            for _ in 0..<3 {
+                let queue = try Queue<Int>()
+                let producer = try ChildProcess(job: PutNumbers(queue: queue, count: 10_000), startMethod: .forkserver)
+                try producer.start()
+                guard try producer.join() == 0 else { return 7 }
+                for x in 0..<10_000 { guard try queue.get(timeout: .seconds(10)) == x else { return 8 } }
             }
             let settled = LeakScenarios.settled(descriptors: descriptors, children: children)
             guard settled == 0 else { return settled }

@@ -318,8 +318,16 @@ extension ProcessPool {
     /// Submits `function` over an asynchronous sequence, read by a task of its own.
     private func functionCall<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, _ inputs: sending Inputs, sizing: ChunkSizing, chunkSize: Int?, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, consumption: PoolCall.Consumption) throws -> PoolCall where Inputs.Element == Function.Input {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        return try submitAsync(functionWork(function), inputs, sizing: sizing, bufferSize: bufferSize, timeout: timeout, progress: progress,
+                               ordered: consumption == .atEnd ? nil : consumption == .inOrder)
+    }
+
+    /// Submits work over an asynchronous sequence, read by a task of its
+    /// own: a map (`ordered` nil) or an `imap` in input order or not.
+    private func submitAsync<Inputs: AsyncSequence & SendableMetatype>(_ work: PreparedWork, _ inputs: sending Inputs, sizing: ChunkSizing, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool?) throws -> PoolCall where Inputs.Element: Encodable {
         let reader = AsyncReader()
-        let call = try submit(functionWork(function).work, input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
+        let consumption: PoolCall.Consumption = ordered.map { $0 ? .inOrder : .asCompleted } ?? .atEnd
+        let call = try submit(work.work, input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
         reader.attach(Task.detached { await AsyncReader.read(inputs, into: call, sizing: sizing) })
         return call
     }
@@ -367,9 +375,11 @@ extension ProcessPool {
     }
 
     /// Applies `body` to the elements of each tuple (Python's `starmap`).
+    /// Tuples are not `Codable`: the forked workers hold them, so a lazy
+    /// sequence of them is read whole first.
     @available(*, noasync, message: "await mapAsync(_:_:).value instead")
     @inlinable
-    public func starmap<each Argument, Output: Codable & Sendable>(_ items: [(repeat each Argument)], chunkSize: Int? = nil, timeout: Duration? = nil, _ body: @escaping (repeat each Argument) throws -> Output) throws -> [Output] {
+    public func starmap<each Argument, Output: Codable & Sendable>(_ items: some Sequence<(repeat each Argument)>, chunkSize: Int? = nil, timeout: Duration? = nil, _ body: @escaping (repeat each Argument) throws -> Output) throws -> [Output] {
         try mapAsync(items, chunkSize: chunkSize, timeout: timeout) { (item: (repeat each Argument)) in try body(repeat each item) }.get()
     }
 
@@ -441,6 +451,33 @@ extension ProcessPool {
     @inlinable
     public func imapUnordered<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         try closureResults(items, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false, body)
+    }
+
+    /// Applies `body` to every element of an asynchronous sequence in
+    /// workers forked for the call; returns the outputs in order. The
+    /// elements are read by a task of the call's own and sent to the
+    /// workers encoded, at most `bufferSize` chunks ahead of those ended.
+    ///
+    /// - Throws: the first failed item's ``ProcessError``, or
+    ///   ``ProcessError/inputFailed(errorType:description:)`` if `items` threw.
+    public func map<Items: AsyncSequence & SendableMetatype, Output: Codable & Sendable>(_ items: sending Items, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Items.Element) throws -> Output) async throws -> [Output] where Items.Element: Codable & Sendable {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        let call = try submitAsync(.closure(.overSentItems(body)), items, sizing: chunkSize.map { .fixed($0) } ?? .growing(upTo: 1024), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: nil)
+        return try await MapResult<Output>(call: call, decoder: OutcomeDecoder(single: false)).value
+    }
+
+    /// Applies `body` to every element of an asynchronous sequence in
+    /// workers forked for the call; results come in order as they are
+    /// ready, the elements read at most `bufferSize` chunks ahead of the consumer.
+    public func imap<Items: AsyncSequence & SendableMetatype, Output: Codable & Sendable>(_ items: sending Items, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Items.Element) throws -> Output) throws -> PoolResults<Output> where Items.Element: Codable & Sendable {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        return PoolResults(call: try submitAsync(.closure(.overSentItems(body)), items, sizing: .fixed(chunkSize), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true), decoder: OutcomeDecoder(single: false))
+    }
+
+    /// As the `imap` over an asynchronous sequence above, results in the order they complete.
+    public func imapUnordered<Items: AsyncSequence & SendableMetatype, Output: Codable & Sendable>(_ items: sending Items, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Items.Element) throws -> Output) throws -> PoolResults<Output> where Items.Element: Codable & Sendable {
+        try checkChunkSize(chunkSize, bufferSize: bufferSize)
+        return PoolResults(call: try submitAsync(.closure(.overSentItems(body)), items, sizing: .fixed(chunkSize), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false), decoder: OutcomeDecoder(single: false))
     }
 
     @inlinable
