@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "Multiprocessing", targets: ["Multiprocessing"]),
         .executable(name: "multiprocessing-examples", targets: ["MultiprocessingExamples"]),
         .executable(name: "multiprocessing-benchmarks", targets: ["MultiprocessingBenchmarks"]),
+        .executable(name: "multiprocessing-soak", targets: ["MultiprocessingSoak"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -42,6 +43,13 @@ let package = Package(
             exclude: ["python_benchmarks.py"]
         ),
         .target(name: "CBenchmarkFloor"),
+        .executableTarget(
+            name: "MultiprocessingSoak",
+            dependencies: [
+                "Multiprocessing",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(
             name: "MultiprocessingTests",
             dependencies: ["Multiprocessing", "CMultiprocessing"]

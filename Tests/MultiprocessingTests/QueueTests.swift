@@ -209,6 +209,39 @@ struct QueueTests {
         #expect(queue.isEmpty)
     }
 
+    @Test("an unbounded queue: a producer SIGKILLed while it puts large items leaves the queue usable; every item that arrives is whole")
+    func unboundedProducerKilled() throws {
+        let queue = try Queue<[UInt8]>()
+        // 4 MiB items: the producer spends most of its time inside a put.
+        let producer = try ChildProcess(job: PutBlob(queue: queue, sizes: Array(repeating: 4 << 20, count: 100)), startMethod: .forkserver)
+        try producer.start()
+        var received = 0
+        func check(_ item: [UInt8]) -> Bool {
+            item.count == 4 << 20 && item.allSatisfy { $0 == UInt8(truncatingIfNeeded: received) }
+        }
+        for _ in 0..<3 {
+            #expect(check(try queue.get(timeout: .seconds(30))))
+            received += 1
+        }
+        try producer.kill()
+        _ = try producer.join()
+        // What it put whole arrives whole, in order; a half-written item never appears.
+        while let item = try? queue.get(timeout: .zero) {
+            guard check(item) else {
+                Issue.record("item \(received) is torn or out of order")
+                return
+            }
+            received += 1
+        }
+        // The next writer takes over the writer lock its death left.
+        let next = try ChildProcess(job: PutBlob(queue: queue, sizes: [100_000, 10]), startMethod: .forkserver)
+        try next.start()
+        #expect(try next.join() == 0)
+        #expect(try queue.get(timeout: .seconds(10)) == [UInt8](repeating: 0, count: 100_000))
+        #expect(try queue.get(timeout: .seconds(10)) == [UInt8](repeating: 1, count: 10))
+        #expect(queue.isEmpty)
+    }
+
     @Test("an unbounded queue at its ceiling: put refuses at once with a typed error, loses nothing, and works again once items are taken")
     func unboundedCeiling() throws {
         let queue = try Queue<[UInt8]>(bufferSize: 64 * 1024)

@@ -42,6 +42,14 @@ struct NumbersThenFailure: AsyncSequence, Sendable {
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(count: count, failAfter: failAfter) }
 }
 
+/// Traps for every 50th item from 7 on, else gives the item back.
+struct TrapOnSeven: ProcessFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        if x % 50 == 7 { fatalError("item \(x)") }
+        return x
+    }
+}
+
 /// The process's peak resident memory so far, in bytes (`VmHWM`).
 func peakResidentBytes() -> Int {
     let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
@@ -146,6 +154,25 @@ struct StreamingTests {
                 if taken == 200 { break }
             }
             #expect(lazyCapture.value <= 200 + 3 + 1)
+        }
+    }
+
+    @Test("a lazy map whose workers crash now and then: each crash fails only its item, typed; every other item is there once")
+    func streamingWithCrashes() throws {
+        try withProcessPool(processes: 2) { pool in
+            var index = 0
+            for result in try pool.imap(TrapOnSeven(), over: (0..<400).lazy.map { $0 }, chunkSize: 1, bufferSize: 3) {
+                if index % 50 == 7 {
+                    guard case .failure(.crashed) = result else {
+                        Issue.record("item \(index): \(result)")
+                        return
+                    }
+                } else {
+                    #expect(try result.get() == index)
+                }
+                index += 1
+            }
+            #expect(index == 400)
         }
     }
 
