@@ -178,7 +178,6 @@ enum QueueRound {
             tally.queueItemsDelivered += 1
         }
         tally.lost += perProducer - next[1]  // the survivor put all of its items
-        tally.queueItemsPut += next[0] + perProducer
         queue.close()
     }
 }

@@ -120,7 +120,6 @@ struct Tally {
     var injectorKills = 0
     var lost = 0
     var duplicated = 0
-    var queueItemsPut = 0
     var queueItemsDelivered = 0
     var queueProducersKilled = 0
     var torn = 0
@@ -140,7 +139,7 @@ struct Tally {
         "soak (seed \(seed)): \(submitted) tasks, \(completed) completed, \(failed) failed "
             + "(threw \(threw), trapped \(trapped), timed out \(timedOut), killed \(killed) — \(injectorKills) by the injector, cancelled \(cancelled)), "
             + "\(unexpected.count) unexplained, \(lost) lost, \(duplicated) duplicated; "
-            + "queues: \(queueItemsPut) items put, \(queueItemsDelivered) delivered, \(queueProducersKilled) producers killed mid-put, \(torn) torn; "
+            + "queues: \(queueItemsDelivered) items delivered, \(queueProducersKilled) producers killed mid-put, \(torn) torn; "
             + "locks: \(lockHoldersKilled) holders killed, \(locksRecovered) recovered; "
             + "\(hung) hung; left behind: \(leftover ?? "nothing")"
     }
