@@ -217,6 +217,26 @@ struct StreamingTests {
         }
     }
 
+    @Test("an asynchronous input is read even while every thread of the cooperative pool is blocked")
+    func asyncInputWithoutCooperativeThreads() throws {
+        try withProcessPool(processes: 2) { pool in
+            // Every cooperative thread blocked (this test's own among them, waiting below).
+            let release = DispatchSemaphore(value: 0)
+            let started = DispatchSemaphore(value: 0)
+            let width = ProcessInfo.processInfo.activeProcessorCount
+            for _ in 0..<width {
+                Task.detached {
+                    started.signal()
+                    release.wait()
+                }
+            }
+            for _ in 0..<width { _ = started.wait(timeout: .now() + .seconds(2)) }
+            defer { for _ in 0..<width { release.signal() } }
+            let mapped = try pool.mapAsync(SquareFunction(), over: NumbersThenFailure(count: 200), chunkSize: 5, bufferSize: 2)
+            #expect(try mapped.get(timeout: .seconds(30)) == (0..<200).map { $0 * $0 })
+        }
+    }
+
     @Test("an asynchronous sequence that throws midway: the items read before it run, then its error comes, typed")
     func asyncInputThrows() async throws {
         try await withProcessPool(processes: 2) { pool in
@@ -388,7 +408,10 @@ enum StreamingScenarios {
     static func leaves() -> Int32 {
         do {
             _ = try ChildProcess.execute(Square(value: 1), startMethod: .forkserver)
-            awaitTask { _ = try? await Task.sleep(for: .zero) }  // the cooperative pool's threads exist from here on
+            // The cooperative pool's threads, and the one that reads asynchronous inputs, exist from here on.
+            awaitTask {
+                _ = try? await withProcessPool(processes: 1) { pool in try await pool.map(SquareFunction(), over: NumbersThenFailure(count: 1)) }
+            }
             let descriptors = openDescriptorCount()
             let children = childPIDs()
             let threads = threadCount()

@@ -1,3 +1,4 @@
+import DequeModule
 import Synchronization
 
 /// What reading a call's input gave.
@@ -148,5 +149,30 @@ extension PoolCall {
     /// Waits until the call has room for another unit; false once it reads no more.
     func waitForRoom() async -> Bool {
         await wait { state in state.inputEnded ? false : (self.room(state) > 0 ? true : nil) } ?? false
+    }
+}
+
+/// Where the tasks that read asynchronous inputs run: a thread of the
+/// library's own, not the cooperative pool. A caller that blocks a
+/// cooperative thread waiting for a map's results (or a test framework
+/// running blocking tests on them all, as CI showed) must not starve the
+/// reading that those results wait for.
+internal final class InputExecutor: TaskExecutor, @unchecked Sendable {  // `jobs` is behind a monitor
+    static let shared = InputExecutor()
+
+    private let jobs = Monitor(Deque<UnownedJob>())
+
+    private init() {
+        _ = SystemThread.start { [self] in
+            while true {
+                let job = jobs.wait(until: nil) { $0.popFirst() }!
+                job.runSynchronously(on: asUnownedTaskExecutor())
+            }
+        }
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        jobs.update { $0.append(job) }
     }
 }
