@@ -343,8 +343,11 @@ struct StreamingTests {
 
     @Test("streaming calls and unbounded queues leave no process, descriptor or thread behind")
     func streamingLeaves() async {
-        await #expect(processExitsWith: .success) {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
             exit(StreamingScenarios.leaves())
+        }
+        if let result, result.exitStatus != .exitCode(0) {
+            Issue.record("the scenario said: \(String(decoding: result.standardOutputContent, as: UTF8.self))")
         }
     }
 }
@@ -408,12 +411,13 @@ enum StreamingScenarios {
     static func leaves() -> Int32 {
         do {
             _ = try ChildProcess.execute(Square(value: 1), startMethod: .forkserver)
+            let descriptors = openDescriptorCount()
+            let children = childPIDs()
             // The cooperative pool's threads, and the one that reads asynchronous inputs, exist from here on.
+            // (Descriptors are counted before: a pool's last ones close a moment after its join returns.)
             awaitTask {
                 _ = try? await withProcessPool(processes: 1) { pool in try await pool.map(SquareFunction(), over: NumbersThenFailure(count: 1)) }
             }
-            let descriptors = openDescriptorCount()
-            let children = childPIDs()
             let threads = threadCount()
             for round in 0..<6 {
                 let pool = try ProcessPool(processes: 2, startMethod: jobStartMethods[round % 3])
