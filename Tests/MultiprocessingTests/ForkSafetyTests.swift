@@ -100,6 +100,8 @@ struct ForkSafetyTests {
             try process.start()
             if try process.join(timeout: .seconds(10)) == nil {
                 hung += 1
+                // Name the lock it waits on, for whoever reads the log (#12).
+                if let pid = process.pid { print("fork safety stress: child \(pid) hung; its stacks:\n\(threadStacks(of: pid))") }
                 try process.kill()
                 _ = try process.join()
             } else {

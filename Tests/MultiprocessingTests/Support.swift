@@ -92,3 +92,19 @@ func eventually(within timeout: Duration, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// Every thread's stack in process `pid`, from gdb (if the machine has it), for a log.
+func threadStacks(of pid: Int32) -> String {
+    guard FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb") else { return "(no gdb)" }
+    let gdb = Foundation.Process()
+    gdb.executableURL = URL(fileURLWithPath: "/usr/bin/gdb")
+    // The library parks threads with SIGSYS while it forks: let it pass.
+    gdb.arguments = ["-p", String(pid), "-batch", "-ex", "handle SIGSYS nostop noprint pass", "-ex", "thread apply all bt 24"]
+    let output = Foundation.Pipe()
+    gdb.standardOutput = output
+    gdb.standardError = output
+    do { try gdb.run() } catch { return "(gdb did not start: \(error))" }
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    gdb.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
+}
