@@ -13,6 +13,14 @@ internal final class ClosureProgram: @unchecked Sendable {  // its closures run 
 
     private init(request execute: @escaping (UnitRequest) -> (tag: UInt8, body: [UInt8])) { self.execute = execute }
 
+    /// Over `items`, which the forked workers hold: a unit is a range of them.
+    /// Inlinable: the loop over them compiles for their types where called.
+    @inlinable
+    static func overHeld<Item, Output: Encodable>(_ items: [Item], _ body: @escaping (Item) throws -> Output) -> ClosureProgram {
+        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
+        return ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
+    }
+
     /// Over items read lazily and sent in each unit's request, encoded:
     /// the workers are forked once for the call, and fed.
     @usableFromInline

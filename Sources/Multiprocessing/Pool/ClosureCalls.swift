@@ -34,8 +34,7 @@ extension ProcessPool {
     @inlinable
     public func mapAsync<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
         let items = Array(items)
-        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
+        let program = ClosureProgram.overHeld(items, body)
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
     }
 
@@ -53,8 +52,7 @@ extension ProcessPool {
     @inlinable
     public func imap<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
-        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
+        let program = ClosureProgram.overHeld(items, body)
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: true)
     }
 
@@ -63,8 +61,7 @@ extension ProcessPool {
     @inlinable
     public func imapUnordered<Item, Output: Codable & Sendable>(_ items: some Sequence<Item>, chunkSize: Int = 1, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         let items = Array(items)
-        ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
-        let program = ClosureProgram { range in ChunkRunner.run(items[range], body).wire() }
+        let program = ClosureProgram.overHeld(items, body)
         return try submitClosure(program, count: items.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: false)
     }
 
@@ -91,8 +88,7 @@ extension ProcessPool {
     public func mapAsync<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil, _ body: @escaping (Item) throws -> Output) throws -> MapResult<Output> {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
         if let held = items as? [Item] {
-            ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
-            let program = ClosureProgram { range in ChunkRunner.run(held[range], body).wire() }
+            let program = ClosureProgram.overHeld(held, body)
             return try submitClosure(program, count: held.count, chunkSize: chunkSize, timeout: timeout, progress: progress)
         }
         let sizing = ChunkSizing.forMap(chunkSize, knownCount: items.underestimatedCount, processes: processes)
@@ -149,8 +145,7 @@ extension ProcessPool {
     func closureResults<Item: Codable & Sendable, Output: Codable & Sendable>(_ items: sending some Sequence<Item>, chunkSize: Int, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool, _ body: @escaping (Item) throws -> Output) throws -> PoolResults<Output> {
         try checkChunkSize(chunkSize, bufferSize: bufferSize)
         if let held = items as? [Item] {
-            ValueCodec.prepare(Output.self)  // forked workers encode it (see prepare)
-            let program = ClosureProgram { range in ChunkRunner.run(held[range], body).wire() }
+            let program = ClosureProgram.overHeld(held, body)
             return try submitClosure(program, count: held.count, chunkSize: chunkSize, timeout: timeout, progress: progress, ordered: ordered)
         }
         return try submitResults(.closure(.overSentItems(body)), .chunks(of: items, sizing: .fixed(chunkSize)), ordered: ordered, bufferSize: bufferSize, timeout: timeout, progress: progress)
