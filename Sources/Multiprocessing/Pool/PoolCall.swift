@@ -11,7 +11,7 @@ import Synchronization
 /// dropped once it has ended, and its outcome once it is taken (`imap`).
 /// A call with an ``CallInput`` reads more units only while fewer than
 /// `bufferSize` are held (see ``room(_:)``).
-internal final class PoolCall: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
+package final class PoolCall: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
     enum Work {
         /// Work named by type: the kind, type name and encoded value; each
         /// unit carries its encoded inputs (none for a `.job`).

@@ -7,7 +7,7 @@ import SystemPackage
 /// (through their pidfds, never by polling `waitpid`), enforces time limits
 /// and replaces workers. All scheduling state is behind one monitor; the
 /// dispatcher does its I/O with the monitor released.
-internal final class PoolEngine: @unchecked Sendable {  // mutable state is in `state`, behind a monitor
+internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutable state is in `state`, behind a monitor
     enum Phase: Equatable {
         case running
         /// No new calls; leaves when the submitted ones are done.

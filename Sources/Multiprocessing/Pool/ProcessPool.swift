@@ -26,8 +26,10 @@
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
 /// ``withProcessPool(processes:startMethod:initializer:maxTasksPerChild:_:)-1x5mk``,
 /// which always does. A pool dropped without either is terminated.
-public final class ProcessPool: Sendable {
+public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
+
+    public var _scheduler: PoolScheduler { PoolScheduler(engine) }
 
     /// How many workers run at once (for named work; and again, at most, for closure calls).
     public var processes: Int { engine.configuration.processes }
@@ -98,12 +100,6 @@ public final class ProcessPool: Sendable {
 
     // MARK: - Submitting
 
-    @usableFromInline
-    func checkChunkSize(_ chunkSize: Int?, bufferSize: Int? = nil) throws {
-        if let chunkSize, chunkSize < 1 { throw PoolError.invalidArgument("chunkSize must be at least 1, not \(chunkSize)") }
-        if let bufferSize, bufferSize < 1 { throw PoolError.invalidArgument("bufferSize must be at least 1, not \(bufferSize)") }
-    }
-
     /// Python's default chunk size for `map`: about four chunks per worker.
     func defaultChunkSize(_ count: Int) -> Int {
         max(1, (count + 4 * processes - 1) / (4 * processes))
@@ -113,221 +109,8 @@ public final class ProcessPool: Sendable {
     static func units(count: Int, chunkSize: Int) -> [PoolCall.UnitInput] {
         stride(from: 0, to: count, by: chunkSize).map { PoolCall.UnitInput(items: min(chunkSize, count - $0)) }
     }
-
-    /// Makes and submits a call. A sequence input is read here until the
-    /// call's buffer is full, then as it has room (see ``PoolCall/startReading()``).
-    func submit(_ work: PoolCall.Work, units: [PoolCall.UnitInput] = [], input: CallInput? = nil, consumption: PoolCall.Consumption = .atEnd,
-                bufferSize: Int? = nil, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)? = nil) throws -> PoolCall {
-        let call = PoolCall(id: engine.makeCallID(), work: work, units: units, input: input, consumption: consumption,
-                            bufferSize: bufferSize ?? 4 * processes, timeout: timeout, progress: progress, completion: completion)
-        call.refill()
-        try engine.submit(call)
-        call.startReading()
-        return call
-    }
-
-    static func callbacks<Output>(_ decoder: OutcomeDecoder<Output>, onSuccess: (@Sendable (Output) -> Void)?, onFailure: (@Sendable (ProcessError) -> Void)?) -> ((PoolCall) -> Void)? {
-        guard onSuccess != nil || onFailure != nil else { return nil }
-        return { call in
-            guard let outcome = call.state.withLock({ $0.outcome(of: 0) }) else { return }
-            do throws(ProcessError) {
-                let output = try decoder.values(outcome, count: 1)[0]
-                onSuccess?(output)
-            } catch {
-                onFailure?(error)
-            }
-        }
-    }
 }
 
-// MARK: - Named work
-
-extension ProcessPool {
-    /// Runs `job` in a worker and returns its output, in a worker (Python's `apply`).
-    ///
-    /// - Throws: the ``ProcessError`` the task failed with, or ``PoolError/notRunning``.
-    @available(*, noasync, message: "await applyAsync(_:).value instead")
-    public func apply<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil) throws -> Job.Output {
-        try applyAsync(job, timeout: timeout).get()
-    }
-
-    /// Sends `job` to a worker and returns at once (Python's `apply_async`).
-    ///
-    /// - Parameters:
-    ///   - timeout: the time the task may run; past it its worker is killed.
-    ///   - onSuccess: called with the output, on a pool thread; keep it short.
-    ///   - onFailure: called with the error instead, on a pool thread.
-    public func applyAsync<Job: ProcessJob>(_ job: Job, timeout: Duration? = nil, onSuccess: (@Sendable (Job.Output) -> Void)? = nil, onFailure: (@Sendable (ProcessError) -> Void)? = nil) throws -> AsyncResult<Job.Output> {
-        let decoder = OutcomeDecoder<Job.Output>(single: true)
-        ValueCodec.prepare(Job.self)
-        ValueCodec.prepare(Job.Output.self)
-        let work = PoolCall.Work.named(kind: .job, typeName: JobRunner.typeName(of: Job.self), payload: try ValueCodec.encode(job))
-        let call = try submit(work, units: [.init(items: 1)], timeout: timeout, progress: nil, completion: Self.callbacks(decoder, onSuccess: onSuccess, onFailure: onFailure))
-        return AsyncResult(call: call, decoder: decoder)
-    }
-
-    /// Applies `function` to every input in the workers; returns the outputs
-    /// in input order (Python's `map`).
-    ///
-    /// The inputs are read as workers free up, at most `bufferSize` chunks
-    /// ahead of those that have ended, so an input far larger than memory
-    /// (a lazy sequence) works; only the outputs are kept.
-    ///
-    /// - Parameters:
-    ///   - inputs: read once, lazily, on this thread and then on a thread of
-    ///     the call's own.
-    ///   - chunkSize: inputs sent to a worker at once; nil chooses about
-    ///     four chunks per worker, as Python does, when the input's length is
-    ///     known (an array, a range) and chunks of 1, 2, 4 … 1024 otherwise.
-    ///   - bufferSize: the most chunks read and not yet ended; nil: four per worker.
-    ///   - timeout: the time one item may take (a chunk gets as many times it).
-    ///   - progress: called on a pool thread as chunks end.
-    /// - Throws: the first failed item's ``ProcessError`` (in input order).
-    @available(*, noasync, message: "await mapAsync(_:over:).value instead")
-    @inlinable
-    public func map<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Function.Output] {
-        try mapAsync(function, over: inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
-    }
-
-    /// Starts mapping `function` over `inputs` and returns at once (Python's
-    /// `map_async`). Reads `inputs` as ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
-    @inlinable
-    public func mapAsync<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let sizing = ChunkSizing.forMap(chunkSize, knownCount: inputs.underestimatedCount, processes: processes)
-        return try submitMap(functionWork(function), .chunks(of: inputs, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
-    }
-
-    /// Applies `function` to every input; results come in input order as
-    /// they are ready (Python's `imap`).
-    ///
-    /// The inputs are read as results are taken, at most `bufferSize`
-    /// chunks ahead of the consumer (Python 3.14's `buffersize`): an
-    /// infinite sequence works, and a consumer that stops taking stops the
-    /// reading. See ``PoolResults``.
-    ///
-    /// - Parameters:
-    ///   - inputs: read once, lazily, on this thread and then on the threads
-    ///     that take the results.
-    ///   - chunkSize: inputs sent to a worker at once.
-    ///   - bufferSize: the most chunks read and not yet taken; nil: four per worker.
-    ///   - timeout: the time one item may take (a chunk gets as many times it).
-    ///   - progress: called on a pool thread as chunks end.
-    @inlinable
-    public func imap<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        return try submitResults(functionWork(function), .chunks(of: inputs, sizing: .fixed(chunkSize)), ordered: true, bufferSize: bufferSize, timeout: timeout, progress: progress)
-    }
-
-    /// Applies `function` to every input; results come in the order they
-    /// complete (Python's `imap_unordered`). Reads `inputs` as
-    /// ``imap(_:over:chunkSize:bufferSize:timeout:progress:)`` does.
-    @inlinable
-    public func imapUnordered<Function: ProcessFunction>(_ function: Function, over inputs: sending some Sequence<Function.Input>, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        return try submitResults(functionWork(function), .chunks(of: inputs, sizing: .fixed(chunkSize)), ordered: false, bufferSize: bufferSize, timeout: timeout, progress: progress)
-    }
-
-    /// Runs every job in the workers; returns their outputs in order. Reads
-    /// `jobs` as ``map(_:over:chunkSize:bufferSize:timeout:progress:)`` reads its inputs.
-    ///
-    /// - Throws: the first failed job's ``ProcessError`` (in input order).
-    @available(*, noasync, message: "await mapAsync(_:).value instead")
-    @inlinable
-    public func map<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> [Job.Output] {
-        try mapAsync(jobs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).get()
-    }
-
-    /// Starts running every job in the workers and returns at once.
-    @inlinable
-    public func mapAsync<Job: ProcessJob>(_ jobs: sending some Sequence<Job>, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Job.Output> {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let sizing = ChunkSizing.forMap(chunkSize, knownCount: jobs.underestimatedCount, processes: processes)
-        return try submitMap(jobsWork(Job.self), .chunks(of: jobs, sizing: sizing), bufferSize: bufferSize, timeout: timeout, progress: progress)
-    }
-
-    // MARK: Over an asynchronous sequence
-
-    /// Applies `function` to every element of `inputs` in the workers;
-    /// returns the outputs in input order. The elements are read by a task
-    /// of the call's own as workers free up, at most `bufferSize` chunks
-    /// ahead of those that have ended.
-    ///
-    /// - Throws: the first failed item's ``ProcessError`` (in input order),
-    ///   or ``ProcessError/inputFailed(errorType:description:)`` if `inputs`
-    ///   threw (after every item read before it ran).
-    public func map<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) async throws -> [Function.Output] where Inputs.Element == Function.Input {
-        try await mapAsync(function, over: inputs, chunkSize: chunkSize, bufferSize: bufferSize, timeout: timeout, progress: progress).value
-    }
-
-    /// Starts mapping `function` over an asynchronous sequence and returns at once.
-    public func mapAsync<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int? = nil, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> MapResult<Function.Output> where Inputs.Element == Function.Input {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let call = try submitAsync(functionWork(function), inputs, sizing: chunkSize.map { .fixed($0) } ?? .growing(upTo: 1024), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: nil)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    /// Applies `function` to every element of an asynchronous sequence;
-    /// results come in input order. The elements are read by a task of the
-    /// call's own, at most `bufferSize` chunks ahead of the consumer. If
-    /// `inputs` throws, the results of the items read before it come, then
-    /// ``ProcessError/inputFailed(errorType:description:)``.
-    public func imap<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> where Inputs.Element == Function.Input {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let call = try submitAsync(functionWork(function), inputs, sizing: .fixed(chunkSize), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: true)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    /// Applies `function` to every element of an asynchronous sequence;
-    /// results come in the order they complete.
-    public func imapUnordered<Function: ProcessFunction, Inputs: AsyncSequence & SendableMetatype>(_ function: Function, over inputs: sending Inputs, chunkSize: Int = 1, bufferSize: Int? = nil, timeout: Duration? = nil, progress: (@Sendable (PoolProgress) -> Void)? = nil) throws -> PoolResults<Function.Output> where Inputs.Element == Function.Input {
-        try checkChunkSize(chunkSize, bufferSize: bufferSize)
-        let call = try submitAsync(functionWork(function), inputs, sizing: .fixed(chunkSize), bufferSize: bufferSize, timeout: timeout, progress: progress, ordered: false)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    // The parts that need not be specialized.
-
-    @usableFromInline
-    func functionWork<Function: ProcessFunction>(_ function: Function) throws -> PreparedWork {
-        // Forked workers decode these and encode the outputs (see ValueCodec.prepare).
-        ValueCodec.prepare(Function.self)
-        ValueCodec.prepare(Function.Input.self)
-        ValueCodec.prepare(Function.Output.self)
-        return PreparedWork(.named(kind: .functionChunk, typeName: _mangledTypeName(Function.self) ?? String(reflecting: Function.self), payload: try ValueCodec.encode(function)))
-    }
-
-    @usableFromInline
-    func jobsWork<Job: ProcessJob>(_: Job.Type) -> PreparedWork {
-        ValueCodec.prepare(Job.self)
-        ValueCodec.prepare(Job.Output.self)
-        return PreparedWork(.named(kind: .jobChunk, typeName: JobRunner.typeName(of: Job.self), payload: []))
-    }
-
-    /// Submits a map whose units `reader` reads.
-    @usableFromInline
-    func submitMap<Output: Decodable & Sendable>(_ work: PreparedWork, _ reader: SequenceReader, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> MapResult<Output> {
-        let call = try submit(work.work, input: .sequence(reader), bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return MapResult(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    /// Submits an `imap` (`ordered`) or `imapUnordered` whose units `reader` reads.
-    @usableFromInline
-    func submitResults<Output: Decodable & Sendable>(_ work: PreparedWork, _ reader: SequenceReader, ordered: Bool, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?) throws -> PoolResults<Output> {
-        let call = try submit(work.work, input: .sequence(reader), consumption: ordered ? .inOrder : .asCompleted, bufferSize: bufferSize, timeout: timeout, progress: progress)
-        return PoolResults(call: call, decoder: OutcomeDecoder(single: false))
-    }
-
-    /// Submits work over an asynchronous sequence, read by a task of its
-    /// own: a map (`ordered` nil) or an `imap` in input order or not.
-    func submitAsync<Inputs: AsyncSequence & SendableMetatype>(_ work: PreparedWork, _ inputs: sending Inputs, sizing: ChunkSizing, bufferSize: Int?, timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, ordered: Bool?) throws -> PoolCall where Inputs.Element: Encodable {
-        let reader = AsyncReader()
-        let consumption: PoolCall.Consumption = ordered.map { $0 ? .inOrder : .asCompleted } ?? .atEnd
-        let call = try submit(work.work, input: .asynchronous(reader), consumption: consumption, bufferSize: bufferSize, timeout: timeout, progress: progress)
-        reader.attach(Task.detached(executorPreference: InputExecutor.shared) { await AsyncReader.read(inputs, into: call, sizing: sizing) })
-        return call
-    }
-}
 
 // MARK: - Scoped
 
