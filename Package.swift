@@ -9,6 +9,12 @@ let package = Package(
         .executable(name: "multiprocessing-examples", targets: ["MultiprocessingExamples"]),
         .executable(name: "multiprocessing-benchmarks", targets: ["MultiprocessingBenchmarks"]),
         .executable(name: "multiprocessing-soak", targets: ["MultiprocessingSoak"]),
+        // The pool across machines, over MPI: built with `--traits MPI`.
+        .library(name: "MultiprocessingMPI", targets: ["MultiprocessingMPI"]),
+        .executable(name: "multiprocessing-mpi-examples", targets: ["MultiprocessingMPIExamples"]),
+    ],
+    traits: [
+        .trait(name: "MPI", description: "The pool over MPI (MultiprocessingMPI); needs Open MPI (libopenmpi-dev)."),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -49,6 +55,35 @@ let package = Package(
                 "Multiprocessing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // MPI: Open MPI's headers and library, through pkg-config's `ompi`.
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
+        // Without the `MPI` trait these compile to nothing (`#if MPI`) and
+        // link no MPI, so a plain build needs none installed.
+        .target(
+            name: "MultiprocessingMPI",
+            dependencies: [
+                "Multiprocessing",
+                "CMultiprocessing",
+                .target(name: "CMPI", condition: .when(traits: ["MPI"])),
+            ]
+        ),
+        .executableTarget(
+            name: "MultiprocessingMPIExamples",
+            dependencies: ["MultiprocessingMPI", "Multiprocessing"]
+        ),
+        // The programs the MPI tests run under `mpirun`.
+        .executableTarget(
+            name: "MultiprocessingMPIScenarios",
+            dependencies: ["MultiprocessingMPI", "Multiprocessing"]
+        ),
+        .testTarget(
+            name: "MultiprocessingMPITests",
+            dependencies: ["MultiprocessingMPI", "Multiprocessing", "MultiprocessingMPIScenarios"]
         ),
         .testTarget(
             name: "MultiprocessingTests",

@@ -23,7 +23,7 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
 
     /// How the outcomes are consumed, which says when they are dropped and
     /// what counts against the buffer.
-    enum Consumption {
+    package enum Consumption {
         /// All at the end (apply, map): kept until the call is dropped; the
         /// buffer counts units not yet ended.
         case atEnd
@@ -35,9 +35,14 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
 
     /// One unit read from the input: how many items, and their encoding
     /// (empty for a closure call, whose workers hold the items).
-    struct UnitInput {
-        var items: Int
-        var bytes: [UInt8] = []
+    package struct UnitInput {
+        package var items: Int
+        package var bytes: [UInt8] = []
+
+        package init(items: Int, bytes: [UInt8] = []) {
+            self.items = items
+            self.bytes = bytes
+        }
     }
 
     struct Unit {
@@ -96,13 +101,13 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         func outcome(of number: Int) -> Result<UnitOutcome, ProcessError>? { unit(number)?.outcome }
     }
 
-    let id: Int
+    package let id: Int
     let work: Work
     let consumption: Consumption
     /// The most units held at once (see ``room(_:)``).
     let bufferSize: Int
     /// The limit per item; a unit of n items has n times this.
-    let timeout: Duration?
+    package let timeout: Duration?
     private let progress: (@Sendable (PoolProgress) -> Void)?
     /// Called once, on the thread that completes the call. Not `@Sendable`:
     /// it decodes a generic output type there, which is safe but not provably so.
@@ -111,12 +116,15 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
     private let input: CallInput?
     let state: Monitor<State>
     /// Set by the pool: cancels the call's outstanding work.
-    var cancelHandler: (@Sendable (PoolCall) -> Void)?
+    package var cancelHandler: (@Sendable (PoolCall) -> Void)?
     /// Set by the pool: forgets the call once every unit has ended, however
     /// it ended (answered, failed, cancelled from any thread).
-    var finishHandler: (@Sendable (PoolCall) -> Void)?
+    package var finishHandler: (@Sendable (PoolCall) -> Void)?
+    /// Set by whoever relays a call's outcomes elsewhere (an MPI rank):
+    /// called with each unit's outcome as it ends, before waiters wake.
+    package var outcomeHandler: (@Sendable (Int, Result<UnitOutcome, ProcessError>) -> Void)?
     /// Set by the pool: more units were read (up to the count given) or the input ended.
-    var unitsHandler: (@Sendable (PoolCall, _ unitCount: Int, _ inputEnded: Bool) -> Void)?
+    package var unitsHandler: (@Sendable (PoolCall, _ unitCount: Int, _ inputEnded: Bool) -> Void)?
 
     init(id: Int, work: Work, units: [UnitInput], input: CallInput? = nil, consumption: Consumption = .atEnd, bufferSize: Int = .max,
          timeout: Duration?, progress: (@Sendable (PoolProgress) -> Void)?, completion: ((PoolCall) -> Void)?) {
@@ -133,19 +141,25 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         self.state = Monitor(state)
     }
 
+    /// A call of work named by type, with every unit given: what an MPI
+    /// rank makes of the units it is sent, to run in its local pool.
+    package static func named(id: Int, kind: UnitRequest.Kind, typeName: String, payload: [UInt8], units: [UnitInput], timeout: Duration?) -> PoolCall {
+        PoolCall(id: id, work: .named(kind: kind, typeName: typeName, payload: payload), units: units, timeout: timeout, progress: nil, completion: nil)
+    }
+
     private static func append(_ unit: UnitInput, to state: inout State) {
         state.units.append(Unit(lower: state.itemsRead, items: unit.items, input: unit.bytes))
         state.unitCount += 1
         state.itemsRead += unit.items
     }
 
-    var isClosureCall: Bool {
+    package var isClosureCall: Bool {
         if case .closure = work { true } else { false }
     }
 
     /// The request for unit `unit`, numbered `id`, and its item count;
     /// nil if the unit is no longer held.
-    func request(unit: Int, id: UInt64) -> (UnitRequest, items: Int)? {
+    package func request(unit: Int, id: UInt64) -> (UnitRequest, items: Int)? {
         guard let held = state.withLock({ $0.unit(unit) }) else { return nil }
         switch work {
         case let .named(kind, typeName, payload, code, runner):
@@ -223,7 +237,7 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
     /// The pool is closing, and `join` waits for every call to end: the
     /// rest of the input is read at once rather than as the consumer takes
     /// results (as Python's `imap` reads it), and the results wait to be taken.
-    func readWithoutBound() {
+    package func readWithoutBound() {
         let wasBounded = state.withLock { state -> Bool in
             defer { state.unbounded = true }
             return !state.unbounded && !state.inputEnded
@@ -267,14 +281,15 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
     // MARK: - Outcomes
 
     /// Records how `unit` ended, unless it already has; wakes waiters.
-    func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
+    package func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
         deliver([(unit, outcome)])
     }
 
     /// Records outcomes of several units at once. Progress and callbacks
     /// come before waiters wake, so a caller woken by the end of a call has
     /// seen its last progress report and its callback.
-    func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
+    package func deliver(_ outcomes: [(Int, Result<UnitOutcome, ProcessError>)]) {
+        var ended: [(Int, Result<UnitOutcome, ProcessError>)] = []
         let (changed, finished) = state.withLock { state -> (Bool, Bool) in
             var changed = false
             for (unit, outcome) in outcomes {
@@ -286,10 +301,12 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
                 state.completedItems += state.units[index].items
                 if consumption == .asCompleted { state.completions.append(unit) }
                 changed = true
+                ended.append((unit, outcome))
             }
             return (changed, changed && state.isFinished)
         }
         guard changed else { return }
+        if let outcomeHandler { ended.forEach(outcomeHandler) }
         reportProgress()
         settle(finished: finished)
     }
@@ -323,7 +340,7 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
 
     /// Ends the call: reads no more input, and fails every unit that has
     /// not ended with `error`.
-    func failRemaining(_ error: ProcessError) {
+    package func failRemaining(_ error: ProcessError) {
         let (open, stoppedReading) = state.withLock { state -> ([Int], Bool) in
             let stopped = !state.inputEnded
             state.inputEnded = true
@@ -341,7 +358,10 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         }
     }
 
-    var isFinished: Bool { state.withLock(\.isFinished) }
+    package var isFinished: Bool { state.withLock(\.isFinished) }
+
+    /// The units read so far, and whether the input has ended.
+    package var unitsRead: (count: Int, inputEnded: Bool) { state.withLock { ($0.unitCount, $0.inputEnded) } }
 
     /// Takes the next outcome for an `imap` consumer, if one is ready (the
     /// consumer then waits); drops it from the call.
@@ -392,7 +412,7 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
 
     /// Cancels what has not ended: it fails with ``ProcessError/cancelled``,
     /// workers running it are killed, and no more input is read.
-    func cancel() {
+    package func cancel() {
         cancelHandler?(self)
         failRemaining(.cancelled)
     }

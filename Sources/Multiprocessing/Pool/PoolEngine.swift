@@ -25,28 +25,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var initializer: PoolInitializer?
     }
 
-    /// Units still to send for one call.
-    struct Pending {
-        var next = 0
-        /// Units read so far (a streaming call reads more as it has room).
-        var count: Int
-        /// No more units will be read.
-        var inputEnded: Bool
-        /// Units given back by a worker that died before running them; they go first.
-        var returned: [Int] = []
-        /// Nothing to send now.
-        var isEmpty: Bool { returned.isEmpty && next == count }
-        /// Nothing to send, ever.
-        var drained: Bool { isEmpty && inputEnded }
-        var remaining: Int { returned.count + count - next }
-
-        mutating func take() -> Int? {
-            if let unit = returned.popLast() { return unit }
-            guard next < count else { return nil }
-            defer { next += 1 }
-            return next
-        }
-    }
+    typealias Pending = PendingUnits
 
     struct State {
         var phase: Phase = .running
@@ -606,5 +585,33 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         for (call, unit, error) in failures {
             call.deliver(unit, .failure(error))
         }
+    }
+}
+
+/// Units still to send for one call.
+package struct PendingUnits {
+    var next = 0
+    /// Units read so far (a streaming call reads more as it has room).
+    package var count: Int
+    /// No more units will be read.
+    package var inputEnded: Bool
+    /// Units given back by a worker that died before running them; they go first.
+    package var returned: [Int] = []
+    /// Nothing to send now.
+    package var isEmpty: Bool { returned.isEmpty && next == count }
+    /// Nothing to send, ever.
+    package var drained: Bool { isEmpty && inputEnded }
+    var remaining: Int { returned.count + count - next }
+
+    package init(count: Int, inputEnded: Bool) {
+        self.count = count
+        self.inputEnded = inputEnded
+    }
+
+    package mutating func take() -> Int? {
+        if let unit = returned.popLast() { return unit }
+        guard next < count else { return nil }
+        defer { next += 1 }
+        return next
     }
 }

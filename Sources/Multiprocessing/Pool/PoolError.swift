@@ -24,12 +24,12 @@ public enum PoolError: Error, Sendable, Equatable, CustomStringConvertible {
 /// `initializer` and `initargs`): typically it sets up per-worker state
 /// that tasks then read, such as a connection or a loaded model.
 public struct PoolInitializer: Sendable {
-    enum Storage: @unchecked Sendable {  // a closure initializer runs only in forked workers
+    package enum Storage: @unchecked Sendable {  // a closure initializer runs only in forked workers
         case job(typeName: String, payload: [UInt8], run: @Sendable () -> ProcessError?)
         case closure(() -> Void)
     }
 
-    let storage: Storage
+    package let storage: Storage
 
     /// Runs `job` in every worker, by every start method. Its output is
     /// ignored; if it throws, the pool fails the work those workers would
@@ -48,6 +48,21 @@ public struct PoolInitializer: Sendable {
     /// capture anything; it cannot run in spawned or forkserver workers.
     public static func closure(_ body: @escaping () -> Void) -> PoolInitializer {
         PoolInitializer(storage: .closure(body))
+    }
+
+    /// A job initializer given by its type name and encoding, as another
+    /// process sent it: it runs in spawned and forkserver workers.
+    package static func named(typeName: String, payload: [UInt8]) -> PoolInitializer {
+        PoolInitializer(storage: .job(typeName: typeName, payload: payload, run: {
+            if case let .failure(error) = JobRunner.run(typeName: typeName, payload: payload) { return error }
+            return nil
+        }))
+    }
+
+    /// The type name and encoding of a job initializer; nil for a closure.
+    package var named: (typeName: String, payload: [UInt8])? {
+        if case let .job(typeName, payload, _) = storage { return (typeName, payload) }
+        return nil
     }
 
     /// In a forked worker: runs the initializer.

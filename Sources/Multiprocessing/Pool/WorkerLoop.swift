@@ -1,7 +1,7 @@
 /// What the pool sends a worker: one unit of work (a task, or a chunk of
 /// tasks), or the request to leave.
-internal struct UnitRequest: Codable, Sendable {
-    enum Kind: UInt8, Codable, Sendable {
+package struct UnitRequest: Codable, Sendable {
+    package enum Kind: UInt8, Codable, Sendable {
         case stop
         /// One ``ProcessJob``: `typeName`, `payload`.
         case job
@@ -18,10 +18,10 @@ internal struct UnitRequest: Codable, Sendable {
         case sentChunk
     }
 
-    var kind: Kind
-    var id: UInt64
-    var typeName: String = ""
-    var payload: [UInt8] = []
+    package var kind: Kind
+    package var id: UInt64
+    package var typeName: String = ""
+    package var payload: [UInt8] = []
     var lower: Int = 0
     var upper: Int = 0
     /// The closure of a sent-closure request.
@@ -31,8 +31,8 @@ internal struct UnitRequest: Codable, Sendable {
     /// The encoded inputs: in `inputs` from `inputsOffset` on. They travel
     /// after the rest, as they are, so a large chunk is never copied into a
     /// bigger message.
-    var inputs: [UInt8] = []
-    var inputsOffset = 0
+    package var inputs: [UInt8] = []
+    package var inputsOffset = 0
 
     private enum CodingKeys: String, CodingKey {
         case kind, id, typeName, payload, lower, upper, code, runner
@@ -40,14 +40,14 @@ internal struct UnitRequest: Codable, Sendable {
 
     /// The message: the length of the encoded fields (4 bytes,
     /// little-endian), the fields, then the inputs (sent as a second part).
-    func wire() throws -> (head: [UInt8], body: [UInt8]) {
+    package func wire() throws -> (head: [UInt8], body: [UInt8]) {
         let fields = try ValueCodec.encode(self)
         guard fields.count < Int(UInt32.max) else { throw WireError.corrupt("request fields of \(fields.count) bytes") }
         return (withUnsafeBytes(of: UInt32(fields.count).littleEndian) { Array($0) } + fields, inputs)
     }
 
     /// Reads a request; its inputs keep pointing into `bytes`.
-    static func decode(_ bytes: [UInt8]) throws(WireError) -> UnitRequest {
+    package static func decode(_ bytes: [UInt8]) throws(WireError) -> UnitRequest {
         guard bytes.count >= 4 else { throw .corrupt("a request of \(bytes.count) bytes") }
         let length = Int(bytes[0]) | Int(bytes[1]) << 8 | Int(bytes[2]) << 16 | Int(bytes[3]) << 24
         guard length <= bytes.count - 4 else { throw .corrupt("request fields of \(length) bytes in \(bytes.count)") }
@@ -60,14 +60,14 @@ internal struct UnitRequest: Codable, Sendable {
 
 /// How one item of a chunk ended, when not every item succeeded.
 @usableFromInline
-internal enum ItemOutcome: Codable, Sendable {
+package enum ItemOutcome: Codable, Sendable {
     case value([UInt8])
     case failed(ProcessError)
 }
 
 /// How a unit ended in the worker.
 @usableFromInline
-internal enum UnitOutcome: Sendable {
+package enum UnitOutcome: Sendable {
     /// Every item succeeded: the encoded outputs (an array for chunks, the
     /// one output for a `.job` unit), from `offset` on in `bytes`.
     case values([UInt8], offset: Int)
@@ -83,7 +83,7 @@ internal enum UnitOutcome: Sendable {
     /// The outcome as it crosses: a tag and its body (the outputs as they
     /// are, so that a large chunk is never copied into a bigger message).
     @usableFromInline
-    func wire() -> (tag: UInt8, body: [UInt8]) {
+    package func wire() -> (tag: UInt8, body: [UInt8]) {
         switch self {
         case let .values(bytes, offset):
             return (Self.valuesTag, offset == 0 ? bytes : Array(bytes[offset...]))
@@ -98,13 +98,13 @@ internal enum UnitOutcome: Sendable {
 
 /// A worker's answer to a request: the unit's id (8 bytes, little-endian;
 /// 0 reports a failed initializer), the outcome's tag (1 byte), its body.
-internal enum UnitReply {
-    static func head(id: UInt64, tag: UInt8) -> [UInt8] {
+package enum UnitReply {
+    package static func head(id: UInt64, tag: UInt8) -> [UInt8] {
         withUnsafeBytes(of: id.littleEndian) { Array($0) } + [tag]
     }
 
     /// Reads a reply; a `.values` outcome keeps pointing into `bytes`.
-    static func decode(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome) {
+    package static func decode(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome) {
         guard bytes.count >= 9 else { throw .corrupt("a reply of \(bytes.count) bytes") }
         var id: UInt64 = 0
         for index in (0..<8).reversed() { id = id << 8 | UInt64(bytes[index]) }

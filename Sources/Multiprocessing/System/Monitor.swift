@@ -6,12 +6,12 @@ import Glibc
 ///
 /// Process-private: nothing in a forked child touches one (pool workers run
 /// only their work loop).
-internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only touched with `mutex` held
+package final class Monitor<Value>: @unchecked Sendable {  // `value` is only touched with `mutex` held
     private var value: Value
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
-    init(_ value: Value) {
+    package init(_ value: Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -33,14 +33,14 @@ internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only t
     }
 
     /// Runs `body` with the lock held.
-    func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
     }
 
     /// Runs `body` with the lock held, then wakes every waiter.
-    func update<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    package func update<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer {
             pthread_cond_broadcast(condition)
@@ -52,7 +52,7 @@ internal final class Monitor<Value>: @unchecked Sendable {  // `value` is only t
     /// Waits until `ready` returns a value, at most until `deadline`; nil if
     /// the deadline passed first. The corresponding C function is
     /// `pthread_cond_timedwait`.
-    func wait<Result>(until deadline: ContinuousClock.Instant?, _ ready: (inout Value) -> Result?) -> Result? {
+    package func wait<Result>(until deadline: ContinuousClock.Instant?, _ ready: (inout Value) -> Result?) -> Result? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {

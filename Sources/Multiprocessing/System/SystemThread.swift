@@ -2,7 +2,7 @@ import Dispatch
 import Glibc
 
 /// A long-lived POSIX thread of the library's own, outside the cooperative pool.
-internal enum SystemThread {
+package enum SystemThread {
     private final class Box {
         let body: () -> Void
         init(_ body: @escaping () -> Void) { self.body = body }
@@ -10,7 +10,7 @@ internal enum SystemThread {
 
     /// Starts a detached thread running `body`; returns its `pthread_t`.
     /// The corresponding C function is `pthread_create`.
-    static func start(_ body: @escaping () -> Void) -> pthread_t {
+    package static func start(_ body: @escaping () -> Void) -> pthread_t {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { argument in

@@ -1,0 +1,281 @@
+#if MPI
+import Multiprocessing
+
+/// The machinery of an ``MPIPool`` on rank 0: it takes the pool's calls
+/// (the same ``PoolCall``s a local pool runs), sends their units to the
+/// worker ranks as those have room — each rank up to a few units per
+/// process of its local pool, many units to one message — and delivers
+/// the outcomes the ranks send back. Time limits, crashes and kills are
+/// dealt with by each rank's local pool; what comes back is their outcome.
+final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable state is in `state`
+    enum Phase: Equatable {
+        case starting, running, closing, terminating, finished
+    }
+
+    struct Assignment {
+        let call: PoolCall
+        let unit: Int
+    }
+
+    struct Rank {
+        let index: Int
+        let label: String
+        var processes = 0
+        var ready = false
+        var failure: String?
+        var ended = false
+        var outstanding: [UInt64: Assignment] = [:]
+    }
+
+    struct State {
+        var phase: Phase = .starting
+        var calls: [Int: PoolCall] = [:]
+        var pending: [Int: PendingUnits] = [:]
+        /// Calls in submission order: served first come, first served.
+        var order: [Int] = []
+        var ranks: [Rank]
+        var nextCallID = 1
+        var nextUnitID: UInt64 = 1
+        /// Calls to cancel on these ranks.
+        var cancels: [(rank: Int, call: Int)] = []
+        var endSent = false
+    }
+
+    /// Units sent to a rank ahead of its answers, per local process: enough
+    /// that its processes never wait for the next unit to cross the network.
+    static let unitsPerProcess = 4
+    /// The most bytes of requests in one message.
+    static let batchBytes = 4 << 20
+
+    private unowned let master: Master
+    let start: StartPool
+    let state: Monitor<State>
+
+    init(master: Master, start: StartPool, workers: [(index: Int, label: String)]) {
+        self.master = master
+        self.start = start
+        state = Monitor(State(ranks: workers.map { Rank(index: $0.index, label: $0.label) }))
+        master.thread.perform { [self] in
+            for rank in state.withLock(\.ranks) {
+                let worker = master.state.withLock { $0.workers[rank.index] }
+                master.thread.send(start, to: worker.rank, tag: RankMessage.start, on: worker.communicator)
+            }
+        }
+    }
+
+    // MARK: - Starting
+
+    func waitUntilReady(until deadline: ContinuousClock.Instant) throws(MPIPoolError) {
+        let outcome: Result<Void, MPIPoolError>? = state.wait(until: deadline) { state in
+            if let failed = state.ranks.first(where: { $0.failure != nil }) {
+                return .failure(.rankFailed(rank: Int(master.state.withLock { $0.workers[failed.index].rank }), reason: failed.failure!))
+            }
+            return state.ranks.allSatisfy(\.ready) ? .success(()) : nil
+        }
+        guard let outcome else {
+            let silent = state.withLock { $0.ranks.filter { !$0.ready }.map(\.index) }
+            throw .ranksDidNotAnswer(master.state.withLock { state in silent.map { Int(state.workers[$0].rank) } })
+        }
+        try outcome.get()
+        state.update { if $0.phase == .starting { $0.phase = .running } }
+    }
+
+    /// The worker processes of every rank.
+    var processes: Int { state.withLock { $0.ranks.reduce(0) { $0 + $1.processes } } }
+
+    var rankCount: Int { state.withLock(\.ranks.count) }
+
+    // MARK: - Calls (any thread)
+
+    func makeCallID() -> Int {
+        state.withLock { state in
+            defer { state.nextCallID += 1 }
+            return state.nextCallID
+        }
+    }
+
+    func submit(_ call: PoolCall) throws(PoolError) {
+        call.cancelHandler = { [weak self] call in self?.cancel(call) }
+        call.finishHandler = { [weak self] call in self?.finish(call) }
+        call.unitsHandler = { [weak self] call, count, inputEnded in self?.unitsRead(call, count: count, inputEnded: inputEnded) }
+        try state.withLock { state throws(PoolError) in
+            guard state.phase == .running else { throw .notRunning }
+            let (count, inputEnded) = call.unitsRead
+            state.calls[call.id] = call
+            state.pending[call.id] = PendingUnits(count: count, inputEnded: inputEnded)
+            state.order.append(call.id)
+        }
+        if call.isFinished { finish(call) }
+        master.thread.poke()
+    }
+
+    private func unitsRead(_ call: PoolCall, count: Int, inputEnded: Bool) {
+        state.withLock { state in
+            guard var pending = state.pending[call.id] else { return }
+            pending.count = max(pending.count, count)
+            pending.inputEnded = pending.inputEnded || inputEnded
+            state.pending[call.id] = pending
+        }
+        master.thread.poke()
+    }
+
+    private func finish(_ call: PoolCall) {
+        state.withLock { state in
+            state.calls[call.id] = nil
+            state.pending[call.id] = nil
+            state.order.removeAll { $0 == call.id }
+        }
+        master.thread.poke()
+    }
+
+    /// Drops a call's unsent units; the ranks running its units cancel them there.
+    private func cancel(_ call: PoolCall) {
+        state.withLock { state in
+            state.pending[call.id] = nil
+            state.order.removeAll { $0 == call.id }
+            for rank in state.ranks where rank.outstanding.values.contains(where: { $0.call === call }) {
+                state.cancels.append((rank.index, call.id))
+            }
+        }
+        master.thread.poke()
+    }
+
+    func close() {
+        let calls = state.update { state -> [PoolCall] in
+            if state.phase == .running { state.phase = .closing }
+            return Array(state.calls.values)
+        }
+        calls.forEach { $0.readWithoutBound() }
+        master.thread.poke()
+    }
+
+    func terminate() {
+        let calls = state.update { state -> [PoolCall] in
+            guard state.phase != .terminating && state.phase != .finished else { return [] }
+            state.phase = .terminating
+            state.pending.removeAll()
+            state.order.removeAll()
+            return Array(state.calls.values)
+        }
+        calls.forEach { $0.failRemaining(.poolTerminated) }
+        master.thread.poke()
+    }
+
+    var phase: Phase { state.withLock(\.phase) }
+
+    /// Waits until every rank's local pool has ended.
+    func waitUntilFinished(until deadline: ContinuousClock.Instant? = nil) -> Bool {
+        state.wait(until: deadline) { $0.phase == .finished ? true : nil } ?? false
+    }
+
+    // MARK: - On the MPI thread
+
+    func ready(_ index: Int, _ ready: Ready) {
+        state.update { state in
+            guard ready.session == start.session, let slot = state.ranks.firstIndex(where: { $0.index == index }) else { return }
+            state.ranks[slot].processes = ready.processes
+            state.ranks[slot].failure = ready.failure
+            state.ranks[slot].ready = ready.failure == nil
+        }
+    }
+
+    func ended(_ index: Int) {
+        let finished = state.update { state -> Bool in
+            if let slot = state.ranks.firstIndex(where: { $0.index == index }) { state.ranks[slot].ended = true }
+            guard state.endSent, state.ranks.allSatisfy(\.ended) else { return false }
+            state.phase = .finished
+            return true
+        }
+        if finished { master.engineFinished(self) }
+    }
+
+    func received(_ batch: ReplyBatch, from index: Int) {
+        var delivered: [(Assignment, UnitOutcome)] = []
+        state.withLock { state in
+            guard let slot = state.ranks.firstIndex(where: { $0.index == index }) else { return }
+            for bytes in batch.replies {
+                guard let (id, outcome) = try? UnitReply.decode(bytes) else {
+                    MPIRuntime.report("a corrupt reply from \(state.ranks[slot].label) was ignored")
+                    continue
+                }
+                guard let assignment = state.ranks[slot].outstanding.removeValue(forKey: id) else { continue }
+                delivered.append((assignment, outcome))
+            }
+        }
+        for (assignment, outcome) in delivered {
+            assignment.call.deliver(assignment.unit, .success(outcome))
+        }
+    }
+
+    /// Sends what is due: units to ranks with room, cancellations, the end.
+    func pump() -> Bool {
+        var messages: [(rank: Int, tag: Int32, bytes: [UInt8])] = []
+        var failures: [(PoolCall, Int, ProcessError)] = []
+        state.withLock { state in
+            for (rank, call) in state.cancels {
+                if let bytes = try? WireCodec.encode(CancelCall(call: call)) { messages.append((rank, RankMessage.cancel, bytes)) }
+            }
+            state.cancels.removeAll()
+            if state.phase == .running || state.phase == .closing {
+                // One unit at a time to the least loaded rank with room, so
+                // that a few long units spread over the ranks.
+                var batches: [Int: (units: [UnitBatch.Unit], bytes: Int)] = [:]
+                while true {
+                    let open = state.ranks.indices.filter { slot in
+                        let rank = state.ranks[slot]
+                        return rank.ready && rank.outstanding.count < rank.processes * Self.unitsPerProcess && (batches[slot]?.bytes ?? 0) < Self.batchBytes
+                    }
+                    guard let slot = open.min(by: { Self.load(state.ranks[$0]) < Self.load(state.ranks[$1]) }),
+                          let (call, unit) = takeUnit(&state) else { break }
+                    let id = state.nextUnitID
+                    guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire() else {
+                        failures.append((call, unit, .corruptRequest("the request did not encode")))
+                        continue
+                    }
+                    state.nextUnitID += 1
+                    state.ranks[slot].outstanding[id] = Assignment(call: call, unit: unit)
+                    let timeout = call.timeout.map { Int64(clamping: $0.components.seconds &* 1_000_000_000 &+ $0.components.attoseconds / 1_000_000_000) }
+                    batches[slot, default: ([], 0)].units.append(.init(call: call.id, items: items, timeout: timeout, request: head + body))
+                    batches[slot]!.bytes += head.count + body.count
+                }
+                for (slot, batch) in batches.sorted(by: { $0.key < $1.key }) {
+                    if let encoded = try? WireCodec.encode(UnitBatch(units: batch.units)) {
+                        messages.append((state.ranks[slot].index, RankMessage.units, encoded))
+                    }
+                }
+            }
+            let over = state.phase == .terminating || (state.phase == .closing && state.calls.isEmpty)
+            if over && !state.endSent {
+                state.endSent = true
+                for rank in state.ranks {
+                    if let bytes = try? WireCodec.encode(EndPool(session: start.session, terminate: state.phase == .terminating)) {
+                        messages.append((rank.index, RankMessage.end, bytes))
+                    }
+                }
+                if state.phase == .terminating {
+                    // Outcomes that come back now are for calls already failed.
+                    for slot in state.ranks.indices { state.ranks[slot].outstanding.removeAll() }
+                }
+            }
+        }
+        for (call, unit, error) in failures { call.deliver(unit, .failure(error)) }
+        for (index, tag, bytes) in messages {
+            let worker = master.state.withLock { $0.workers[index] }
+            master.thread.send(bytes, to: worker.rank, tag: tag, on: worker.communicator)
+        }
+        return !messages.isEmpty || !failures.isEmpty
+    }
+
+    /// Units outstanding per process of the rank.
+    private static func load(_ rank: Rank) -> Double {
+        Double(rank.outstanding.count) / Double(max(1, rank.processes))
+    }
+
+    private func takeUnit(_ state: inout State) -> (PoolCall, Int)? {
+        for callID in state.order {
+            if let unit = state.pending[callID]?.take(), let call = state.calls[callID] { return (call, unit) }
+        }
+        return nil
+    }
+}
+#endif
