@@ -43,7 +43,7 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
 
     /// Units sent to a rank ahead of its answers, per local process: enough
     /// that its processes never wait for the next unit to cross the network.
-    static let unitsPerProcess = 4
+    static let unitsPerProcess = 16
     /// The most bytes of requests in one message.
     static let batchBytes = 4 << 20
 
@@ -202,9 +202,12 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
                 delivered.append((assignment, outcome))
             }
         }
+        // One delivery per call: its waiters and readers wake once per batch, not per unit.
+        var byCall: [ObjectIdentifier: (PoolCall, [(Int, Result<UnitOutcome, ProcessError>)])] = [:]
         for (assignment, outcome) in delivered {
-            assignment.call.deliver(assignment.unit, .success(outcome))
+            byCall[ObjectIdentifier(assignment.call), default: (assignment.call, [])].1.append((assignment.unit, .success(outcome)))
         }
+        for (call, outcomes) in byCall.values { call.deliver(outcomes) }
     }
 
     /// Sends what is due: units to ranks with room, cancellations, the end.
@@ -219,7 +222,7 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
             if state.phase == .running || state.phase == .closing {
                 // One unit at a time to the least loaded rank with room, so
                 // that a few long units spread over the ranks.
-                var batches: [Int: (units: [UnitBatch.Unit], bytes: Int)] = [:]
+                var batches: [Int: (batch: UnitBatch, bytes: Int)] = [:]
                 while true {
                     let open = state.ranks.indices.filter { slot in
                         let rank = state.ranks[slot]
@@ -227,21 +230,25 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
                     }
                     guard let slot = open.min(by: { Self.load(state.ranks[$0]) < Self.load(state.ranks[$1]) }),
                           let (call, unit) = takeUnit(&state) else { break }
-                    let id = state.nextUnitID
-                    guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire() else {
-                        failures.append((call, unit, .corruptRequest("the request did not encode")))
+                    guard let work = call.namedWork, let (items, inputs) = call.input(of: unit) else {
+                        failures.append((call, unit, .corruptRequest("this work cannot run on another rank")))
                         continue
                     }
+                    let id = state.nextUnitID
                     state.nextUnitID += 1
                     state.ranks[slot].outstanding[id] = Assignment(call: call, unit: unit)
-                    let timeout = call.timeout.map { Int64(clamping: $0.components.seconds &* 1_000_000_000 &+ $0.components.attoseconds / 1_000_000_000) }
-                    batches[slot, default: ([], 0)].units.append(.init(call: call.id, items: items, timeout: timeout, request: head + body))
-                    batches[slot]!.bytes += head.count + body.count
-                }
-                for (slot, batch) in batches.sorted(by: { $0.key < $1.key }) {
-                    if let encoded = try? WireCodec.encode(UnitBatch(units: batch.units)) {
-                        messages.append((state.ranks[slot].index, RankMessage.units, encoded))
+                    var entry = batches[slot] ?? (UnitBatch(), 0)
+                    if entry.batch.groups.last?.call != call.id {
+                        let timeout = call.timeout.map { Int64(clamping: $0.components.seconds &* 1_000_000_000 &+ $0.components.attoseconds / 1_000_000_000) }
+                        entry.batch.groups.append(.init(call: call.id, kind: work.kind, typeName: work.typeName, payload: work.payload, timeout: timeout))
+                        entry.bytes += work.typeName.utf8.count + work.payload.count
                     }
+                    entry.batch.groups[entry.batch.groups.count - 1].units.append(.init(id: id, items: items, inputs: inputs))
+                    entry.bytes += inputs.count + 24
+                    batches[slot] = entry
+                }
+                for (slot, entry) in batches.sorted(by: { $0.key < $1.key }) {
+                    messages.append((state.ranks[slot].index, RankMessage.units, entry.batch.encoded()))
                 }
             }
             let over = state.phase == .terminating || (state.phase == .closing && state.calls.isEmpty)

@@ -5,8 +5,10 @@ import Multiprocessing
 
 /// The one thread of a process that calls MPI. It runs a loop: commands
 /// other threads hand it, messages that arrived, the owner's `pump` (what
-/// to send now), and sends in progress. With nothing to do it yields a few
-/// times, then sleeps for growing spells (up to a millisecond) — woken at
+/// to send now), and sends in progress. MPI gives nothing to block on for
+/// a message, so with nothing to do it yields (`sched_yield`: any other
+/// runnable thread goes first) for a couple of milliseconds after the last
+/// message, then sleeps in growing spells up to a millisecond — woken at
 /// once by ``poke()`` — so that an idle rank never busy-spins a core.
 final class MPIThread: @unchecked Sendable {  // the fields below `control` are touched only on the MPI thread
     private struct Control {
@@ -26,6 +28,8 @@ final class MPIThread: @unchecked Sendable {  // the fields below `control` are 
     private var sends: [MPI.Send] = []
     /// The longest idle sleep.
     var longestSleep: Duration = .milliseconds(1)
+    /// How long after the last message or send the loop yields rather than sleeps.
+    var spinWindow: Duration = .milliseconds(2)
 
     /// Runs `body` on the MPI thread, soon.
     func perform(_ body: @escaping () -> Void) {
@@ -62,6 +66,7 @@ final class MPIThread: @unchecked Sendable {  // the fields below `control` are 
     /// The loop, on the calling thread (the one that initialized MPI).
     func run() {
         var idle = 0
+        var lastBusy = ContinuousClock.now
         while running {
             var busy = false
             let commands = control.withLock { control -> [() -> Void] in
@@ -86,15 +91,19 @@ final class MPIThread: @unchecked Sendable {  // the fields below `control` are 
             if running, pump() { busy = true }
             sends.removeAll { (try? $0.isComplete()) ?? true }
             if busy {
+                lastBusy = .now
                 idle = 0
                 continue
             }
-            idle += 1
-            if idle < 32 {
+            // A message often follows soon after the last one (a reply to
+            // what was just sent): yield for a short while, so that the
+            // round trip is not a sleep, then sleep in growing spells.
+            if lastBusy.duration(to: .now) < spinWindow {
                 sched_yield()
                 continue
             }
-            let spell = min(longestSleep, .microseconds(20) * (1 << min(idle - 32, 10)))
+            idle += 1
+            let spell = min(longestSleep, .microseconds(10) * (1 << min(idle, 10)))
             _ = control.wait(until: .now + spell) { control in control.poked ? true : nil }
         }
         finishSends(within: .seconds(10))

@@ -53,7 +53,7 @@ final class Master: @unchecked Sendable {  // mutable state is in `state`
             case RankMessage.ready:
                 engine?.ready(index, try WireCodec.decode(Ready.self, from: bytes))
             case RankMessage.replies:
-                engine?.received(try WireCodec.decode(ReplyBatch.self, from: bytes), from: index)
+                engine?.received(try ReplyBatch(decoding: bytes), from: index)
             case RankMessage.ended:
                 engine?.ended(index)
             default:

@@ -55,25 +55,7 @@ struct Ready: Codable, Sendable {
     var failure: String?
 }
 
-/// Units sent to a rank: each one is the request a local worker would get.
-struct UnitBatch: Codable, Sendable {
-    struct Unit: Codable, Sendable {
-        /// The call on rank 0 (for cancelling).
-        var call: Int
-        var items: Int
-        /// The limit per item, in nanoseconds.
-        var timeout: Int64?
-        /// A ``UnitRequest`` as it crosses a pipe, numbered by rank 0.
-        var request: [UInt8]
-    }
-
-    var units: [Unit]
-}
-
-/// How units ended: each a ``UnitReply`` as it crosses a pipe.
-struct ReplyBatch: Codable, Sendable {
-    var replies: [[UInt8]]
-}
+// UnitBatch and ReplyBatch, which cross for every unit, are framed by hand (UnitBatch.swift).
 
 struct CancelCall: Codable, Sendable {
     var call: Int

@@ -12,6 +12,8 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         let call: Int
         let localCall: Int
         let reply: [UInt8]
+        /// Whether the local call has no other unit (it can be forgotten).
+        let last: Bool
     }
 
     private let thread: MPIThread
@@ -23,6 +25,8 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
     /// The local calls running for each call of rank 0.
     private var calls: [Int: [Int: PoolCall]] = [:]
     private let outbox = Monitor([Relayed]())
+    /// Units sent to a local worker ahead of its answers.
+    static let pipelineDepth = 4
 
     init(thread: MPIThread, communicator: MPI.Communicator, spawned: Bool) {
         self.thread = thread
@@ -49,7 +53,7 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         do {
             switch arrival.tag {
             case RankMessage.start: startPool(try WireCodec.decode(StartPool.self, from: bytes))
-            case RankMessage.units: run(try WireCodec.decode(UnitBatch.self, from: bytes))
+            case RankMessage.units: run(try UnitBatch(decoding: bytes))
             case RankMessage.cancel:
                 let cancel = try WireCodec.decode(CancelCall.self, from: bytes)
                 calls[cancel.call]?.values.forEach { $0.cancel() }
@@ -74,7 +78,8 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         var ready = Ready(session: start.session, processes: 0, failure: nil)
         do {
             let initializer = start.initializerType.map { PoolInitializer.named(typeName: $0, payload: start.initializerPayload) }
-            let pool = try ProcessPool(processes: start.processesPerRank, startMethod: start.startMethod, initializer: initializer, maxTasksPerChild: start.maxTasksPerChild)
+            let pool = try ProcessPool(processes: start.processesPerRank, startMethod: start.startMethod, initializer: initializer,
+                                       maxTasksPerChild: start.maxTasksPerChild, pipelineDepth: Self.pipelineDepth)
             self.pool = pool
             ready.processes = pool.processes
         } catch {
@@ -93,29 +98,29 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         outbox.withLock { $0.removeAll() }
     }
 
+    /// Runs a batch: the units of each call in it go to the local pool as
+    /// one local call (one submission, one wake-up), each unit on its own:
+    /// one that crashes or runs out of time fails alone.
     private func run(_ batch: UnitBatch) {
-        for unit in batch.units {
-            let request: UnitRequest
-            do {
-                request = try UnitRequest.decode(unit.request)
-            } catch {
-                MPIRuntime.report("a unit from rank 0 did not decode: \(error)")
+        for group in batch.groups {
+            let ids = group.units.map(\.id)
+            guard [.job, .jobChunk, .functionChunk].contains(group.kind) else {
+                for id in ids { relay(call: group.call, localCall: 0, id: id, .failure(.corruptRequest("a worker rank was sent a \(group.kind) unit"))) }
                 continue
             }
             guard let pool else {
-                relay(call: unit.call, localCall: 0, id: request.id, .failure(.poolTerminated))
-                continue
-            }
-            guard [.job, .jobChunk, .functionChunk].contains(request.kind), unit.items >= 0 else {
-                relay(call: unit.call, localCall: 0, id: request.id, .failure(.corruptRequest("a worker rank was sent a \(request.kind) unit")))
+                for id in ids { relay(call: group.call, localCall: 0, id: id, .failure(.poolTerminated)) }
                 continue
             }
             let scheduler = pool._scheduler.base
-            let local = PoolCall.named(id: scheduler.makeCallID(), kind: request.kind, typeName: request.typeName, payload: request.payload,
-                                       units: [.init(items: unit.items, bytes: Array(request.inputs[request.inputsOffset...]))],
-                                       timeout: unit.timeout.map { .nanoseconds($0) })
-            let (call, localCall, id) = (unit.call, local.id, request.id)
-            local.outcomeHandler = { [weak self] _, outcome in self?.relay(call: call, localCall: localCall, id: id, outcome) }
+            let local = PoolCall.named(id: scheduler.makeCallID(), kind: group.kind, typeName: group.typeName, payload: group.payload,
+                                       units: group.units.map { .init(items: $0.items, bytes: $0.inputs) },
+                                       timeout: group.timeout.map { .nanoseconds($0) })
+            let (call, localCall) = (group.call, local.id)
+            local.outcomeHandler = { [weak self] unit, outcome in
+                guard unit >= 0, unit < ids.count else { return }
+                self?.relay(call: call, localCall: localCall, id: ids[unit], outcome, last: unit == ids.count - 1)
+            }
             calls[call, default: [:]][localCall] = local
             do {
                 try scheduler.submit(local)
@@ -126,7 +131,7 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
     }
 
     /// Queues a unit's outcome for rank 0 (from any thread).
-    private func relay(call: Int, localCall: Int, id: UInt64, _ outcome: Result<UnitOutcome, ProcessError>) {
+    private func relay(call: Int, localCall: Int, id: UInt64, _ outcome: Result<UnitOutcome, ProcessError>, last: Bool = true) {
         let ended: UnitOutcome
         switch outcome {
         case let .success(value): ended = value
@@ -134,7 +139,7 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         }
         let (tag, body) = ended.wire()
         let reply = UnitReply.head(id: id, tag: tag) + body
-        outbox.withLock { $0.append(Relayed(call: call, localCall: localCall, reply: reply)) }
+        outbox.withLock { $0.append(Relayed(call: call, localCall: localCall, reply: reply, last: last)) }
         thread.poke()
     }
 
@@ -146,8 +151,10 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         }
         guard !relayed.isEmpty else { return false }
         for entry in relayed {
-            calls[entry.call]?[entry.localCall] = nil
-            if calls[entry.call]?.isEmpty == true { calls[entry.call] = nil }
+            if let local = calls[entry.call]?[entry.localCall], entry.last || local.isFinished {
+                calls[entry.call]?[entry.localCall] = nil
+                if calls[entry.call]?.isEmpty == true { calls[entry.call] = nil }
+            }
         }
         // Messages of at most a few MiB, so that one large output does not hold back the rest.
         var batch: [[UInt8]] = []
@@ -156,12 +163,12 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
             batch.append(entry.reply)
             bytes += entry.reply.count
             if bytes >= 4 << 20 {
-                thread.send(ReplyBatch(replies: batch), to: master, tag: RankMessage.replies, on: communicator)
+                thread.send(ReplyBatch(replies: batch).encoded(), to: master, tag: RankMessage.replies, on: communicator)
                 batch = []
                 bytes = 0
             }
         }
-        if !batch.isEmpty { thread.send(ReplyBatch(replies: batch), to: master, tag: RankMessage.replies, on: communicator) }
+        if !batch.isEmpty { thread.send(ReplyBatch(replies: batch).encoded(), to: master, tag: RankMessage.replies, on: communicator) }
         return true
     }
 }

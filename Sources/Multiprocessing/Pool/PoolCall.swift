@@ -169,6 +169,18 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         }
     }
 
+    /// Work named by type without a sent closure: its kind, type name and
+    /// encoded value (what another machine can run); nil otherwise.
+    package var namedWork: (kind: UnitRequest.Kind, typeName: String, payload: [UInt8])? {
+        guard case let .named(kind, typeName, payload, nil, nil) = work else { return nil }
+        return (kind, typeName, payload)
+    }
+
+    /// Unit `unit`'s item count and encoded inputs, if it is still held.
+    package func input(of unit: Int) -> (items: Int, bytes: [UInt8])? {
+        state.withLock { $0.unit(unit) }.map { ($0.items, $0.input) }
+    }
+
     // MARK: - Reading the input
 
     /// How many more units the call may read now.

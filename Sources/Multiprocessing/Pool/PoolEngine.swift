@@ -23,6 +23,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var startMethod: StartMethod
         var maxTasksPerChild: Int?
         var initializer: PoolInitializer?
+        /// At most this many units are sent to a worker ahead of its answers.
+        var pipelineDepth = 2
     }
 
     typealias Pending = PendingUnits
@@ -44,8 +46,6 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var workerSerial = 0
     }
 
-    /// At most this many units are sent to a worker ahead of its answers.
-    static let pipelineDepth = 2
 
     let configuration: Configuration
     /// Signs the closures sent to this pool's workers (see ``SentCode``);
@@ -303,7 +303,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         for kind in plan.starts {
             if kind == .jobs { state.startingNamed += 1 } else { state.startingClosure += 1 }
         }
-        if plan.starts.isEmpty { assign(&state, &plan, depth: Self.pipelineDepth) }
+        if plan.starts.isEmpty { assign(&state, &plan, depth: configuration.pipelineDepth) }
         // Time limits.
         var nearest: ContinuousClock.Instant? = nil
         for worker in state.workers where worker.killedFor == nil {

@@ -58,6 +58,15 @@ public final class ProcessPool: WorkerPool {
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer))
     }
 
+    /// A pool that sends each worker up to `pipelineDepth` units ahead of
+    /// its answers: an MPI rank's local pool, whose units are small and
+    /// already spread over ranks by rank 0, keeps its workers busier so.
+    package init(processes: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, pipelineDepth: Int) throws {
+        let processes = processes ?? usableCPUCount()
+        guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
+        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer, pipelineDepth: max(1, pipelineDepth)))
+    }
+
     deinit {
         engine.terminate()
         if !engine.isDispatcherThread { _ = engine.waitUntilFinished() }
