@@ -79,7 +79,8 @@ final class MPIThread: @unchecked Sendable {  // the fields below `control` are 
             commands.forEach { $0() }
             busy = !commands.isEmpty
             for communicator in communicators {
-                while running, let arrival = try? MPI.probe(communicator) {
+                // A handler may disconnect a communicator (spawned ranks that left).
+                while running, communicators.contains(communicator), let arrival = try? MPI.probe(communicator) {
                     busy = true
                     do {
                         onMessage(arrival, try MPI.receive(arrival, on: communicator), communicator)

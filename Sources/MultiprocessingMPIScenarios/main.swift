@@ -212,7 +212,12 @@ func sessions() throws {
     let second = try MPIPool(processesPerRank: 2)
     say("then: \(try second.map(Square(), over: 0..<10)) processes \(second.processes)")
     second.terminate()
-    say("terminated: \(describe(Result { try second.apply(Nap(seconds: 0)) }.mapError { ($0 as? ProcessError) ?? .cancelled }))")
+    do {
+        _ = try second.apply(Nap(seconds: 0))
+        say("terminated: accepted")
+    } catch {
+        say("terminated: \(error)")
+    }
 }
 
 /// A program started alone spawns its worker ranks.
@@ -257,6 +262,26 @@ func localSpeed() throws {
     }
 }
 
+/// The host a unit ran on.
+struct HostName: ProcessFunction {
+    func callAsFunction(_ x: Int) -> String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count)
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// Across hosts: where units ran, and that results are right.
+func hosts() throws {
+    let pool = try MPIPool(processesPerRank: 1)
+    let names = Set(try pool.map(HostName(), over: 0..<40, chunkSize: 1))
+    say("hosts \(names.sorted().joined(separator: ","))")
+    let squares = try pool.map(Square(), over: 0..<20_000, chunkSize: 50)
+    say("hosts map: \(squares == (0..<20_000).map { $0 * $0 } ? "equal" : "DIFFERENT")")
+    pool.close()
+    try pool.join()
+}
+
 final class Reports: @unchecked Sendable {  // `reports` is touched with `mutex` held
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var reports: [PoolProgress] = []
@@ -283,6 +308,7 @@ case "kill-rank": try killRank()
 case "sessions": try sessions()
 case "spawned": try spawned()
 case "speed": try speed()
+case "hosts": try hosts()
 case "local-speed": try localSpeed()
 default:
     say("unknown scenario '\(scenario)'")
