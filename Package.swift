@@ -43,10 +43,11 @@ let package = Package(
             name: "MultiprocessingBenchmarks",
             dependencies: [
                 "Multiprocessing",
+                "MultiprocessingMPI",
                 "CBenchmarkFloor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            exclude: ["python_benchmarks.py"]
+            exclude: ["python_benchmarks.py", "mpi4py_benchmarks.py"]
         ),
         .target(name: "CBenchmarkFloor"),
         .executableTarget(

@@ -24,7 +24,20 @@ struct Benchmarks: ParsableCommand {
     @Option(help: "Also write the results to this JSON file.")
     var json: String?
 
+    @Flag(help: "Skip the MPI rows (they need the MPI trait, Open MPI and mpi4py).")
+    var noMPI = false
+
+    @Flag(help: .hidden)
+    var mpiRank0 = false
+
+    @Option(help: .hidden)
+    var mpiTasks: Int = 100_000
+
     struct Row: Codable {
+        init(scenario: String, unit: String, ours: Samples, baselineName: String?, baseline: Samples?, ratio: Double?, pinned: Bool) {
+            (self.scenario, self.unit, self.ours, self.baselineName, self.baseline, self.ratio, self.pinned) = (scenario, unit, ours, baselineName, baseline, ratio, pinned)
+        }
+
         var scenario: String
         var unit: String
         var ours: Samples
@@ -39,6 +52,11 @@ struct Benchmarks: ParsableCommand {
 
     func run() throws {
         let repeats = quick ? 2 : max(1, self.repeats)
+        if mpiRank0 {
+            // Rank 0 of an MPI row's job (see MPIBenchmarks).
+            try MPIBenchmarks.measureOnRank0(tasks: mpiTasks, repeats: repeats)
+            return
+        }
         let wanted = filter.map { $0.split(separator: ",").map(String.init) }
         let chosen = allScenarios.filter { scenario in wanted.map { $0.contains { scenario.name.contains($0) } } ?? true }
         print("machine: \(machineDescription())")
@@ -82,6 +100,15 @@ struct Benchmarks: ParsableCommand {
                 peakNotes.append("\(scenario.name): peak memory rose \(megabytes(memory.largestGrowth)) here, \(baselineGrowth.map(megabytes) ?? "—") in \(row.baselineName ?? "the baseline")")
             }
             rows.append(row)
+        }
+        if !noMPI && (wanted.map { $0.contains { "mpi".contains($0) || $0.hasPrefix("mpi") } } ?? true) {
+            switch MPIBenchmarks.rows(tasks: quick ? 10_000 : 100_000, repeats: repeats) {
+            case let .success(mpiRows):
+                mpiRows.forEach(printRow)
+                rows += mpiRows
+            case let .failure(failure):
+                print("| mpi | — | \(failure) | | | |")
+            }
         }
         if !peakNotes.isEmpty {
             print("\npeak resident memory above the start of a repetition (largest of the repetitions):")

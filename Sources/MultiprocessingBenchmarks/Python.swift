@@ -3,9 +3,12 @@ import Foundation
 /// Runs the Python half of a scenario with `python3` and the script kept
 /// beside this file.
 enum Python {
-    static var scriptPath: String? {
-        let beside = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("python_benchmarks.py").path
-        let fromRoot = FileManager.default.currentDirectoryPath + "/Sources/MultiprocessingBenchmarks/python_benchmarks.py"
+    static var scriptPath: String? { script(named: "python_benchmarks.py") }
+
+    /// A script kept beside this file (or under the package root's copy of it).
+    static func script(named name: String) -> String? {
+        let beside = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(name).path
+        let fromRoot = FileManager.default.currentDirectoryPath + "/Sources/MultiprocessingBenchmarks/" + name
         return [beside, fromRoot].first { FileManager.default.fileExists(atPath: $0) }
     }
 

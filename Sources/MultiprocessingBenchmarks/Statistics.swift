@@ -6,6 +6,10 @@ struct Samples: Codable {
         operationsPerSecond = seconds.map { Double(operations) / max($0, 1e-9) }
     }
 
+    init(rates: [Double]) {
+        operationsPerSecond = rates
+    }
+
     var median: Double {
         let sorted = operationsPerSecond.sorted()
         guard !sorted.isEmpty else { return .nan }
