@@ -115,53 +115,18 @@ public final class MPIPool: WorkerPool {
         _ = engine.waitUntilFinished()
     }
 
-    /// Waits until every rank's local pool has ended, after ``close()`` or ``terminate()``.
-    @available(*, noasync, message: "use the async join()")
-    public func join() throws {
-        guard engine.phase != .running else { throw PoolError.stillRunning }
-        _ = engine.waitUntilFinished()
-    }
-
-    /// Waits, without blocking the cooperative pool, until every rank's local pool has ended.
-    public func join() async throws {
-        guard engine.phase != .running else { throw PoolError.stillRunning }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            _ = SystemThread.start { [engine] in
-                _ = engine.waitUntilFinished()
-                continuation.resume()
-            }
-        }
-    }
 }
 
 /// Runs `body` with a new ``MPIPool``, then closes and joins it; if `body`
 /// throws, the pool is terminated instead.
 @available(*, noasync, message: "use the async withMPIPool")
 public func withMPIPool<Result>(processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, _ body: (MPIPool) throws -> Result) throws -> Result {
-    let pool = try MPIPool(processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer)
-    do {
-        let result = try body(pool)
-        pool.close()
-        try pool.join()
-        return result
-    } catch {
-        pool.terminate()
-        throw error
-    }
+    try withPool({ try MPIPool(processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer) }, body)
 }
 
 /// Runs `body` with a new ``MPIPool``, then closes and joins it; if `body`
 /// throws (or its task is cancelled), the pool is terminated instead.
 public func withMPIPool<Result>(processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, _ body: (MPIPool) async throws -> Result) async throws -> Result {
-    let pool = try MPIPool(processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer)
-    do {
-        let result = try await body(pool)
-        pool.close()
-        try await pool.join()
-        return result
-    } catch {
-        pool.terminate()
-        throw error
-    }
+    try await withPool({ try MPIPool(processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer) }, body)
 }
 #endif

@@ -163,6 +163,10 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
 
     var phase: Phase { state.withLock(\.phase) }
 
+    var isRunning: Bool { phase == .running || phase == .starting }
+
+    func waitUntilEnded() { _ = waitUntilFinished() }
+
     /// Waits until every rank's local pool has ended.
     func waitUntilFinished(until deadline: ContinuousClock.Instant? = nil) -> Bool {
         state.wait(until: deadline) { $0.phase == .finished ? true : nil } ?? false

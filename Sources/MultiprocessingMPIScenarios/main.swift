@@ -235,7 +235,8 @@ func speed() throws {
     let count = Int(CommandLine.arguments.dropFirst(2).first ?? "") ?? 100_000
     let pool = try MPIPool()
     _ = try pool.map(Square(), over: 0..<1000, chunkSize: 1)
-    for chunk in [1, 100] {
+    let chunks = CommandLine.arguments.dropFirst(3).first.map { [Int($0) ?? 100] } ?? [1, 100]
+    for chunk in chunks {
         let start = ContinuousClock.now
         let squares = try pool.map(Square(), over: 0..<count, chunkSize: chunk)
         let seconds = Double(start.duration(to: .now).components.attoseconds) / 1e18 + Double(start.duration(to: .now).components.seconds)

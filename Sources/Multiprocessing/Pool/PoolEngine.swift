@@ -220,6 +220,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     var phase: Phase { state.withLock(\.phase) }
 
+    var isRunning: Bool { phase == .running }
+
+    func waitUntilEnded() { _ = waitUntilFinished() }
+
     /// Waits until the dispatcher has left and every worker is reaped.
     func waitUntilFinished(until deadline: ContinuousClock.Instant? = nil) -> Bool {
         state.wait(until: deadline) { $0.phase == .finished ? true : nil } ?? false

@@ -84,25 +84,6 @@ public final class ProcessPool: WorkerPool {
         if !engine.isDispatcherThread { _ = engine.waitUntilFinished() }
     }
 
-    /// Waits until every worker has left, after ``close()`` or ``terminate()``.
-    ///
-    /// - Throws: ``PoolError/stillRunning`` if the pool was neither closed nor terminated.
-    @available(*, noasync, message: "use the async join()")
-    public func join() throws {
-        guard engine.phase != .running else { throw PoolError.stillRunning }
-        _ = engine.waitUntilFinished()
-    }
-
-    /// Waits, without blocking the cooperative pool, until every worker has left.
-    public func join() async throws {
-        guard engine.phase != .running else { throw PoolError.stillRunning }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            _ = SystemThread.start { [engine] in
-                _ = engine.waitUntilFinished()
-                continuation.resume()
-            }
-        }
-    }
 
     /// The process identifiers of the workers now running.
     public var workerProcessIDs: [Int32] { engine.workerPIDs }
@@ -127,29 +108,11 @@ public final class ProcessPool: WorkerPool {
 /// the pool is terminated instead. The workers never outlive the call.
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    let pool = try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-    do {
-        let result = try body(pool)
-        pool.close()
-        try pool.join()
-        return result
-    } catch {
-        pool.terminate()
-        throw error
-    }
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    let pool = try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild)
-    do {
-        let result = try await body(pool)
-        pool.close()
-        try await pool.join()
-        return result
-    } catch {
-        pool.terminate()
-        throw error
-    }
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild) }, body)
 }

@@ -53,6 +53,64 @@ package protocol UnitScheduler: AnyObject, Sendable {
 
     /// A number for a new call, unique in this pool.
     func makeCallID() -> Int
+
+    /// Whether the pool still takes calls (neither closed nor terminated).
+    var isRunning: Bool { get }
+
+    /// Waits until every worker has left (after the pool was closed or terminated).
+    func waitUntilEnded()
+}
+
+extension WorkerPool {
+    /// Waits until every worker has left, after ``close()`` or ``terminate()``.
+    ///
+    /// - Throws: ``PoolError/stillRunning`` if the pool was neither closed nor terminated.
+    @available(*, noasync, message: "use the async join()")
+    public func join() throws {
+        guard !_scheduler.base.isRunning else { throw PoolError.stillRunning }
+        _scheduler.base.waitUntilEnded()
+    }
+
+    /// Waits, without blocking the cooperative pool, until every worker has left.
+    public func join() async throws {
+        guard !_scheduler.base.isRunning else { throw PoolError.stillRunning }
+        let scheduler = _scheduler.base
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            _ = SystemThread.start {
+                scheduler.waitUntilEnded()
+                continuation.resume()
+            }
+        }
+    }
+}
+
+/// Runs `body` with the pool `make` makes, then closes and joins it; if
+/// `body` throws, terminates it instead: the scoped forms of every pool.
+package func withPool<Pool: WorkerPool, Result>(_ make: () throws -> Pool, _ body: (Pool) throws -> Result) throws -> Result {
+    let pool = try make()
+    do {
+        let result = try body(pool)
+        pool.close()
+        try pool.join()
+        return result
+    } catch {
+        pool.terminate()
+        throw error
+    }
+}
+
+/// The asynchronous form of ``withPool(_:_:)-(_,(Pool)->Result)``: a cancelled task terminates the pool.
+package func withPool<Pool: WorkerPool, Result>(_ make: () throws -> Pool, _ body: (Pool) async throws -> Result) async throws -> Result {
+    let pool = try make()
+    do {
+        let result = try await body(pool)
+        pool.close()
+        try await pool.join()
+        return result
+    } catch {
+        pool.terminate()
+        throw error
+    }
 }
 
 extension WorkerPool {
