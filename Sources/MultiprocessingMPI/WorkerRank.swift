@@ -25,8 +25,9 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
     /// The local calls running for each call of rank 0.
     private var calls: [Int: [Int: PoolCall]] = [:]
     private let outbox = Monitor([Relayed]())
-    /// Units sent to a local worker ahead of its answers.
-    static let pipelineDepth = 4
+    /// Units sent to a local worker ahead of its answers: deep, as a unit
+    /// waits on the rank anyway (16 gave 25–30 k tasks/s at chunk 1, 4 gave 20 k).
+    static let pipelineDepth = 16
 
     init(thread: MPIThread, communicator: MPI.Communicator, spawned: Bool) {
         self.thread = thread
