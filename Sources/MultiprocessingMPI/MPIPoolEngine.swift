@@ -184,13 +184,14 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
     }
 
     func ended(_ index: Int) {
-        let finished = state.update { state -> Bool in
+        let allEnded = state.withLock { state -> Bool in
             if let slot = state.ranks.firstIndex(where: { $0.index == index }) { state.ranks[slot].ended = true }
-            guard state.endSent, state.ranks.allSatisfy(\.ended) else { return false }
-            state.phase = .finished
-            return true
+            return state.endSent && state.phase != .finished && state.ranks.allSatisfy(\.ended)
         }
-        if finished { master.engineFinished(self) }
+        guard allEnded else { return }
+        // The ranks are free before `join` returns: a pool made next finds them so.
+        master.engineFinished(self)
+        state.update { $0.phase = .finished }
     }
 
     func received(_ batch: ReplyBatch, from index: Int) {

@@ -197,6 +197,15 @@ func killRank() throws {
     say("unreachable: the job went on")
 }
 
+/// Rank 0 itself is SIGKILLed while its pool runs: the job must end, promptly.
+func killMaster() throws {
+    let pool = try MPIPool(processesPerRank: 1)
+    let long = try pool.mapAsync(Sleepy(), over: Array(repeating: 50, count: 8), chunkSize: 1)
+    say("killing rank 0")
+    kill(getpid(), SIGKILL)
+    _ = try? long.get()
+}
+
 /// Two pools in a row, and a second pool refused while one runs.
 func sessions() throws {
     let first = try MPIPool(processesPerRank: 1)
@@ -306,6 +315,7 @@ case "order": try order()
 case "faults": try await taskCancel(try faults())
 case "mismatch": try mismatch()
 case "kill-rank": try killRank()
+case "kill-master": try killMaster()
 case "sessions": try sessions()
 case "spawned": try spawned()
 case "speed": try speed()

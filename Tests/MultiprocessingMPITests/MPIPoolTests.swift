@@ -65,6 +65,16 @@ struct MPIPoolTests {
         #expect(run.output.contains("process rank 1") && run.output.contains("exited on signal 9"), "\(run.output)")
     }
 
+    @Test("rank 0 SIGKILLed ends the job within seconds, non-zero, naming it, leaving no worker rank or local process")
+    func masterKilled() throws {
+        let started = Date()
+        let run = try MPIRun.mpirun(["kill-master"], expectFailure: true)
+        #expect(Date().timeIntervalSince(started) < 30)
+        #expect(run.status != 0)
+        #expect(run.lines.contains("killing rank 0"), "\(run.output)")
+        #expect(run.output.contains("process rank 0") && run.output.contains("exited on signal 9"), "\(run.output)")
+    }
+
     @Test("ranks of another build are refused with a typed error on rank 0, and every rank exits cleanly")
     func mismatch() throws {
         let other = try MPIRun.copyWithOtherBuildID()
