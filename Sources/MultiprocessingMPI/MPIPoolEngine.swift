@@ -195,13 +195,24 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
     }
 
     func received(_ batch: ReplyBatch, from index: Int) {
-        var delivered: [(Assignment, UnitOutcome)] = []
+        var delivered: [(Assignment, Result<UnitOutcome, ProcessError>)] = []
         state.withLock { state in
             guard let slot = state.ranks.firstIndex(where: { $0.index == index }) else { return }
             for bytes in batch.replies {
-                guard let (id, outcome) = try? UnitReply.decode(bytes) else {
-                    MPIRuntime.report("a corrupt reply from \(state.ranks[slot].label) was ignored")
-                    continue
+                let id: UInt64
+                let outcome: Result<UnitOutcome, ProcessError>
+                do {
+                    let reply = try UnitReply.decode(bytes)
+                    (id, outcome) = (reply.id, .success(reply.outcome))
+                } catch {
+                    // Its unit fails, as a local worker's corrupt reply fails its unit;
+                    // a reply too short to name its unit cannot fail any.
+                    guard bytes.count >= 8 else {
+                        MPIRuntime.report("a corrupt reply from \(state.ranks[slot].label) was ignored: \(error)")
+                        continue
+                    }
+                    id = bytes.prefix(8).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+                    outcome = .failure(.corruptReply("from \(state.ranks[slot].label): \(error)"))
                 }
                 guard let assignment = state.ranks[slot].outstanding.removeValue(forKey: id) else { continue }
                 delivered.append((assignment, outcome))
@@ -210,7 +221,7 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
         // One delivery per call: its waiters and readers wake once per batch, not per unit.
         var byCall: [ObjectIdentifier: (PoolCall, [(Int, Result<UnitOutcome, ProcessError>)])] = [:]
         for (assignment, outcome) in delivered {
-            byCall[ObjectIdentifier(assignment.call), default: (assignment.call, [])].1.append((assignment.unit, .success(outcome)))
+            byCall[ObjectIdentifier(assignment.call), default: (assignment.call, [])].1.append((assignment.unit, outcome))
         }
         for (call, outcomes) in byCall.values { call.deliver(outcomes) }
     }

@@ -66,6 +66,30 @@ struct FramingTests {
         #expect(throws: WireError.self) { try UnitBatch(decoding: kind.buffer) }
     }
 
+    @Test("a reply that does not decode fails its unit with corruptReply, and one too short to name a unit is dropped")
+    func corruptReply() throws {
+        let master = Master(thread: MPIThread(), worldSize: 2)
+        let start = StartPool(session: 1, processesPerRank: 1, startMethod: .forkserver, maxTasksPerChild: nil, initializerType: nil, initializerPayload: [])
+        let engine = MPIPoolEngine(master: master, start: start, workers: [(index: 0, label: "rank 1")])
+        let call = PoolCall.named(id: 1, kind: .job, typeName: "job", payload: [], units: [.init(items: 1), .init(items: 1)], timeout: nil)
+        let ended = Ended()
+        call.outcomeHandler = { unit, outcome in ended.add(unit, outcome) }
+        engine.state.withLock { state in
+            state.ranks[0].outstanding[5] = .init(call: call, unit: 0)
+            state.ranks[0].outstanding[6] = .init(call: call, unit: 1)
+        }
+        // Unit 5: an outcome tag that does not exist. Then three bytes that name nothing.
+        engine.received(ReplyBatch(replies: [[5, 0, 0, 0, 0, 0, 0, 0, 9], [6, 0, 0]]), from: 0)
+        let outcomes = ended.all
+        #expect(outcomes.count == 1)
+        guard case let .failure(.corruptReply(reason))? = outcomes.first?.1 else {
+            Issue.record("unit 0 ended with \(String(describing: outcomes.first))")
+            return
+        }
+        #expect(outcomes.first?.0 == 0 && reason.contains("rank 1"))
+        #expect(engine.state.withLock { $0.ranks[0].outstanding.keys.sorted() } == [6])
+    }
+
     @Test("bad arguments and a process outside any MPI job are typed errors, before MPI starts")
     func badArguments() {
         #expect(throws: MPIPoolError.noWorkerRanks) { _ = try MPIPool() }
@@ -74,5 +98,13 @@ struct FramingTests {
         #expect(throws: PoolError.self) { _ = try MPIPool(spawning: 1, maxTasksPerChild: 0) }
         #expect(throws: PoolError.self) { _ = try MPIPool(spawning: 1, initializer: .closure {}) }
     }
+}
+/// Outcomes seen by a handler, for the test to read.
+final class Ended: @unchecked Sendable {  // `outcomes` is guarded by `lock`
+    private let lock = Monitor([(Int, Result<UnitOutcome, ProcessError>)]())
+
+    func add(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) { lock.withLock { $0.append((unit, outcome)) } }
+
+    var all: [(Int, Result<UnitOutcome, ProcessError>)] { lock.withLock { $0 } }
 }
 #endif
