@@ -45,6 +45,7 @@ enum MPIRun {
     }
 
     static func run(_ executable: String, _ arguments: [String], executables: [String], environment: [String: String] = MPIRun.environment, limit: TimeInterval) throws -> Outcome {
+        let sharedBefore = sharedMemoryEntries()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -66,21 +67,27 @@ enum MPIRun {
         process.waitUntilExit()
         let text = collected.wait()
         #expect(!timedOut, "\(executable) \(arguments) ran past \(limit) s:\n\(text)")
-        expectNothingLeft(of: executables)
+        expectNothingLeft(of: executables, sharedBefore: sharedBefore)
         return Outcome(status: process.terminationStatus, output: text)
     }
 
     /// Waits (a few seconds at most) until no process runs one of
-    /// `executables`, and no `orted`; fails the test with those left.
-    static func expectNothingLeft(of executables: [String]) {
+    /// `executables`, no `orted`, and `/dev/shm` holds no Open MPI segment
+    /// that was not there before; fails the test with what is left. (Only
+    /// Open MPI's: tests of the other target may make segments meanwhile.)
+    static func expectNothingLeft(of executables: [String], sharedBefore: Set<String>) {
         let deadline = Date().addingTimeInterval(10)
         var left: [String] = []
         repeat {
-            left = processes(running: executables)
+            left = processes(running: executables) + sharedMemoryEntries().subtracting(sharedBefore).sorted().map { "/dev/shm/" + $0 }
             if left.isEmpty { return }
             usleep(50_000)
         } while Date() < deadline
-        Issue.record("processes left behind: \(left)")
+        Issue.record("left behind: \(left)")
+    }
+
+    static func sharedMemoryEntries() -> Set<String> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter { $0.hasPrefix("vader_segment.") })
     }
 
     static func processes(running executables: [String]) -> [String] {
