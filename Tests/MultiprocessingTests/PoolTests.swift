@@ -196,7 +196,11 @@ struct PoolTests {
             sleep(30)
             return getpid()
         }
-        let waiter = Task { try await result.value }
+        // On a thread of the library's, not the cooperative pool: in the full
+        // suite on 2 cores, blocking tests held both cooperative threads for
+        // over 30 s, so the waiter first ran after the work had ended and
+        // rightly got its value (seen once in a loop).
+        let waiter = Task(executorPreference: InputExecutor.shared) { try await result.value }
         #expect(eventually(within: .seconds(10)) { pool.workerProcessIDs.count == 1 })
         let pids = pool.workerProcessIDs
         waiter.cancel()
