@@ -67,12 +67,6 @@ enum MPI {
         try check(MPI_Comm_set_errhandler(world, cmpi_errors_return()), "MPI_Comm_set_errhandler")
     }
 
-    static var isInitialized: Bool {
-        var flag: Int32 = 0
-        MPI_Initialized(&flag)
-        return flag != 0
-    }
-
     static func finalize() { _ = MPI_Finalize() }
 
     static func rank(_ communicator: Communicator) throws(MPIPoolError) -> Int32 {
@@ -84,12 +78,6 @@ enum MPI {
     static func size(_ communicator: Communicator) throws(MPIPoolError) -> Int32 {
         var size: Int32 = 0
         try check(MPI_Comm_size(communicator, &size), "MPI_Comm_size")
-        return size
-    }
-
-    static func remoteSize(_ communicator: Communicator) throws(MPIPoolError) -> Int32 {
-        var size: Int32 = 0
-        try check(MPI_Comm_remote_size(communicator, &size), "MPI_Comm_remote_size")
         return size
     }
 
