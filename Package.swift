@@ -12,9 +12,12 @@ let package = Package(
         // The pool across machines, over MPI: built with `--traits MPI`.
         .library(name: "MultiprocessingMPI", targets: ["MultiprocessingMPI"]),
         .executable(name: "multiprocessing-mpi-examples", targets: ["MultiprocessingMPIExamples"]),
+        // libFuzzer targets of every decoder of another process's bytes: scripts/fuzz.sh.
+        .executable(name: "multiprocessing-fuzz", targets: ["MultiprocessingFuzz"]),
     ],
     traits: [
         .trait(name: "MPI", description: "The pool over MPI (MultiprocessingMPI); needs Open MPI (libopenmpi-dev)."),
+        .trait(name: "Fuzzing", description: "The libFuzzer entry of multiprocessing-fuzz; build it with scripts/fuzz.sh."),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -81,6 +84,14 @@ let package = Package(
         .executableTarget(
             name: "MultiprocessingMPIScenarios",
             dependencies: ["MultiprocessingMPI", "Multiprocessing"]
+        ),
+        // Without the `Fuzzing` trait, a program that says how to build it.
+        .executableTarget(
+            name: "MultiprocessingFuzz",
+            dependencies: [
+                "Multiprocessing",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
         .testTarget(
             name: "MultiprocessingMPITests",

@@ -1,9 +1,11 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "CMultiprocessing.h"
 #include "safe_waits.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -306,6 +308,8 @@ void cmp_unlock_stdio(void) {
     funlockfile(stderr);
     funlockfile(stdout);
 }
+
+size_t cmp_heap_in_use(void) { return mallinfo2().uordblks; }
 
 int cmp_affinity_cpu_count(void) {
     cpu_set_t set;

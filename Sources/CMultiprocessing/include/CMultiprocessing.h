@@ -135,6 +135,8 @@ void cmp_flush_stdio(void);
 
 /// Number of CPUs in this process's affinity mask, or -1.
 int cmp_affinity_cpu_count(void);
+/* Bytes of the heap in use (mallinfo2's uordblks): what leak tests watch. */
+size_t cmp_heap_in_use(void);
 
 /// Memory barrier-free `raise` used by tests to crash on purpose.
 void cmp_segfault(void) __attribute__((noreturn));

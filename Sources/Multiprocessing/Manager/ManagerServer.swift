@@ -41,17 +41,20 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         var connections: [String: Int] = [:]
     }
 
-    private let listener: Listener
+    /// Nil for a server that only answers requests handed to ``handle(_:callerGone:)``
+    /// (the fuzzer's).
+    private let listener: Listener?
     private let authenticationKey: [UInt8]
     private let state = Locked(State())
 
-    init(listener: Listener, authenticationKey: [UInt8]) {
+    init(listener: Listener?, authenticationKey: [UInt8]) {
         self.listener = listener
         self.authenticationKey = authenticationKey
     }
 
     /// Accepts clients until the process is asked to shut down (it then exits).
     func serve() {
+        guard let listener else { return }
         while true {
             guard let connection = try? listener.accept() else { return }
             _ = SystemThread.start { [self] in
@@ -100,7 +103,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             guard channel.reply(reply.encoded()) else { return }
             if shuttingDown {
                 // Answered first, so the caller need not wait to see the server gone.
-                listener.close()
+                listener?.close()
                 cmp_exit_now(0)
             }
             if openRings {
@@ -111,7 +114,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         }
     }
 
-    private func disconnected(_ client: String) {
+    /// Releases what the client process held once its last connection closed.
+    func disconnected(_ client: String) {
         let (last, objects) = state.withLock { state -> (Bool, [any ServedObject]) in
             state.connections[client, default: 1] -= 1
             guard state.connections[client] == 0 else { return (false, []) }
@@ -123,7 +127,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         if last { objects.forEach { $0.release(ownersOf: client) } }
     }
 
-    private func handle(_ request: ManagerRequest, callerGone: @escaping @Sendable () -> Bool) throws(ManagerError) -> [UInt8] {
+    /// Answers one request for an object, or for the manager (object 0).
+    func handle(_ request: ManagerRequest, callerGone: @escaping @Sendable () -> Bool) throws(ManagerError) -> [UInt8] {
         let context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) }, callerGone: callerGone)
         guard request.object != 0 else { return try handleManager(request) }
         guard let object = state.withLock({ $0.objects[request.object] }) else { throw .unknownObject(request.object) }

@@ -53,9 +53,15 @@ internal enum Frame {
     }
 
     private static func readExactly(_ count: Int, from fd: FileDescriptor, atStart: Bool) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
+        // A claim is believed only as far as bytes arrive: memory for a
+        // large one is taken a piece at a time, so a lying length costs
+        // nothing (allocating 16 GiB for it would be the crash).
+        var bytes = [UInt8](repeating: 0, count: min(count, Connection.eagerAllocationLimit))
         var received = 0
         while received < count {
+            if received == bytes.count {
+                bytes.append(contentsOf: repeatElement(0, count: min(count - received, max(bytes.count, 1 << 20))))
+            }
             let n = try bytes.withUnsafeMutableBytes { buffer in
                 try Syscall.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[received...]))
             }
@@ -83,7 +89,7 @@ internal struct FrameBuffer: Sendable {
                 reachedEnd = true
                 return false
             }
-            bytes.append(contentsOf: chunk[..<n])
+            append(chunk[..<n])
             return true
         } catch Errno.wouldBlock {
             return false
@@ -91,6 +97,11 @@ internal struct FrameBuffer: Sendable {
             reachedEnd = true
             return false
         }
+    }
+
+    /// Takes bytes received by other means (and the fuzzer's).
+    mutating func append(_ received: some Collection<UInt8>) {
+        bytes.append(contentsOf: received)
     }
 
     /// Reads until the descriptor has nothing more to give right now.

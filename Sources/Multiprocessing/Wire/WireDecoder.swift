@@ -18,6 +18,8 @@ internal struct WireDecoder {
     /// Decodes the value that fills `bytes` from `start` to `end` (nil: the end).
     func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], startingAt start: Int = 0, endingAt end: Int? = nil) throws -> T {
         let reader = WireReader(bytes: bytes, attachments: attachments)
+        // The spare decoder holds the reader: let it go, or both leak.
+        defer { reader.dropSpareDecoder() }
         var cursor = start
         let end = end ?? bytes.count
         let value = try reader.readValue(T.self, at: &cursor, parent: nil, key: nil, depth: 0)
@@ -245,6 +247,12 @@ internal final class WireReader {
 
     /// A decoder made before and no longer used, if there is one.
     private var spareDecoder: WireValueDecoder?
+
+    /// Ends the reuse: a spare decoder refers to its reader, so the two make
+    /// a cycle until this is called (at the end of every decode).
+    func dropSpareDecoder() {
+        spareDecoder = nil
+    }
 
     private func makeDecoder(offset: Int, parent: WireValueDecoder?, key: (any CodingKey)?, depth: Int) -> WireValueDecoder {
         guard let decoder = spareDecoder else {
