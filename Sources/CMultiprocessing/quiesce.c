@@ -87,6 +87,11 @@ static pid_t owner_pid;
 static struct sigaction previous_action;
 static _Atomic int handler_installed;
 
+/* The functions that read the stacks of other, parked threads word by word
+   (and, to hijack, write one word there): AddressSanitizer would call those
+   reads out of bounds (a frame's redzones), so they are not instrumented. */
+#define CMP_SCANS_FOREIGN_STACKS __attribute__((no_sanitize("address")))
+
 static long futex(_Atomic uint32_t *word, int op, uint32_t value, const struct timespec *timeout) {
     return syscall(SYS_futex, (uint32_t *)word, op, value, timeout, NULL, 0);
 }
@@ -451,6 +456,7 @@ static int looks_like_return_address(uintptr_t word) {
    and every return address a return address, to its end: a zero link, or
    a link that leaves the stack from a frame of the C library's (the
    thread's first frames, which keep no frame pointers). */
+CMP_SCANS_FOREIGN_STACKS
 static int whole_chain(uintptr_t frame, uintptr_t high) {
     for (int n = 0; n < 4096; n++) {
         const uintptr_t *record = (const uintptr_t *)frame;
@@ -473,6 +479,7 @@ static int whole_chain(uintptr_t frame, uintptr_t high) {
    outermost runtime frame (0 if not found). A frame of swift_once's slow
    path does not count: it runs a lazy global's initializer holding nothing
    but that global's flag (a child that touches that very global waits). */
+CMP_SCANS_FOREIGN_STACKS
 static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
     *frames = 0;
     *hijack = 0;
@@ -615,6 +622,7 @@ uintptr_t cmp_hijack_landed(uintptr_t sp, uintptr_t bp) {
 
 /* Points the return address at `slot_address` (on the parked thread
    `index`'s stack) at the trampoline and lets the thread run. 0 on success. */
+CMP_SCANS_FOREIGN_STACKS
 static int hijack_and_release(int index, uintptr_t slot_address) {
     park_slot_t *slot = &slots[index];
     if (hijacking_allowed == 0 || slot_address == 0) return -1;

@@ -270,3 +270,103 @@ func eventually(within timeout: Duration, _ condition: () -> Bool) -> Bool {
     }
     return condition()
 }
+
+/// A consumer is SIGKILLed in the middle of its gets from an unbounded queue
+/// (items up to 64 KiB: the large ones are copied outside the queue's lock).
+/// It reports each item it took, whole and in order, over a pipe; the parent
+/// then takes the rest. Nothing may be torn or duplicated, the queue must
+/// still work, and at most one item — the one the consumer had taken when it
+/// died — may be missing.
+enum ConsumerRound {
+    static let items = 2_000
+
+    static func run(random: inout SplitMix, tally: inout Tally, watchdog: Watchdog) throws {
+        let queue = try Queue<QueueItem>()
+        for sequence in 0..<items { try queue.put(QueueItem.make(producer: 2, sequence: sequence)) }
+        let (reports, reporter) = try Connection.pipe(duplex: false)
+        let consumer = ChildProcess {
+            var next = 0
+            while true {
+                let item = try queue.get()
+                // A torn or out-of-order item ends the consumer with status 2.
+                guard item.isWhole, item.sequence == next else { exit(2) }
+                try reporter.send(item.sequence)
+                next += 1
+            }
+        }
+        try consumer.start()
+        reporter.close()
+        usleep(useconds_t(random.next() % 20_000))  // the fault's timing
+        try consumer.kill()
+        _ = try consumer.join()
+        if consumer.exitCode == 2 { tally.torn += 1 }
+        tally.queueConsumersKilled += 1
+        var next = 0
+        while let sequence = try? reports.receive(Int.self) {
+            if sequence != next { tally.unexpected.append("the consumer reported item \(sequence) after \(next - 1)") }
+            next = sequence + 1
+        }
+        reports.close()
+        tally.queueItemsDelivered += next
+        var inFlight = 0
+        while let item = try? queue.get(timeout: .zero) {
+            watchdog.tick()
+            if !item.isWhole || item.producer != 2 { tally.torn += 1 }
+            if item.sequence == next + 1 && inFlight == 0 {
+                inFlight = 1  // taken by the consumer, which died before it said so
+                next += 1
+            }
+            if item.sequence != next {
+                if item.sequence < next { tally.duplicated += 1 } else { tally.lost += item.sequence - next }
+            }
+            next = item.sequence + 1
+            tally.queueItemsDelivered += 1
+        }
+        tally.queueItemsInFlight += inFlight
+        tally.lost += items - next
+        queue.close()
+    }
+}
+
+/// A manager's client is SIGKILLed in the middle of its calls (each takes a
+/// managed lock, writes an entry, lets the lock go). The server must go on:
+/// the dead client's lock free for the next taker, every entry written whole,
+/// the entries a prefix of what the client meant to write.
+enum ManagerRound {
+    static func run(manager: Manager, random: inout SplitMix, tally: inout Tally) throws {
+        let table = try manager.dictionary([Int: Int]())
+        let lock = try manager.lock()
+        let started = try Event()
+        let client = ChildProcess {
+            for index in 0..<1_000_000 {
+                guard try lock.acquire(timeout: .seconds(30)) else { exit(2) }
+                try table.set(index &* 3, for: index)
+                try lock.release()
+                if index == 0 { try started.set() }
+            }
+        }
+        try client.start()
+        guard started.wait(timeout: .seconds(30)) else {
+            tally.unexpected.append("a manager client never made its first call")
+            try client.kill()
+            _ = try client.join()
+            return
+        }
+        usleep(useconds_t(random.next() % 20_000))  // the fault's timing
+        try client.kill()
+        _ = try client.join()
+        tally.managerClientsKilled += 1
+        guard try lock.acquire(timeout: .seconds(10)) else {
+            tally.unexpected.append("a dead manager client's lock was never freed")
+            return
+        }
+        try lock.release()
+        let entries = try table.snapshot()
+        for index in 0..<entries.count where entries[index] != index &* 3 {
+            tally.unexpected.append("a dead manager client's entry \(index) is \(entries[index].map(String.init) ?? "missing")")
+        }
+        tally.managerCallsSeen += entries.count
+        tally.managerLocksFreed += 1
+        try table.removeAll()
+    }
+}

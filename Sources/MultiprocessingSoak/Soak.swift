@@ -5,7 +5,8 @@ import Multiprocessing
 /// A chaos soak: a pool works through a stream of tasks while faults are
 /// injected at random (workers SIGKILLed, tasks that trap, throw, overrun
 /// their limit, calls cancelled), unbounded queues lose producers in the
-/// middle of their puts, and lock holders die. Every outcome is checked
+/// middle of their puts and consumers in the middle of their gets, lock
+/// holders die, and a manager's clients are killed in the middle of calls. Every outcome is checked
 /// against what was planned, and one summary line says what happened.
 /// The exit status is 0 only if nothing was lost, duplicated, unexplained,
 /// hung or left behind.
@@ -41,6 +42,7 @@ struct Soak: ParsableCommand {
         let deadline = ContinuousClock.now + .seconds(seconds)
         do {
             let pool = try ProcessPool(processes: 2)
+            let manager = try Manager()
             let injector = Injector(pool: pool, seed: random.next())
             var round = 0
             while tally.submitted < tasks && ContinuousClock.now < deadline {
@@ -48,12 +50,15 @@ struct Soak: ParsableCommand {
                 try PoolRound.run(round: round, size: size, pool: pool, random: &random, tally: &tally, watchdog: watchdog)
                 if round % 10 == 0 { try QueueRound.run(random: &random, tally: &tally, watchdog: watchdog) }
                 if round % 10 == 5 { try LockRound.run(tally: &tally) }
+                if round % 10 == 3 { try ConsumerRound.run(random: &random, tally: &tally, watchdog: watchdog) }
+                if round % 10 == 7 { try ManagerRound.run(manager: manager, random: &random, tally: &tally) }
                 round += 1
             }
             injector.stop()
             tally.injectorKills = injector.kills
             pool.close()
             try pool.join()
+            manager.shutdown()
         } catch {
             tally.unexpected.append("the soak itself failed: \(error)")
         }
@@ -123,6 +128,11 @@ struct Tally {
     var queueItemsDelivered = 0
     var queueProducersKilled = 0
     var torn = 0
+    var queueConsumersKilled = 0
+    var queueItemsInFlight = 0
+    var managerClientsKilled = 0
+    var managerLocksFreed = 0
+    var managerCallsSeen = 0
     var lockHoldersKilled = 0
     var locksRecovered = 0
     var hung = 0
@@ -133,13 +143,16 @@ struct Tally {
     var clean: Bool {
         unexpected.isEmpty && lost == 0 && duplicated == 0 && torn == 0 && hung == 0 && leftover == nil
             && submitted == completed + failed && locksRecovered == lockHoldersKilled
+            && managerLocksFreed == managerClientsKilled && queueItemsInFlight <= queueConsumersKilled
     }
 
     func summary(seed: UInt64) -> String {
         "soak (seed \(seed)): \(submitted) tasks, \(completed) completed, \(failed) failed "
             + "(threw \(threw), trapped \(trapped), timed out \(timedOut), killed \(killed) — \(injectorKills) by the injector, cancelled \(cancelled)), "
             + "\(unexpected.count) unexplained, \(lost) lost, \(duplicated) duplicated; "
-            + "queues: \(queueItemsDelivered) items delivered, \(queueProducersKilled) producers killed mid-put, \(torn) torn; "
+            + "queues: \(queueItemsDelivered) items delivered, \(queueProducersKilled) producers killed mid-put, "
+            + "\(queueConsumersKilled) consumers killed mid-get (\(queueItemsInFlight) items with them), \(torn) torn; "
+            + "managers: \(managerClientsKilled) clients killed mid-call, \(managerLocksFreed) of their locks freed, \(managerCallsSeen) entries whole; "
             + "locks: \(lockHoldersKilled) holders killed, \(locksRecovered) recovered; "
             + "\(hung) hung; left behind: \(leftover ?? "nothing")"
     }

@@ -4,6 +4,11 @@ import Testing
 
 @testable import Multiprocessing
 
+/// Whether the test binary runs under AddressSanitizer (scripts/sanitizers.sh):
+/// a bound on memory then measures ASan's shadow and quarantine, and a limit
+/// on data size refuses ASan's own reservations, so those tests stand aside.
+let underAddressSanitizer = dlsym(nil, "__asan_init") != nil
+
 // Jobs the tests send to children. They live in the test executable, which
 // is also what a spawned child runs.
 
