@@ -1,5 +1,4 @@
 #define _GNU_SOURCE
-#include <malloc.h>
 #include "CMultiprocessing.h"
 #include "safe_waits.h"
 
