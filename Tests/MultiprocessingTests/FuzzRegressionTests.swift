@@ -15,7 +15,7 @@ import Testing
     /// leaked both (about 1.5 KB for this shape).
     /// In a process of its own: the heap is the process's, and other tests
     /// running beside it would move it.
-    @Test(.disabled(if: underAddressSanitizer, "measures the heap")) func decodingKeyedValuesLeaksNothing() async {
+    @Test(.disabled(if: underSanitizer, "measures the heap")) func decodingKeyedValuesLeaksNothing() async {
         await #expect(processExitsWith: .success) {
             let bytes = try WireCodec.encode(Outer(id: 1, inner: [Inner(name: "a", values: [1, 2])], table: ["k": 1]))
             for _ in 0..<100 { _ = try WireCodec.decode(Outer.self, from: bytes) }
@@ -34,7 +34,7 @@ import Testing
     /// claiming gigabytes had its whole length allocated before any byte
     /// was read. Now memory follows the bytes that arrive: in a process
     /// allowed 1 GiB of data, a 16 GiB claim is a typed error, not a trap.
-    @Test(.disabled(if: underAddressSanitizer, "limits data size")) func aFrameHeaderThatLiesCostsOnlyWhatArrives() async {
+    @Test(.disabled(if: underSanitizer, "limits data size")) func aFrameHeaderThatLiesCostsOnlyWhatArrives() async {
         await #expect(processExitsWith: .success) {
             FuzzRegressionTests.limitData(to: 1 << 30)
             let (here, there) = try Syscall.socketPair()
@@ -52,7 +52,7 @@ import Testing
 
     /// The bootstrap's read of a request whose payload frame claims 3 GiB
     /// and brings a byte: a typed error, within the same 1 GiB.
-    @Test(.disabled(if: underAddressSanitizer, "limits data size")) func aBootRequestWithALyingPayloadIsRefused() async {
+    @Test(.disabled(if: underSanitizer, "limits data size")) func aBootRequestWithALyingPayloadIsRefused() async {
         await #expect(processExitsWith: .success) {
             FuzzRegressionTests.limitData(to: 1 << 30)
             let (here, there) = try Syscall.socketPair()

@@ -61,7 +61,7 @@ func peakResidentBytes() -> Int {
 
 @Suite("Streaming pool calls")
 struct StreamingTests {
-    @Test("imap over 10,000,000 lazy items: the first result comes before the input is read, and memory stays bounded", .disabled(if: underAddressSanitizer, "measures memory"))
+    @Test("imap over 10,000,000 lazy items: the first result comes before the input is read, and memory stays bounded", .disabled(if: underSanitizer, "measures memory"))
     func lazyTenMillion() async {
         await #expect(processExitsWith: .success) {
             exit(StreamingScenarios.tenMillion())

@@ -4,10 +4,11 @@ import Testing
 
 @testable import Multiprocessing
 
-/// Whether the test binary runs under AddressSanitizer (scripts/sanitizers.sh):
-/// a bound on memory then measures ASan's shadow and quarantine, and a limit
-/// on data size refuses ASan's own reservations, so those tests stand aside.
-let underAddressSanitizer = dlsym(nil, "__asan_init") != nil
+/// Whether the test binary runs under AddressSanitizer (scripts/sanitizers.sh)
+/// or ThreadSanitizer (scripts/tsan.sh): a bound on memory then measures the
+/// sanitizer's shadow (and ASan's quarantine), and a limit on data size
+/// refuses the sanitizer's own reservations, so those tests stand aside.
+let underSanitizer = dlsym(nil, "__asan_init") != nil || dlsym(nil, "__tsan_init") != nil
 
 // Jobs the tests send to children. They live in the test executable, which
 // is also what a spawned child runs.
