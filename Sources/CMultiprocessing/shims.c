@@ -12,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/close_range.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef P_PIDFD
@@ -285,10 +287,48 @@ void cmp_ignore_sigpipe_if_default(void) {
 }
 
 void cmp_default_fault_signals(void) {
-    const int faults[] = { SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV };
+    const int faults[] = { SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGXCPU };
     for (unsigned i = 0; i < sizeof faults / sizeof faults[0]; i++) {
         signal(faults[i], SIG_DFL);
     }
+}
+
+int cmp_set_resource_limit(int resource, unsigned long long soft, unsigned long long hard) {
+    struct rlimit limit = { .rlim_cur = (rlim_t)soft, .rlim_max = (rlim_t)hard };
+    return setrlimit(resource, &limit);
+}
+
+unsigned long long cmp_hard_resource_limit(int resource) {
+    struct rlimit limit;
+    if (getrlimit(resource, &limit) != 0) return (unsigned long long)RLIM_INFINITY;
+    return (unsigned long long)limit.rlim_max;
+}
+
+long long cmp_process_cpu_time_ns(void) {
+    struct timespec now;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now) != 0) return 0;
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+static volatile sig_atomic_t allocation_failure_status;
+
+static void exit_if_out_of_memory(int signal_number) {
+    (void)signal_number;
+    // Async-signal-safe: errno is read, _exit called. Otherwise the handler
+    // returns with the default action back (SA_RESETHAND): abort() raises
+    // again, a segfault recurs; the process dies by its signal.
+    if (errno == ENOMEM) _exit(allocation_failure_status);
+}
+
+void cmp_exit_on_allocation_failure(int status) {
+    allocation_failure_status = status;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = exit_if_out_of_memory;
+    action.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGABRT, &action, NULL);
+    sigaction(SIGSEGV, &action, NULL);
 }
 
 void cmp_exit_now(int code) {

@@ -147,9 +147,25 @@ void cmp_segfault(void) __attribute__((noreturn));
 void cmp_ignore_sigpipe_if_default(void);
 
 /// Puts the fault signals (SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE,
-/// SIGSEGV) back to their default action: the process dies at once,
-/// without the Swift runtime's backtracer.
+/// SIGSEGV, and SIGXCPU, a CPU-time limit reached) back to their default
+/// action: the process dies at once, without the Swift runtime's backtracer.
 void cmp_default_fault_signals(void);
+
+/// `setrlimit(resource, {soft, hard})`; `RLIM_INFINITY` for no limit.
+int cmp_set_resource_limit(int resource, unsigned long long soft, unsigned long long hard);
+
+/// The hard limit of `resource` (`getrlimit`); `RLIM_INFINITY` for none.
+unsigned long long cmp_hard_resource_limit(int resource);
+
+/// The CPU time this process has used, all its threads, in nanoseconds
+/// (`CLOCK_PROCESS_CPUTIME_ID`, what `RLIMIT_CPU` counts).
+long long cmp_process_cpu_time_ns(void);
+
+/// Makes an allocation failure end the process with `_exit(status)`: a
+/// SIGABRT or SIGSEGV raised while `errno` is `ENOMEM` (the Swift runtime
+/// aborts when `malloc` fails, and `malloc` sets `ENOMEM`). Any other such
+/// signal keeps its default action. For a worker under a data-size limit.
+void cmp_exit_on_allocation_failure(int status);
 
 /// `pipe2(fds, O_CLOEXEC)` (Glibc's Swift overlay does not import `pipe2`),
 /// with the pipe's buffer raised to 1 MiB where the system allows.

@@ -25,6 +25,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var initializer: PoolInitializer?
         /// At most this many units are sent to a worker ahead of its answers.
         var pipelineDepth = 2
+        var limits = WorkerLimits()
+        /// How `limits.memory` is enforced (nil: no memory limit).
+        var memoryEnforcement: WorkerLimits.MemoryEnforcement? = nil
+        var restartBudget = RestartBudget.default
     }
 
     typealias Pending = PendingUnits
@@ -44,6 +48,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var nextCallID = 1
         var nextUnitID: UInt64 = 1
         var workerSerial = 0
+        /// When workers of each kind died before they were ready, since one last was.
+        var startupDeaths: [PoolWorker.Kind: [ContinuousClock.Instant]] = [:]
     }
 
 
@@ -147,7 +153,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             if let limit = configuration.maxTasksPerChild, worker.unitsDone >= limit { continue }
             guard let unit = state.pending[call.id]?.take() else { break }
             let id = state.nextUnitID
-            guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire(),
+            guard let (request, items) = request(call, unit: unit, id: id), let (head, body) = try? request.wire(),
                   head.count + body.count + 64 <= worker.requestCapacity else {
                 state.pending[call.id]?.returned.append(unit)
                 return false
@@ -158,6 +164,13 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             if (try? worker.connection.sendBytes(head: head, body: body)) == nil { worker.kill(for: nil) }
         }
         return state.pending[call.id]?.isEmpty ?? true
+    }
+
+    /// The request for `unit` of `call`, with its CPU time limit.
+    private func request(_ call: PoolCall, unit: Int, id: UInt64) -> (UnitRequest, items: Int)? {
+        guard case (var request, let items)? = call.request(unit: unit, id: id) else { return nil }
+        if let seconds = configuration.limits.cpuSeconds { request.cpuLimit = seconds * items }
+        return (request, items)
     }
 
     func makeCallID() -> Int {
@@ -357,7 +370,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 if let limit = configuration.maxTasksPerChild, worker.unitsDone + worker.outstanding.count >= limit { break }
                 guard let (call, unit) = takeUnit(&state, for: worker.kind) else { break }
                 let id = state.nextUnitID
-                guard let (request, items) = call.request(unit: unit, id: id), let (head, body) = try? request.wire() else {
+                guard let (request, items) = request(call, unit: unit, id: id), let (head, body) = try? request.wire() else {
                     plan.failures.append((call, unit, .corruptRequest("the request did not encode")))
                     continue
                 }
@@ -427,7 +440,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             worker = .failure(ProcessError.cancelled)  // the call ended meanwhile
         } else {
             let name = workerName()
-            worker = Result { try PoolWorker.start(kind: kind, launch: { try launch(kind, name: name, call: call, connection: $0) }) }
+            worker = Result {
+                let (setup, group) = try workerSetup()
+                return try PoolWorker.start(kind: kind, memoryGroup: group, launch: { try launch(kind, name: name, call: call, setup: setup, connection: $0) })
+            }
         }
         var failed: [PoolCall] = []
         var error: ProcessError = .cancelled
@@ -459,11 +475,25 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
     }
 
-    private func launch(_ kind: PoolWorker.Kind, name: String, call: PoolCall?, connection: Connection) throws -> ChildProcess {
+    /// What a new worker sets up, and the memory control group it joins.
+    private func workerSetup() throws -> (WorkerSetup, MemoryGroup?) {
+        let limits = configuration.limits
+        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps)
+        guard let memory = limits.memory, let enforcement = configuration.memoryEnforcement else { return (setup, nil) }
+        if enforcement == .dataSegment {
+            setup.dataLimit = memory
+            return (setup, nil)
+        }
+        let group = try MemoryGroup.make(limit: memory)
+        setup.memoryGroup = group.path
+        return (setup, group)
+    }
+
+    private func launch(_ kind: PoolWorker.Kind, name: String, call: PoolCall?, setup: WorkerSetup, connection: Connection) throws -> ChildProcess {
         let process: ChildProcess
         switch kind {
         case .jobs:
-            var job = PoolWorkerJob(connection: connection, initializerType: nil, initializerPayload: [], codeKey: codeKey)
+            var job = PoolWorkerJob(connection: connection, initializerType: nil, initializerPayload: [], codeKey: codeKey, setup: setup)
             if case let .job(typeName, payload, _)? = configuration.initializer?.storage {
                 job.initializerType = typeName
                 job.initializerPayload = payload
@@ -477,7 +507,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             guard case let .closure(program)? = call.map(\.work) else { throw ProcessError.cancelled }
             let initializer = configuration.initializer
             process = ChildProcess(name: name, daemon: true) {
-                WorkerLoop.serve(connection, initialize: { initializer?.runHere() }, execute: { request in
+                WorkerLoop.serve(connection, setup: setup, initialize: { initializer?.runHere() }, execute: { request in
                     guard request.kind == .closureChunk, request.lower >= 0, request.lower <= request.upper else {
                         return UnitOutcome.failed(.corruptRequest("a closure worker was sent a \(request.kind) request")).wire()
                     }
@@ -518,8 +548,15 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     }
 
     private func handle(_ reply: (id: UInt64, outcome: UnitOutcome), from worker: PoolWorker) {
-        if reply.id == 0, case let .failed(error) = reply.outcome {
-            initializerFailed(error, in: worker)
+        if reply.id == 0 {
+            if case let .failed(error) = reply.outcome {
+                initializerFailed(error, in: worker)
+            } else {
+                state.withLock { state in
+                    worker.ready = true
+                    state.startupDeaths[worker.kind] = nil
+                }
+            }
             return
         }
         let assignment: PoolWorker.Assignment? = state.withLock { state in
@@ -562,10 +599,34 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         let code = (try? worker.process.join()) ?? -SIGKILL
         worker.connection.close()
         Syscall.close(worker.exitDescriptor)
+        let oomKilled = worker.memoryGroup?.oomKilled ?? false
+        worker.memoryGroup?.remove()
+        var reason = ProcessError.exited(status: code)
+        var budgetSpent: [PoolCall] = []
+        var budgetError = reason
         let (failed, alsoFailed): (PoolWorker.Assignment?, [PoolWorker.Assignment]) = state.withLock { state in
+            reason = worker.killedFor ?? limitCause(of: worker, code: code, oomKilled: oomKilled) ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
             state.workers.removeAll { $0 === worker }
             var outstanding = worker.outstanding
             worker.outstanding.removeAll()
+            if !worker.ready && worker.killedFor == nil {
+                // It died before it was ready: it ran none of its units.
+                for assignment in outstanding.reversed() where state.pending[assignment.call.id] != nil {
+                    state.pending[assignment.call.id]!.returned.append(assignment.unit)
+                }
+                if let error = spendRestart(worker.kind, reason, &state) {
+                    budgetError = error
+                    budgetSpent = calls(of: worker.kind, state)
+                    for call in budgetSpent { state.pending[call.id] = nil }
+                    // Their siblings still starting would only die the same way.
+                    for other in state.workers where other.kind == worker.kind && !other.ready { other.kill(for: error) }
+                    if worker.kind == .jobs {
+                        state.namedFailure = error
+                        state.namedOrder.removeAll()
+                    }
+                }
+                return (nil, [])
+            }
             guard !outstanding.isEmpty else { return (nil, []) }
             let first = outstanding.removeFirst()
             // Units it never started cannot run in a worker whose initializer
@@ -577,12 +638,51 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return (first, [])
         }
         if let failed {
-            let reason: ProcessError = worker.killedFor ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
             for assignment in [failed] + alsoFailed {
                 assignment.call.deliver(assignment.unit, .failure(reason))
             }
         }
+        for call in budgetSpent { call.failRemaining(budgetError) }
         signal()
+    }
+
+    /// The limit that ended `worker`, if one did (with the lock held).
+    private func limitCause(of worker: PoolWorker, code: Int32, oomKilled: Bool) -> ProcessError? {
+        let limits = configuration.limits
+        if let memory = limits.memory {
+            if code == -SIGKILL, oomKilled { return .memoryLimitExceeded(bytes: memory) }
+            if code == WorkerLimits.memoryLimitExitStatus, configuration.memoryEnforcement == .dataSegment {
+                return .memoryLimitExceeded(bytes: memory)
+            }
+        }
+        if code == -SIGXCPU, let seconds = limits.cpuSeconds {
+            return .cpuTimeLimitExceeded(seconds: seconds * (worker.outstanding.first?.items ?? 1))
+        }
+        return nil
+    }
+
+    /// Counts a death before ready; the error that ends the restarts once
+    /// the budget is spent.
+    private func spendRestart(_ kind: PoolWorker.Kind, _ reason: ProcessError, _ state: inout State) -> ProcessError? {
+        guard state.phase == .running || state.phase == .closing else { return nil }
+        let budget = configuration.restartBudget
+        let now = ContinuousClock.now
+        var deaths = state.startupDeaths[kind, default: []].filter { now - $0 < budget.window }
+        deaths.append(now)
+        state.startupDeaths[kind] = deaths
+        guard deaths.count >= budget.deaths else { return nil }
+        state.startupDeaths[kind] = nil
+        let span = now - deaths[0]
+        let seconds = Double(span.components.seconds) + Double(span.components.attoseconds) / 1e18
+        return .restartBudgetExceeded(deaths: deaths.count, seconds: (seconds * 1000).rounded() / 1000, last: reason)
+    }
+
+    /// The calls whose units workers of `kind` run.
+    private func calls(of kind: PoolWorker.Kind, _ state: State) -> [PoolCall] {
+        switch kind {
+        case .jobs: state.namedOrder.compactMap { state.calls[$0] }
+        case let .closure(callID): state.calls[callID].map { [$0] } ?? []
+        }
     }
 
     private func deliverFailures(_ failures: [(PoolCall, Int, ProcessError)]) {

@@ -4,7 +4,7 @@ import SystemPackage
 /// The pool's side of one worker process. Touched only with the engine's
 /// lock held, except its connection, which only the dispatcher thread uses.
 internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by the engine's lock
-    enum Kind: Equatable {
+    enum Kind: Hashable {
         /// Runs work named by type, for every call; lives until the pool closes.
         case jobs
         /// Forked for the closure call with this id; leaves when it is done.
@@ -43,9 +43,14 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     var killedFor: ProcessError?
     /// The connection reached its end; it is not polled any more.
     var connectionEnded = false
+    /// It said it is ready: its setup and initializer are done.
+    var ready = false
+    /// Its memory control group, if its memory is limited by one.
+    let memoryGroup: MemoryGroup?
 
-    init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor) {
+    init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor, memoryGroup: MemoryGroup?) {
         self.kind = kind
+        self.memoryGroup = memoryGroup
         self.process = process
         self.connection = connection
         self.exitDescriptor = exitDescriptor
@@ -61,16 +66,24 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         try? process.kill()
     }
 
-    /// Starts a worker of `kind`: `launch` starts the child that serves the
-    /// connection's other end; returns the worker once started.
-    static func start(kind: Kind, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
-        let (here, there) = try Connection.pipe(duplex: true)
+    /// Starts a worker of `kind` in `memoryGroup` (removed if it cannot
+    /// start): `launch` starts the child that serves the connection's other
+    /// end; returns the worker once started.
+    static func start(kind: Kind, memoryGroup: MemoryGroup?, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
+        let (here, there): (Connection, Connection)
+        do {
+            (here, there) = try Connection.pipe(duplex: true)
+        } catch {
+            memoryGroup?.remove()
+            throw error
+        }
         let process: ChildProcess
         do {
             process = try launch(there)
         } catch {
             here.close()
             there.close()
+            memoryGroup?.remove()
             throw error
         }
         there.close()
@@ -88,9 +101,11 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
             }
         } catch {
             try? process.kill()
+            _ = try? process.join()
             here.close()
+            memoryGroup?.remove()
             throw error
         }
-        return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit)
+        return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit, memoryGroup: memoryGroup)
     }
 }

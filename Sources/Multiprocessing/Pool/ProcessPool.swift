@@ -24,7 +24,7 @@
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// ``withProcessPool(processes:startMethod:initializer:maxTasksPerChild:_:)-1x5mk``,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -46,16 +46,23 @@ public final class ProcessPool: WorkerPool {
     ///   - initializer: what each worker runs before its first task.
     ///   - maxTasksPerChild: a worker leaves after this many units and a
     ///     fresh one replaces it (nil: workers live as long as the pool).
-    /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1, or
-    ///   a closure initializer with a start method other than `.fork` for
-    ///   named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil) throws {
+    ///   - limits: what each worker may use (memory, CPU time per task,
+    ///     open files, core dumps); see ``WorkerLimits``.
+    ///   - restartBudget: how many workers in a row may die before they are
+    ///     ready before the pool fails their work instead of starting more.
+    /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
+    ///   limit out of range. A closure initializer with a start method other
+    ///   than `.fork` for named work is accepted but runs only in forked workers.
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
             throw PoolError.invalidArgument("maxTasksPerChild must be at least 1, not \(maxTasksPerChild)")
         }
-        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer))
+        try restartBudget.validate()
+        let memoryEnforcement = try limits.resolved()
+        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
+                                      limits: limits, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -107,12 +114,14 @@ public final class ProcessPool: WorkerPool {
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws,
 /// the pool is terminated instead. The workers never outlive the call.
 @available(*, noasync, message: "use the async withProcessPool")
-public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild) }, body)
+public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
+                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
-public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild) }, body)
+public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
+                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget) }, body)
 }

@@ -24,6 +24,8 @@ package struct UnitRequest: Codable, Sendable {
     package var payload: [UInt8] = []
     var lower: Int = 0
     var upper: Int = 0
+    /// The CPU seconds the unit may use (``WorkerLimits/cpuSeconds`` times its items).
+    var cpuLimit: Int? = nil
     /// The closure of a sent-closure request.
     var code: SentCode? = nil
     /// The work's ``SentRunner`` compiled for its types, if the caller's module made one.
@@ -35,7 +37,7 @@ package struct UnitRequest: Codable, Sendable {
     package var inputsOffset = 0
 
     private enum CodingKeys: String, CodingKey {
-        case kind, id, typeName, payload, lower, upper, code, runner
+        case kind, id, typeName, payload, lower, upper, cpuLimit, code, runner
     }
 
     /// The message: the length of the encoded fields (4 bytes,
@@ -97,7 +99,8 @@ package enum UnitOutcome: Sendable {
 }
 
 /// A worker's answer to a request: the unit's id (8 bytes, little-endian;
-/// 0 reports a failed initializer), the outcome's tag (1 byte), its body.
+/// 0 reports how the worker's setup and initializer went: `.values` when it
+/// is ready, `.failed` when not), the outcome's tag (1 byte), its body.
 package enum UnitReply {
     package static func head(id: UInt64, tag: UInt8) -> [UInt8] {
         withUnsafeBytes(of: id.littleEndian) { Array($0) } + [tag]
@@ -117,23 +120,28 @@ package enum UnitReply {
     }
 }
 
-/// The loop every pool worker runs: initialize, then answer requests one by
-/// one until asked to stop or the pool's end of the connection closes.
+/// The loop every pool worker runs: set up its limits, initialize, say it
+/// is ready, then answer requests one by one until asked to stop or the
+/// pool's end of the connection closes.
 internal enum WorkerLoop {
-    static func serve(_ connection: Connection, initialize: () -> ProcessError?, execute: (UnitRequest) -> (tag: UInt8, body: [UInt8])) {
+    static func serve(_ connection: Connection, setup: WorkerSetup, initialize: () -> ProcessError?, execute: (UnitRequest) -> (tag: UInt8, body: [UInt8])) {
         // A fault fails its task by its signal, in milliseconds; the runtime
         // still prints the fatal error's message before it traps.
         Syscall.defaultFaultSignals()
-        if let error = initialize() {
-            let (tag, body) = UnitOutcome.failed(.initializerFailed(error.description)).wire()
+        // A setup that fails says why as it is; an initializer's error is wrapped.
+        if let error = setup.apply() ?? initialize().map({ ProcessError.initializerFailed($0.description) }) {
+            let (tag, body) = UnitOutcome.failed(error).wire()
             try? connection.sendBytes(head: UnitReply.head(id: 0, tag: tag), body: body)
             return
         }
+        let (readyTag, readyBody) = UnitOutcome.values([], offset: 0).wire()
+        guard (try? connection.sendBytes(head: UnitReply.head(id: 0, tag: readyTag), body: readyBody)) != nil else { return }
         while true {
             guard let bytes = try? connection.receiveBytes(),
                   let request = try? UnitRequest.decode(bytes),
                   request.kind != .stop
             else { return }
+            if let seconds = request.cpuLimit { WorkerSetup.limitCPU(seconds: seconds) }
             let (tag, body) = execute(request)
             guard (try? connection.sendBytes(head: UnitReply.head(id: request.id, tag: tag), body: body)) != nil else { return }
         }
@@ -149,17 +157,19 @@ internal struct PoolWorkerJob: ProcessJob {
     var initializerPayload: [UInt8]
     /// The pool's key, which signs the closures sent to its workers.
     var codeKey: [UInt8]
+    /// The limits the worker sets on itself first.
+    var setup = WorkerSetup()
     /// A closure initializer: present only when the worker is forked (it
     /// runs this very value), never encoded.
     nonisolated(unsafe) var forkedInitializer: (() -> Void)? = nil  // runs only in the forked worker
 
     private enum CodingKeys: String, CodingKey {
-        case connection, initializerType, initializerPayload, codeKey
+        case connection, initializerType, initializerPayload, codeKey, setup
     }
 
     func run() throws -> Bool {
         var cache = NamedWorkCache(key: codeKey)
-        WorkerLoop.serve(connection, initialize: {
+        WorkerLoop.serve(connection, setup: setup, initialize: {
             forkedInitializer?()
             guard let initializerType else { return nil }
             if case let .failure(error) = JobRunner.run(typeName: initializerType, payload: initializerPayload) { return error }

@@ -44,6 +44,17 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     /// A pool call's input failed: an asynchronous sequence threw, or an
     /// item did not encode. The items read before it ran; no more were read.
     case inputFailed(errorType: String, description: String)
+    /// The worker passed its memory limit (``WorkerLimits/memory``): the
+    /// kernel killed it at its control group's limit, or an allocation failed.
+    case memoryLimitExceeded(bytes: Int)
+    /// The task used more CPU time than ``WorkerLimits/cpuSeconds`` allows
+    /// (times the items of its chunk); its worker was ended by `SIGXCPU`.
+    case cpuTimeLimitExceeded(seconds: Int)
+    /// Workers kept dying before they were ready (`deaths` in a row within
+    /// `seconds`: a crash loop, an initializer that aborts, a limit too low
+    /// to start): the pool stopped starting them and failed the work they
+    /// would have run. `last` is how the last one ended.
+    indirect case restartBudgetExceeded(deaths: Int, seconds: Double, last: ProcessError)
 
     public var description: String {
         switch self {
@@ -66,6 +77,10 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case let .initializerFailed(reason): "the pool's initializer failed: \(reason)"
         case let .corruptReply(reason): "a worker sent a corrupt reply: \(reason)"
         case let .inputFailed(errorType, description): "the call's input failed with \(errorType): \(description)"
+        case let .memoryLimitExceeded(bytes): "the worker passed its memory limit of \(bytes) bytes"
+        case let .cpuTimeLimitExceeded(seconds): "the task passed its CPU time limit of \(seconds) s"
+        case let .restartBudgetExceeded(deaths, seconds, last):
+            "\(deaths) workers in a row died before they were ready, within \(seconds) s; the last: \(last)"
         }
     }
 }
@@ -90,6 +105,7 @@ public enum Signal {
         case SIGPIPE: "SIGPIPE"
         case SIGALRM: "SIGALRM"
         case SIGTERM: "SIGTERM"
+        case SIGXCPU: "SIGXCPU"
         default: "signal \(signal)"
         }
     }

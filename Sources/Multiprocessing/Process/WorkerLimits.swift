@@ -1,0 +1,292 @@
+import Glibc
+import SystemPackage
+
+/// Limits on what each worker process of a pool may use, set in the worker
+/// before its initializer and its first task run.
+///
+/// A worker ended by a limit fails the unit it was running with an error
+/// that names the limit — ``ProcessError/memoryLimitExceeded(bytes:)``,
+/// ``ProcessError/cpuTimeLimitExceeded(seconds:)`` — and the pool starts
+/// another worker; every other task goes on.
+///
+/// ```swift
+/// let pool = try ProcessPool(processes: 4, limits: WorkerLimits(memory: 512 << 20, cpuSeconds: 10))
+/// ```
+///
+/// **Memory** is limited, where the machine lets this process make control
+/// groups (cgroup v2 with the memory controller delegated to this process's
+/// group, or cgroup v1's memory controller mounted writable), by a control
+/// group per worker: the kernel counts the pages the worker touches (page
+/// cache included) and kills it at the limit. Elsewhere it falls back to
+/// `RLIMIT_DATA`, which counts the worker's private address space — what a
+/// forked worker inherited too — and makes an allocation past it fail; the
+/// worker then leaves at once with ``memoryLimitExitStatus``.
+/// ``memoryEnforcement`` chooses; ``WorkerLimits/MemoryEnforcement/available``
+/// says what this machine offers.
+///
+/// **CPU time** is counted per unit (a task, or `cpuSeconds` times the items
+/// of a chunk), in whole seconds, through `RLIMIT_CPU` (the worker is ended
+/// by `SIGXCPU`). Code that catches `SIGXCPU` is not stopped by it: give the
+/// call a `timeout` as well.
+///
+/// **Core dumps** are off unless asked for: workers that crash on purpose
+/// (the isolation a pool exists for) do not fill the disk.
+public struct WorkerLimits: Sendable, Hashable, Codable {
+    /// How a memory limit is enforced.
+    public enum MemoryEnforcement: String, Sendable, Hashable, Codable {
+        /// A control group per worker where this process can make one; `RLIMIT_DATA` otherwise.
+        case automatic
+        /// A control group per worker; a pool with a memory limit cannot be
+        /// made where none can be (``PoolError/invalidArgument(_:)``).
+        case controlGroup
+        /// `RLIMIT_DATA`: the worker's allocations past the limit fail.
+        case dataSegment
+
+        /// What ``automatic`` uses on this machine: ``controlGroup`` where
+        /// this process can make control groups with a memory limit.
+        public static var available: MemoryEnforcement {
+            MemoryGroup.base == nil ? .dataSegment : .controlGroup
+        }
+    }
+
+    /// The most memory a worker may use, in bytes; nil for no limit.
+    public var memory: Int?
+    /// How ``memory`` is enforced.
+    public var memoryEnforcement: MemoryEnforcement
+    /// The CPU seconds a task may use (per item, for a chunk); nil for no limit.
+    public var cpuSeconds: Int?
+    /// The most descriptors a worker may have open (`RLIMIT_NOFILE`); nil
+    /// leaves the inherited limit. The worker needs a few of its own.
+    public var openFiles: Int?
+    /// Whether a crashing worker may write a core dump (`RLIMIT_CORE`).
+    public var coreDumps: Bool
+
+    /// The exit status of a worker whose allocation failed under a
+    /// `RLIMIT_DATA` memory limit. A worker's own `exit` with this status
+    /// under such a limit reads as ``ProcessError/memoryLimitExceeded(bytes:)``.
+    public static let memoryLimitExitStatus: Int32 = 252
+
+    /// Limits; each nil one is not set. Core dumps are off by default.
+    public init(memory: Int? = nil, memoryEnforcement: MemoryEnforcement = .automatic, cpuSeconds: Int? = nil, openFiles: Int? = nil, coreDumps: Bool = false) {
+        self.memory = memory
+        self.memoryEnforcement = memoryEnforcement
+        self.cpuSeconds = cpuSeconds
+        self.openFiles = openFiles
+        self.coreDumps = coreDumps
+    }
+
+    /// Checks the values; returns how memory is enforced here (nil: no memory limit).
+    func resolved() throws(PoolError) -> MemoryEnforcement? {
+        if let memory, memory < 1 << 20 { throw .invalidArgument("a memory limit must be at least 1 MiB, not \(memory) bytes") }
+        if let cpuSeconds, cpuSeconds < 1 { throw .invalidArgument("cpuSeconds must be at least 1, not \(cpuSeconds)") }
+        if let openFiles, openFiles < 8 { throw .invalidArgument("openFiles must be at least 8 (a worker needs a few), not \(openFiles)") }
+        guard memory != nil else { return nil }
+        switch memoryEnforcement {
+        case .automatic: return MemoryEnforcement.available
+        case .controlGroup:
+            guard MemoryGroup.base != nil else { throw .invalidArgument("this process cannot make memory control groups here") }
+            return .controlGroup
+        case .dataSegment: return .dataSegment
+        }
+    }
+}
+
+/// What a worker sets up before anything else runs in it (the limits the
+/// parent resolved for it). Travels in the worker's job.
+internal struct WorkerSetup: Codable, Sendable {
+    /// The control group the worker moves itself into.
+    var memoryGroup: String? = nil
+    /// `RLIMIT_DATA`, in bytes.
+    var dataLimit: Int? = nil
+    var openFiles: Int? = nil
+    var coreDumps = false
+
+    /// In the worker: applies the setup; an error says what failed.
+    func apply() -> ProcessError? {
+        do {
+            if !coreDumps { try Syscall.setResourceLimit(RLIMIT_CORE, soft: 0, hard: Syscall.hardResourceLimit(RLIMIT_CORE)) }
+            if let openFiles { try Syscall.setResourceLimit(RLIMIT_NOFILE, soft: openFiles, hard: openFiles) }
+        } catch {
+            return ProcessError("setrlimit", error)
+        }
+        if let memoryGroup {
+            do {
+                try Syscall.writeText("\(Syscall.currentProcessID)\n", to: memoryGroup + "/cgroup.procs")
+            } catch {
+                return ProcessError("joining the memory control group \(memoryGroup)", error)
+            }
+        }
+        if let dataLimit {
+            Syscall.exitOnAllocationFailure(status: WorkerLimits.memoryLimitExitStatus)
+            do {
+                try Syscall.setResourceLimit(RLIMIT_DATA, soft: dataLimit, hard: dataLimit)
+            } catch {
+                return ProcessError("setrlimit(RLIMIT_DATA)", error)
+            }
+        }
+        return nil
+    }
+
+    /// In the worker, before a unit: it may use `seconds` more CPU time.
+    static func limitCPU(seconds: Int) {
+        let used = Syscall.processCPUTime.components
+        // RLIMIT_CPU counts whole seconds: the unit gets at least `seconds`.
+        let soft = Int(used.seconds) + (used.attoseconds > 0 ? 1 : 0) + seconds
+        let hard = Syscall.hardResourceLimit(RLIMIT_CPU)
+        try? Syscall.setResourceLimit(RLIMIT_CPU, soft: hard.map { min($0, soft) } ?? soft, hard: hard)
+    }
+}
+
+/// A control group with a memory limit, for one worker (cgroup v2's
+/// `memory.max`, or v1's memory controller), made by the pool before the
+/// worker starts and removed once it is reaped.
+internal final class MemoryGroup: Sendable {
+    enum Version: Sendable { case v1, v2 }
+
+    /// This process's own memory control group, where it may make groups;
+    /// nil if it cannot (found once).
+    static let base: (path: String, version: Version)? = findBase()
+
+    private static let prefix = "swift-multiprocessing-"
+    private static let serial = Locked(0)
+    /// Whether this process has removed the groups its dead predecessors left.
+    private static let swept = Locked(false)
+
+    let path: String
+    let version: Version
+
+    private init(path: String, version: Version) {
+        self.path = path
+        self.version = version
+    }
+
+    /// A new group limited to `bytes` (no swap beyond it).
+    static func make(limit bytes: Int) throws -> MemoryGroup {
+        guard let base else { throw ProcessError.systemCall("no memory control group can be made here", errno: ENOTSUP) }
+        sweepOnce(base.path)
+        let number = serial.withLock { value in
+            value += 1
+            return value
+        }
+        let path = "\(base.path)/\(prefix)\(Syscall.currentProcessID)-\(number)"
+        do {
+            try Syscall.makeDirectory(path)
+        } catch {
+            throw ProcessError("mkdir \(path)", error)
+        }
+        let group = MemoryGroup(path: path, version: base.version)
+        do {
+            switch base.version {
+            case .v1:
+                try Syscall.writeText("\(bytes)", to: path + "/memory.limit_in_bytes")
+                // Where swap is accounted, no more memory+swap than memory.
+                try? Syscall.writeText("\(bytes)", to: path + "/memory.memsw.limit_in_bytes")
+            case .v2:
+                try Syscall.writeText("\(bytes)", to: path + "/memory.max")
+                try? Syscall.writeText("0", to: path + "/memory.swap.max")
+            }
+        } catch {
+            group.remove()
+            throw ProcessError("setting the memory limit of \(path)", error)
+        }
+        return group
+    }
+
+    /// Whether the kernel's OOM killer ended a process of this group.
+    var oomKilled: Bool {
+        let file = version == .v1 ? "/memory.oom_control" : "/memory.events"
+        guard let text = Syscall.readText(path + file) else { return false }
+        for line in text.split(separator: "\n") where line.hasPrefix("oom_kill ") {
+            return (Int(line.dropFirst("oom_kill ".count)) ?? 0) > 0
+        }
+        return false
+    }
+
+    /// Kills what is left in the group (a worker's own children) and removes it.
+    func remove() {
+        Self.remove(path)
+    }
+
+    private static func remove(_ path: String) {
+        for _ in 0..<100 {
+            let members = (Syscall.readText(path + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { Int32($0) }
+            for pid in members { try? Syscall.kill(pid, SIGKILL) }
+            do {
+                try Syscall.removeDirectory(path)
+                return
+            } catch .resourceBusy {
+                // The members just killed leave the group as they are reaped.
+                sched_yield()
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// Removes the groups left by processes of this library that died
+    /// without removing theirs (a SIGKILLed pool owner).
+    private static func sweepOnce(_ base: String) {
+        guard swept.withLock({ swept in
+            defer { swept = true }
+            return !swept
+        }) else { return }
+        for name in Syscall.directoryEntries(base) where name.hasPrefix(prefix) {
+            let owner = name.dropFirst(prefix.count).split(separator: "-").first.flatMap { Int32($0) }
+            guard let owner, owner != Syscall.currentProcessID, Glibc.kill(owner, 0) != 0, errno == ESRCH else { continue }
+            remove(base + "/" + name)
+        }
+    }
+
+    /// This process's memory control group, if groups can be made in it.
+    private static func findBase() -> (path: String, version: Version)? {
+        guard let membership = Syscall.readText("/proc/self/cgroup"),
+              let mounts = Syscall.readText("/proc/self/mountinfo") else { return nil }
+        var v1Path: String?
+        var v2Path: String?
+        for line in membership.split(separator: "\n") {
+            let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard fields.count == 3 else { continue }
+            if fields[1].split(separator: ",").contains("memory") { v1Path = String(fields[2]) }
+            if fields[0] == "0" && fields[1].isEmpty { v2Path = String(fields[2]) }
+        }
+        for line in mounts.split(separator: "\n") {
+            // id parent major:minor root mount-point options... - type source super-options
+            let halves = line.split(separator: " - ", maxSplits: 1)
+            guard halves.count == 2 else { continue }
+            let left = halves[0].split(separator: " ")
+            let right = halves[1].split(separator: " ")
+            guard left.count >= 5, right.count >= 3 else { continue }
+            let root = String(left[3])
+            let mountPoint = String(left[4])
+            let candidate: (String, Version)?
+            if right[0] == "cgroup", right[2].split(separator: ",").contains("memory"), let v1Path {
+                candidate = (join(mountPoint, root, v1Path), .v1)
+            } else if right[0] == "cgroup2", let v2Path {
+                let path = join(mountPoint, root, v2Path)
+                // Children get the memory controller only if it is enabled below this group.
+                let enabled = Syscall.readText(path + "/cgroup.subtree_control") ?? ""
+                candidate = enabled.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory") ? (path, .v2) : nil
+            } else {
+                candidate = nil
+            }
+            if let (path, version) = candidate, access(path, W_OK) == 0, probe(path) { return (path, version) }
+        }
+        return nil
+    }
+
+    /// `mountPoint` + the part of `path` below the mount's `root`.
+    private static func join(_ mountPoint: String, _ root: String, _ path: String) -> String {
+        var below = path
+        if root != "/" && below.hasPrefix(root) { below = String(below.dropFirst(root.count)) }
+        if below == "/" { below = "" }
+        return mountPoint + below
+    }
+
+    /// Whether a group can be made and removed in `path`.
+    private static func probe(_ path: String) -> Bool {
+        let trial = "\(path)/\(prefix)\(Syscall.currentProcessID)-probe"
+        guard (try? Syscall.makeDirectory(trial)) != nil else { return false }
+        try? Syscall.removeDirectory(trial)
+        return true
+    }
+}
