@@ -293,6 +293,20 @@ void cmp_default_fault_signals(void) {
     }
 }
 
+int cmp_set_cpu_affinity(const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) { errno = EINVAL; return -1; }
+        CPU_SET(cpus[i], &set);
+    }
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
+int cmp_set_niceness(int niceness) {
+    return setpriority(PRIO_PROCESS, 0, niceness);
+}
+
 int cmp_set_resource_limit(int resource, unsigned long long soft, unsigned long long hard) {
     struct rlimit limit = { .rlim_cur = (rlim_t)soft, .rlim_max = (rlim_t)hard };
     return setrlimit(resource, &limit);

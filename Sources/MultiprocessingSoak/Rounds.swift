@@ -9,7 +9,7 @@ enum PoolRound {
         let first = tally.submitted
         let plan = (0..<size).map { i -> Planned in
             let draw = random.next() % 1000
-            let fate: Fate = draw < 10 ? .throwing : draw < 18 ? .trap : draw < 20 ? .overrun : .value
+            let fate: Fate = draw < 10 ? .throwing : draw < 18 ? .trap : draw < 20 ? .overrun : draw < 22 ? .exhaust : .value
             return Planned(id: first + i, fate: fate)
         }
         tally.submitted += size
@@ -76,7 +76,9 @@ enum PoolRound {
         case let .success(value): return task.fate == .value && value == task.id * 2
         case .failure(.jobFailed): return task.fate == .throwing
         case .failure(.crashed(signal: SIGILL)), .failure(.crashed(signal: SIGTRAP)): return task.fate == .trap
-        case .failure(.timedOut): return task.fate == .overrun
+        // Filling 128 MiB may take longer than the time limit on a busy machine.
+        case .failure(.timedOut): return task.fate == .overrun || task.fate == .exhaust
+        case .failure(.memoryLimitExceeded): return task.fate == .exhaust
         case .failure(.crashed(signal: SIGKILL)): return true  // the injector
         case .failure(.cancelled): return cancelled
         case .failure: return false
@@ -94,6 +96,7 @@ enum PoolRound {
         case .failure(.crashed(signal: SIGKILL)): tally.killed += 1
         case .failure(.crashed): tally.trapped += 1
         case .failure(.timedOut): tally.timedOut += 1
+        case .failure(.memoryLimitExceeded): tally.overMemory += 1
         case .failure: tally.cancelled += 1
         }
     }

@@ -4,7 +4,7 @@ import Multiprocessing
 
 /// A chaos soak: a pool works through a stream of tasks while faults are
 /// injected at random (workers SIGKILLed, tasks that trap, throw, overrun
-/// their limit, calls cancelled), unbounded queues lose producers in the
+/// their limit or exhaust their memory limit, calls cancelled), unbounded queues lose producers in the
 /// middle of their puts and consumers in the middle of their gets, lock
 /// holders die, and a manager's clients are killed in the middle of calls. Every outcome is checked
 /// against what was planned, and one summary line says what happened.
@@ -41,7 +41,8 @@ struct Soak: ParsableCommand {
         let watchdog = Watchdog(limit: .seconds(hangAfter))
         let deadline = ContinuousClock.now + .seconds(seconds)
         do {
-            let pool = try ProcessPool(processes: 2)
+            // Each worker may use 128 MiB: the tasks planned to exhaust memory pass it.
+            let pool = try ProcessPool(processes: 2, limits: WorkerLimits(memory: 128 << 20))
             let manager = try Manager()
             let injector = Injector(pool: pool, seed: random.next())
             var round = 0
@@ -80,7 +81,7 @@ struct Soak: ParsableCommand {
 
 /// What a planned task is to do in its worker.
 enum Fate: UInt8, Codable, Sendable {
-    case value, throwing, trap, overrun
+    case value, throwing, trap, overrun, exhaust
 }
 
 struct Planned: Codable, Sendable {
@@ -108,6 +109,11 @@ struct SoakTask: ProcessFunction {
         case .overrun:
             // Runs past its limit until the pool kills its worker.
             while true { sleep(60) }
+        case .exhaust:
+            // Allocates and touches memory until the worker's limit ends it.
+            var kept: [[UInt8]] = []
+            while kept.count >= 0 { kept.append([UInt8](repeating: 1, count: 8 << 20)) }
+            return kept.count
         }
     }
 }
@@ -120,6 +126,7 @@ struct Tally {
     var threw = 0
     var trapped = 0
     var timedOut = 0
+    var overMemory = 0
     var killed = 0
     var cancelled = 0
     var injectorKills = 0
@@ -139,7 +146,7 @@ struct Tally {
     var leftover: String?
     var unexpected: [String] = []
 
-    var failed: Int { threw + trapped + timedOut + killed + cancelled }
+    var failed: Int { threw + trapped + timedOut + overMemory + killed + cancelled }
     var clean: Bool {
         unexpected.isEmpty && lost == 0 && duplicated == 0 && torn == 0 && hung == 0 && leftover == nil
             && submitted == completed + failed && locksRecovered == lockHoldersKilled
@@ -148,7 +155,7 @@ struct Tally {
 
     func summary(seed: UInt64) -> String {
         "soak (seed \(seed)): \(submitted) tasks, \(completed) completed, \(failed) failed "
-            + "(threw \(threw), trapped \(trapped), timed out \(timedOut), killed \(killed) — \(injectorKills) by the injector, cancelled \(cancelled)), "
+            + "(threw \(threw), trapped \(trapped), timed out \(timedOut), over the memory limit \(overMemory), killed \(killed) — \(injectorKills) by the injector, cancelled \(cancelled)), "
             + "\(unexpected.count) unexplained, \(lost) lost, \(duplicated) duplicated; "
             + "queues: \(queueItemsDelivered) items delivered, \(queueProducersKilled) producers killed mid-put, "
             + "\(queueConsumersKilled) consumers killed mid-get (\(queueItemsInFlight) items with them), \(torn) torn; "

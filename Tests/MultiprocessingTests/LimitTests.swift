@@ -61,6 +61,32 @@ struct TrappingInitializer: ProcessJob {
     func run() throws -> Bool { fatalError("cannot set up") }
 }
 
+/// What a worker keeps for ever: the leak recycling by memory is for.
+nonisolated(unsafe) var leakedByWorker: [[UInt8]] = []
+
+/// Leaks 32 MiB per call; answers the square and the worker's pid.
+struct LeakingSquare: ProcessFunction {
+    func callAsFunction(_ x: Int) -> [Int] {
+        leakedByWorker.append([UInt8](repeating: 1, count: 32 << 20))
+        return [x * x, Int(getpid())]
+    }
+}
+
+/// What a worker sees around it: a variable, its directory, its CPUs and its nice value.
+struct Surroundings: ProcessFunction {
+    func callAsFunction(_ variable: String) -> [String] {
+        let value = getenv(variable).map { String(cString: $0) } ?? "(unset)"
+        let directory = FileManager.default.currentDirectoryPath
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let cpus = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }.map { String($0.split(separator: "\t").last ?? "") } ?? ""
+        let stat = (try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8)) ?? ""
+        // Field 19 is the nice value; the fields after the command's closing parenthesis start at 3.
+        let afterName = stat[stat.index(after: stat.lastIndex(of: ")") ?? stat.startIndex)...].split(separator: " ")
+        let nice = afterName.count > 16 ? String(afterName[16]) : "?"
+        return [value, directory, cpus, nice]
+    }
+}
+
 /// The memory control groups this process's pools made and have not removed.
 func leftMemoryGroups() -> [String] {
     guard let base = MemoryGroup.base else { return [] }
@@ -135,9 +161,51 @@ struct LimitTests {
         }
     }
 
+    @Test("recycling by memory replaces a leaking worker before its next units; the results stay right")
+    func recyclingByMemory() throws {
+        try withProcessPool(processes: 1, limits: WorkerLimits(recycleAbove: 96 << 20)) { (pool: ProcessPool) throws in
+            let outputs = try pool.map(LeakingSquare(), over: 0..<8, chunkSize: 1)
+            #expect(outputs.map { $0[0] } == (0..<8).map { $0 * $0 })
+            // Each worker leaks 32 MiB a unit: none runs more than a few units.
+            let pids = outputs.map { $0[1] }
+            #expect(Set(pids).count >= 2)
+            var longestRun = 0, run = 0
+            for (index, pid) in pids.enumerated() {
+                run = index > 0 && pids[index - 1] == pid ? run + 1 : 1
+                longestRun = max(longestRun, run)
+            }
+            #expect(longestRun <= 4)
+        }
+    }
+
+    @Test("environment variables, working directory, CPU affinity and niceness are seen by the task, by every start method", arguments: jobStartMethods)
+    func environment(method: StartMethod) throws {
+        let environment = WorkerEnvironment(variables: ["MULTIPROCESSING_TEST_VARIABLE": "set for workers"], workingDirectory: "/tmp",
+                                            cpuAffinity: [usableCPUCount() - 1], niceness: 7)
+        try withProcessPool(processes: 2, startMethod: method, environment: environment) { (pool: ProcessPool) throws in
+            let seen = try pool.map(Surroundings(), over: ["MULTIPROCESSING_TEST_VARIABLE", "MULTIPROCESSING_TEST_VARIABLE"])
+            for worker in seen {
+                #expect(worker == ["set for workers", "/tmp", "\(usableCPUCount() - 1)", "7"])
+            }
+            // Closures forked for a call get them too.
+            let fromClosure = try pool.apply { Surroundings()("MULTIPROCESSING_TEST_VARIABLE") }
+            #expect(fromClosure == ["set for workers", "/tmp", "\(usableCPUCount() - 1)", "7"])
+        }
+        #expect(getenv("MULTIPROCESSING_TEST_VARIABLE") == nil)
+    }
+
+    @Test("a working directory that does not exist fails the work with the system call that failed")
+    func badEnvironment() throws {
+        try withProcessPool(processes: 1, environment: WorkerEnvironment(workingDirectory: "/nonexistent/directory")) { (pool: ProcessPool) throws -> Void in
+            #expect(throws: ProcessError.systemCall("chdir /nonexistent/directory", errno: ENOENT)) { try pool.apply(Square(value: 3)) }
+        }
+        #expect(throws: PoolError.self) { try ProcessPool(environment: WorkerEnvironment(variables: ["A=B": "x"])) }
+        #expect(throws: PoolError.self) { try ProcessPool(environment: WorkerEnvironment(cpuAffinity: [])) }
+    }
+
     @Test("limits out of range are refused with invalidArgument")
     func badLimits() {
-        for limits in [WorkerLimits(memory: 1000), WorkerLimits(cpuSeconds: 0), WorkerLimits(openFiles: 2)] {
+        for limits in [WorkerLimits(memory: 1000), WorkerLimits(cpuSeconds: 0), WorkerLimits(openFiles: 2), WorkerLimits(recycleAbove: 10)] {
             #expect(throws: PoolError.self) { try ProcessPool(limits: limits) }
         }
         #expect(throws: PoolError.self) { try ProcessPool(restartBudget: RestartBudget(deaths: 0, within: .seconds(1))) }

@@ -151,6 +151,12 @@ void cmp_ignore_sigpipe_if_default(void);
 /// action: the process dies at once, without the Swift runtime's backtracer.
 void cmp_default_fault_signals(void);
 
+/// `sched_setaffinity(0)` to the `count` CPUs numbered in `cpus`.
+int cmp_set_cpu_affinity(const int *cpus, int count);
+
+/// `setpriority(PRIO_PROCESS, 0, niceness)`.
+int cmp_set_niceness(int niceness);
+
 /// `setrlimit(resource, {soft, hard})`; `RLIM_INFINITY` for no limit.
 int cmp_set_resource_limit(int resource, unsigned long long soft, unsigned long long hard);
 

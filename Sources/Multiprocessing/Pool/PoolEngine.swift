@@ -26,6 +26,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         /// At most this many units are sent to a worker ahead of its answers.
         var pipelineDepth = 2
         var limits = WorkerLimits()
+        var environment = WorkerEnvironment()
         /// How `limits.memory` is enforced (nil: no memory limit).
         var memoryEnforcement: WorkerLimits.MemoryEnforcement? = nil
         var restartBudget = RestartBudget.default
@@ -151,6 +152,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         let kind: PoolWorker.Kind = call.isClosureCall ? .closure(callID: call.id) : .jobs
         for worker in state.workers where worker.kind == kind && !worker.retiring && worker.outstanding.isEmpty {
             if let limit = configuration.maxTasksPerChild, worker.unitsDone >= limit { continue }
+            if worker.overMemory { continue }
             guard let unit = state.pending[call.id]?.take() else { break }
             let id = state.nextUnitID
             guard let (request, items) = request(call, unit: unit, id: id), let (head, body) = try? request.wire(),
@@ -339,7 +341,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
         // Retire the workers with nothing left to do.
         for worker in state.workers where !worker.retiring && worker.outstanding.isEmpty {
-            let exhausted = configuration.maxTasksPerChild.map { worker.unitsDone >= $0 } ?? false
+            let exhausted = worker.overMemory || (configuration.maxTasksPerChild.map { worker.unitsDone >= $0 } ?? false)
             let idle: Bool
             switch worker.kind {
             case .jobs: idle = state.phase != .running && !hasPending(state, for: .jobs)
@@ -368,6 +370,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         for worker in state.workers where !worker.retiring {
             while worker.outstanding.count < depth {
                 if let limit = configuration.maxTasksPerChild, worker.unitsDone + worker.outstanding.count >= limit { break }
+                if worker.overMemory { break }
                 guard let (call, unit) = takeUnit(&state, for: worker.kind) else { break }
                 let id = state.nextUnitID
                 guard let (request, items) = request(call, unit: unit, id: id), let (head, body) = try? request.wire() else {
@@ -478,7 +481,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     /// What a new worker sets up, and the memory control group it joins.
     private func workerSetup() throws -> (WorkerSetup, MemoryGroup?) {
         let limits = configuration.limits
-        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps)
+        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: configuration.environment)
         guard let memory = limits.memory, let enforcement = configuration.memoryEnforcement else { return (setup, nil) }
         if enforcement == .dataSegment {
             setup.dataLimit = memory
@@ -559,6 +562,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             }
             return
         }
+        // Recycling by memory: a worker past the threshold gets no more units.
+        let overMemory = configuration.limits.recycleAbove.map { limit in
+            worker.process.pid.flatMap(Syscall.residentMemory(of:)).map { $0 > limit } ?? false
+        } ?? false
         let assignment: PoolWorker.Assignment? = state.withLock { state in
             guard let first = worker.outstanding.first, first.id == reply.id else {
                 worker.kill(for: .corruptReply("an answer to a unit it was not running"))
@@ -566,6 +573,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             }
             worker.outstanding.removeFirst()
             worker.unitsDone += 1
+            if overMemory { worker.overMemory = true }
             worker.startedAt = worker.outstanding.isEmpty ? nil : .now
             return first
         }

@@ -45,6 +45,9 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     var connectionEnded = false
     /// It said it is ready: its setup and initializer are done.
     var ready = false
+    /// Its resident memory passed ``WorkerLimits/recycleAbove``: it leaves
+    /// once its outstanding units are done, and gets no more.
+    var overMemory = false
     /// Its memory control group, if its memory is limited by one.
     let memoryGroup: MemoryGroup?
 

@@ -24,7 +24,7 @@
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:_:)`,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -50,19 +50,22 @@ public final class ProcessPool: WorkerPool {
     ///     open files, core dumps); see ``WorkerLimits``.
     ///   - restartBudget: how many workers in a row may die before they are
     ///     ready before the pool fails their work instead of starting more.
+    ///   - environment: each worker's environment variables, working
+    ///     directory, CPU affinity and niceness; see ``WorkerEnvironment``.
     /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
     ///   limit out of range. A closure initializer with a start method other
     ///   than `.fork` for named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default) throws {
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment()) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
             throw PoolError.invalidArgument("maxTasksPerChild must be at least 1, not \(maxTasksPerChild)")
         }
         try restartBudget.validate()
+        try environment.validate()
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
-                                      limits: limits, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget))
+                                      limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -115,13 +118,15 @@ public final class ProcessPool: WorkerPool {
 /// the pool is terminated instead. The workers never outlive the call.
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
-                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget) }, body)
+                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
+                                   _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
-                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget) }, body)
+                                   limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
+                                   _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment) }, body)
 }

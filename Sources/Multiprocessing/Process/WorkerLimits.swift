@@ -60,6 +60,12 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     public var openFiles: Int?
     /// Whether a crashing worker may write a core dump (`RLIMIT_CORE`).
     public var coreDumps: Bool
+    /// Recycling by memory (billiard's `max_memory_per_child`): a worker
+    /// whose resident memory is above this many bytes after a unit gets no
+    /// more units and is replaced once those already sent to it are done
+    /// (a unit sent ahead still runs in it). nil: never; see also
+    /// `maxTasksPerChild`. Not a limit: nothing fails.
+    public var recycleAbove: Int?
 
     /// The exit status of a worker whose allocation failed under a
     /// `RLIMIT_DATA` memory limit. A worker's own `exit` with this status
@@ -67,7 +73,8 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     public static let memoryLimitExitStatus: Int32 = 252
 
     /// Limits; each nil one is not set. Core dumps are off by default.
-    public init(memory: Int? = nil, memoryEnforcement: MemoryEnforcement = .automatic, cpuSeconds: Int? = nil, openFiles: Int? = nil, coreDumps: Bool = false) {
+    public init(memory: Int? = nil, memoryEnforcement: MemoryEnforcement = .automatic, cpuSeconds: Int? = nil, openFiles: Int? = nil, coreDumps: Bool = false, recycleAbove: Int? = nil) {
+        self.recycleAbove = recycleAbove
         self.memory = memory
         self.memoryEnforcement = memoryEnforcement
         self.cpuSeconds = cpuSeconds
@@ -79,6 +86,7 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     func resolved() throws(PoolError) -> MemoryEnforcement? {
         if let memory, memory < 1 << 20 { throw .invalidArgument("a memory limit must be at least 1 MiB, not \(memory) bytes") }
         if let cpuSeconds, cpuSeconds < 1 { throw .invalidArgument("cpuSeconds must be at least 1, not \(cpuSeconds)") }
+        if let recycleAbove, recycleAbove < 1 << 20 { throw .invalidArgument("recycleAbove must be at least 1 MiB, not \(recycleAbove) bytes") }
         if let openFiles, openFiles < 8 { throw .invalidArgument("openFiles must be at least 8 (a worker needs a few), not \(openFiles)") }
         guard memory != nil else { return nil }
         switch memoryEnforcement {
@@ -87,6 +95,41 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
             guard MemoryGroup.base != nil else { throw .invalidArgument("this process cannot make memory control groups here") }
             return .controlGroup
         case .dataSegment: return .dataSegment
+        }
+    }
+}
+
+/// Where and how each worker process of a pool runs: environment variables,
+/// working directory, CPU affinity and niceness, set in the worker before
+/// its initializer and its first task. Something that cannot be set (a
+/// directory that does not exist, a CPU the machine lacks) fails the work
+/// those workers would run with the ``ProcessError/systemCall(_:errno:)``
+/// that failed.
+public struct WorkerEnvironment: Sendable, Hashable, Codable {
+    /// Variables set in each worker (over what it inherited).
+    public var variables: [String: String]
+    /// The directory each worker changes to; nil: the inherited one.
+    public var workingDirectory: String?
+    /// The CPUs each worker may run on (`sched_setaffinity`); nil: the inherited set.
+    public var cpuAffinity: [Int]?
+    /// Each worker's nice value (`setpriority`; raising it needs no
+    /// privilege, lowering it does); nil: the inherited one.
+    public var niceness: Int?
+
+    /// An environment; what is nil or empty is inherited.
+    public init(variables: [String: String] = [:], workingDirectory: String? = nil, cpuAffinity: [Int]? = nil, niceness: Int? = nil) {
+        self.variables = variables
+        self.workingDirectory = workingDirectory
+        self.cpuAffinity = cpuAffinity
+        self.niceness = niceness
+    }
+
+    func validate() throws(PoolError) {
+        for name in variables.keys where name.isEmpty || name.contains("=") || name.utf8.contains(0) {
+            throw .invalidArgument("'\(name)' is not an environment variable name")
+        }
+        if let cpuAffinity, cpuAffinity.isEmpty || cpuAffinity.contains(where: { $0 < 0 }) {
+            throw .invalidArgument("cpuAffinity must name at least one CPU, each 0 or above: \(cpuAffinity)")
         }
     }
 }
@@ -100,9 +143,24 @@ internal struct WorkerSetup: Codable, Sendable {
     var dataLimit: Int? = nil
     var openFiles: Int? = nil
     var coreDumps = false
+    var environment = WorkerEnvironment()
 
     /// In the worker: applies the setup; an error says what failed.
     func apply() -> ProcessError? {
+        do {
+            for (name, value) in environment.variables.sorted(by: { $0.key < $1.key }) { try Syscall.setEnvironment(name, value) }
+        } catch {
+            return ProcessError("setenv", error)
+        }
+        if let directory = environment.workingDirectory {
+            do { try Syscall.changeDirectory(directory) } catch { return ProcessError("chdir \(directory)", error) }
+        }
+        if let cpus = environment.cpuAffinity {
+            do { try Syscall.setCPUAffinity(cpus) } catch { return ProcessError("sched_setaffinity \(cpus)", error) }
+        }
+        if let niceness = environment.niceness {
+            do { try Syscall.setNiceness(niceness) } catch { return ProcessError("setpriority \(niceness)", error) }
+        }
         do {
             if !coreDumps { try Syscall.setResourceLimit(RLIMIT_CORE, soft: 0, hard: Syscall.hardResourceLimit(RLIMIT_CORE)) }
             if let openFiles { try Syscall.setResourceLimit(RLIMIT_NOFILE, soft: openFiles, hard: openFiles) }

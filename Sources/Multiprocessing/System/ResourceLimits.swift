@@ -30,6 +30,35 @@ extension Syscall {
         cmp_exit_on_allocation_failure(status)
     }
 
+    /// The resident memory of process `pid` in bytes (`/proc/pid/statm`); nil if it is gone.
+    static func residentMemory(of pid: pid_t) -> Int? {
+        guard let text = readText("/proc/\(pid)/statm") else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count >= 2, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// `sched_setaffinity(2)`: this process runs only on `cpus`.
+    static func setCPUAffinity(_ cpus: [Int]) throws(Errno) {
+        let numbers = cpus.map { Int32(clamping: $0) }
+        _ = try valueOrErrno { numbers.withUnsafeBufferPointer { cmp_set_cpu_affinity($0.baseAddress, Int32($0.count)) } }
+    }
+
+    /// `setpriority(PRIO_PROCESS, 0, niceness)`.
+    static func setNiceness(_ niceness: Int) throws(Errno) {
+        _ = try valueOrErrno { cmp_set_niceness(Int32(clamping: niceness)) }
+    }
+
+    /// `chdir(2)`.
+    static func changeDirectory(_ path: String) throws(Errno) {
+        _ = try valueOrErrno { chdir(path) }
+    }
+
+    /// `setenv(3)`, overwriting.
+    static func setEnvironment(_ name: String, _ value: String) throws(Errno) {
+        _ = try valueOrErrno(retryOnInterrupt: false) { setenv(name, value, 1) }
+    }
+
     /// `mkdir(2)`.
     static func makeDirectory(_ path: String) throws(Errno) {
         _ = try valueOrErrno { mkdir(path, 0o755) }
