@@ -293,6 +293,24 @@ void cmp_default_fault_signals(void) {
     }
 }
 
+static volatile sig_atomic_t stop_requested;
+
+static void note_stop_request(int signal_number) {
+    (void)signal_number;
+    stop_requested = 1;
+}
+
+void cmp_handle_stop_requests(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = note_stop_request;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+}
+
+int cmp_stop_requested(void) { return stop_requested; }
+
 int cmp_set_cpu_affinity(const int *cpus, int count) {
     cpu_set_t set;
     CPU_ZERO(&set);

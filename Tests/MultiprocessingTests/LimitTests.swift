@@ -282,25 +282,45 @@ enum LimitScenarios {
             let children = childPIDs()
             for round in 0..<6 {
                 let method = jobStartMethods[round % 3]
-                let memory = WorkerLimits(memory: 128 << 20, memoryEnforcement: round % 2 == 0 ? .automatic : .dataSegment, cpuSeconds: round < 2 ? 1 : nil)
+                // Memory and CPU in pools of their own: filling 128 MiB can
+                // take a second of CPU on a slow machine (reclaim under a cgroup).
+                let memory = WorkerLimits(memory: 128 << 20, memoryEnforcement: round % 2 == 0 ? .automatic : .dataSegment)
                 try withProcessPool(processes: 2, startMethod: method, limits: memory) { (pool: ProcessPool) throws in
-                    guard case .failure(.memoryLimitExceeded) = Result(catching: { () throws(ProcessError) in
+                    let result = Result(catching: { () throws(ProcessError) in
                         do { return try pool.apply(AllocateForever()) } catch let error as ProcessError { throw error } catch { throw .cancelled }
-                    }) else { throw ProcessError.exited(status: 2) }
-                    guard round < 2 else { return }
-                    guard case .failure(.cpuTimeLimitExceeded) = Result(catching: { () throws(ProcessError) in
-                        do { return try pool.apply(SpinForever()) } catch let error as ProcessError { throw error } catch { throw .cancelled }
-                    }) else { throw ProcessError.exited(status: 3) }
+                    })
+                    guard case .failure(.memoryLimitExceeded) = result else {
+                        print("round \(round), \(method): allocating forever under \(memory) gave \(result)")
+                        throw ProcessError.exited(status: 2)
+                    }
+                }
+                if round < 2 {
+                    try withProcessPool(processes: 1, startMethod: method, limits: WorkerLimits(cpuSeconds: 1)) { (pool: ProcessPool) throws in
+                        let result = Result(catching: { () throws(ProcessError) in
+                            do { return try pool.apply(SpinForever()) } catch let error as ProcessError { throw error } catch { throw .cancelled }
+                        })
+                        guard case .failure(.cpuTimeLimitExceeded) = result else {
+                            print("round \(round), \(method): spinning under 1 CPU second gave \(result)")
+                            throw ProcessError.exited(status: 3)
+                        }
+                    }
                 }
                 let looping = try ProcessPool(processes: 2, startMethod: method, initializer: .job(TrappingInitializer()),
                                               restartBudget: RestartBudget(deaths: 2, within: .seconds(600)))
-                guard case .failure(.restartBudgetExceeded) = Result(catching: { () throws(ProcessError) in
+                let looped = Result(catching: { () throws(ProcessError) in
                     do { return try looping.apply(Square(value: 3)) } catch let error as ProcessError { throw error } catch { throw .cancelled }
-                }) else { return 4 }
+                })
+                guard case .failure(.restartBudgetExceeded) = looped else {
+                    print("round \(round), \(method): a crash loop gave \(looped)")
+                    return 4
+                }
                 looping.close()
                 try looping.join()
             }
-            guard leftMemoryGroups().isEmpty else { return 5 }
+            guard leftMemoryGroups().isEmpty else {
+                print("memory control groups left: \(leftMemoryGroups())")
+                return 5
+            }
             guard eventually(within: .seconds(5), { openDescriptorCount() == descriptors && childPIDs() == children }) else {
                 print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
                 return 6

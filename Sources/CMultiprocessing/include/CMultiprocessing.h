@@ -151,6 +151,13 @@ void cmp_ignore_sigpipe_if_default(void);
 /// action: the process dies at once, without the Swift runtime's backtracer.
 void cmp_default_fault_signals(void);
 
+/// Makes SIGTERM set a flag (`cmp_stop_requested`) instead of ending the
+/// process: a pool worker whose task is asked to stop (SA_RESTART).
+void cmp_handle_stop_requests(void);
+
+/// Whether SIGTERM arrived since `cmp_handle_stop_requests`.
+int cmp_stop_requested(void);
+
 /// `sched_setaffinity(0)` to the `count` CPUs numbered in `cpus`.
 int cmp_set_cpu_affinity(const int *cpus, int count);
 

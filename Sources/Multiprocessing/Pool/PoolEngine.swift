@@ -30,6 +30,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         /// How `limits.memory` is enforced (nil: no memory limit).
         var memoryEnforcement: WorkerLimits.MemoryEnforcement? = nil
         var restartBudget = RestartBudget.default
+        /// A unit past its time is asked to stop (SIGTERM), then killed after this long.
+        var gracePeriod: Duration? = nil
     }
 
     typealias Pending = PendingUnits
@@ -325,12 +327,27 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         if plan.starts.isEmpty { assign(&state, &plan, depth: configuration.pipelineDepth) }
         // Time limits.
         var nearest: ContinuousClock.Instant? = nil
+        for worker in state.workers {
+            guard let stopDeadline = worker.stopDeadline else { continue }
+            if stopDeadline <= now {
+                worker.kill(for: nil)
+                worker.stopDeadline = nil
+            } else if nearest.map({ stopDeadline < $0 }) ?? true {
+                nearest = stopDeadline
+            }
+        }
         for worker in state.workers where worker.killedFor == nil {
             guard let first = worker.outstanding.first, let timeout = first.call.timeout, let startedAt = worker.startedAt else { continue }
             let deadline = startedAt + timeout * first.items
             if deadline <= now {
                 let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-                worker.kill(for: .timedOut(seconds: seconds * Double(first.items)))
+                let reason = ProcessError.timedOut(seconds: seconds * Double(first.items))
+                if let grace = configuration.gracePeriod {
+                    worker.askToStop(for: reason, killingAt: now + grace)
+                    if nearest.map({ now + grace < $0 }) ?? true { nearest = now + grace }
+                } else {
+                    worker.kill(for: reason)
+                }
             } else if nearest.map({ deadline < $0 }) ?? true {
                 nearest = deadline
             }
@@ -481,7 +498,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     /// What a new worker sets up, and the memory control group it joins.
     private func workerSetup() throws -> (WorkerSetup, MemoryGroup?) {
         let limits = configuration.limits
-        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: configuration.environment)
+        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: configuration.environment,
+                                handlesStopRequests: configuration.gracePeriod != nil)
         guard let memory = limits.memory, let enforcement = configuration.memoryEnforcement else { return (setup, nil) }
         if enforcement == .dataSegment {
             setup.dataLimit = memory

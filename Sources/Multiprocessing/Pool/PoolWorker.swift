@@ -61,6 +61,18 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         self.readIdentity = Syscall.identity(of: connection.fileDescriptor)
     }
 
+    /// Asked to stop (SIGTERM), it is killed at this instant if still there.
+    var stopDeadline: ContinuousClock.Instant?
+
+    /// Asks the worker to stop (SIGTERM), to be killed at `deadline`; its
+    /// first outstanding unit fails with `reason` (the first one given).
+    func askToStop(for reason: ProcessError, killingAt deadline: ContinuousClock.Instant) {
+        if killedFor == nil { killedFor = reason }
+        retiring = true
+        stopDeadline = deadline
+        try? process.terminate()
+    }
+
     /// Kills the worker; its first outstanding unit fails with `reason`
     /// (the first one given), or with what its exit status tells.
     func kill(for reason: ProcessError?) {

@@ -24,7 +24,7 @@
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:_:)`,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -52,10 +52,14 @@ public final class ProcessPool: WorkerPool {
     ///     ready before the pool fails their work instead of starting more.
     ///   - environment: each worker's environment variables, working
     ///     directory, CPU affinity and niceness; see ``WorkerEnvironment``.
+    ///   - gracePeriod: soft timeouts. A unit past its `timeout` is first
+    ///     asked to stop — its worker gets SIGTERM, which sets
+    ///     ``isStopRequested()`` instead of ending it — and killed if it is
+    ///     still there after this long. nil: killed at once.
     /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
     ///   limit out of range. A closure initializer with a start method other
     ///   than `.fork` for named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment()) throws {
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -63,9 +67,11 @@ public final class ProcessPool: WorkerPool {
         }
         try restartBudget.validate()
         try environment.validate()
+        if let gracePeriod, gracePeriod <= .zero { throw PoolError.invalidArgument("gracePeriod must be positive, not \(gracePeriod)") }
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
-                                      limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget))
+                                      limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget,
+                                      gracePeriod: gracePeriod))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -119,14 +125,14 @@ public final class ProcessPool: WorkerPool {
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment) }, body)
+                                   gracePeriod: Duration? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment) }, body)
+                                   gracePeriod: Duration? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod) }, body)
 }

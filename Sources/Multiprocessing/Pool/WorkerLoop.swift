@@ -143,6 +143,8 @@ internal enum WorkerLoop {
             else { return }
             if let seconds = request.cpuLimit { WorkerSetup.limitCPU(seconds: seconds) }
             let (tag, body) = execute(request)
+            // Asked to stop, the task's time is over: the pool fails it, and the worker leaves.
+            if setup.handlesStopRequests && Syscall.stopRequested { return }
             guard (try? connection.sendBytes(head: UnitReply.head(id: request.id, tag: tag), body: body)) != nil else { return }
         }
     }

@@ -376,6 +376,9 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     /// Asks the child to end (`SIGTERM`).
     public func terminate() throws { try send(signal: SIGTERM) }
 
+    /// Interrupts the child (`SIGINT`), as Ctrl-C would (Python 3.14's `interrupt()`).
+    public func interrupt() throws { try send(signal: SIGINT) }
+
     /// Ends the child at once (`SIGKILL`).
     public func kill() throws { try send(signal: SIGKILL) }
 
@@ -408,23 +411,62 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
 extension ChildProcess {
     /// Runs `job` in a new child process and returns its output.
     ///
+    /// - Parameter timeout: the child is killed if it has not ended by then
+    ///   (nil: no limit), and the call throws ``ProcessError/timedOut(seconds:)``.
     /// - Throws: the child's ``ProcessError`` (the job threw, the child crashed…).
-    @available(*, noasync, message: "use the async execute(_:startMethod:)")
-    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver) throws -> Job.Output {
+    @available(*, noasync, message: "use the async execute(_:startMethod:timeout:)")
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil) throws -> Job.Output {
         let process = try ChildProcess(job: job, startMethod: startMethod)
         try process.start()
-        try process.join()
+        if let timeout {
+            if try process.join(timeout: timeout) == nil {
+                try process.kill()
+                try process.join()
+                throw ProcessError.timedOut(seconds: timeout.seconds)
+            }
+        } else {
+            try process.join()
+        }
         return try process.output(as: Job.Output.self)
     }
 
     /// Runs `job` in a new child process and returns its output, awaiting the
     /// child without blocking a thread.
     ///
-    /// - Throws: the child's ``ProcessError`` (the job threw, the child crashed…).
-    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver) async throws -> Job.Output {
+    /// - Parameter timeout: the child is killed if it has not ended by then
+    ///   (nil: no limit), and the call throws ``ProcessError/timedOut(seconds:)``.
+    /// - Throws: the child's ``ProcessError`` (the job threw, the child
+    ///   crashed…); if the task is cancelled, the child is killed and the
+    ///   call throws `CancellationError`.
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil) async throws -> Job.Output {
         let process = try ChildProcess(job: job, startMethod: startMethod)
         try process.start()
-        try await process.join()
+        do {
+            if let timeout {
+                let ended = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    group.addTask { try await process.join(); return true }
+                    group.addTask { try await Task.sleep(for: timeout); return false }
+                    let first = try await group.next() ?? true
+                    group.cancelAll()
+                    return first
+                }
+                if !ended {
+                    try process.kill()
+                    try await process.join()
+                    throw ProcessError.timedOut(seconds: timeout.seconds)
+                }
+            } else {
+                try await process.join()
+            }
+        } catch let error as ProcessError {
+            throw error
+        } catch {
+            // Cancelled: the child does not outlive the call.
+            try? process.kill()
+            // Reaped by a task of its own: this one is cancelled, its waits would end at once.
+            _ = try? await Task { try await process.join() }.value
+            throw error
+        }
         return try process.output(as: Job.Output.self)
     }
 }

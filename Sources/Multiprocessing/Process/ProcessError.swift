@@ -116,3 +116,10 @@ extension ProcessError {
         self = .systemCall(call, errno: error.rawValue)
     }
 }
+
+extension Duration {
+    /// The duration in seconds, as a time limit is reported.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

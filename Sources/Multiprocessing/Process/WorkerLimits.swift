@@ -134,6 +134,16 @@ public struct WorkerEnvironment: Sendable, Hashable, Codable {
     }
 }
 
+/// In a pool worker: whether the pool asked the running task to stop — its
+/// `timeout` passed and the pool has a grace period (`gracePeriod`). A task
+/// that checks can clean up and return (or throw) before the grace ends,
+/// when its worker is killed; either way the task fails with
+/// ``ProcessError/timedOut(seconds:)``, and its worker is replaced.
+/// Always false elsewhere.
+public func isStopRequested() -> Bool {
+    Syscall.stopRequested
+}
+
 /// What a worker sets up before anything else runs in it (the limits the
 /// parent resolved for it). Travels in the worker's job.
 internal struct WorkerSetup: Codable, Sendable {
@@ -144,9 +154,13 @@ internal struct WorkerSetup: Codable, Sendable {
     var openFiles: Int? = nil
     var coreDumps = false
     var environment = WorkerEnvironment()
+    /// The pool gives tasks past their time a grace period: SIGTERM asks
+    /// the task to stop (``isStopRequested()``) instead of ending the worker.
+    var handlesStopRequests = false
 
     /// In the worker: applies the setup; an error says what failed.
     func apply() -> ProcessError? {
+        if handlesStopRequests { Syscall.handleStopRequests() }
         do {
             for (name, value) in environment.variables.sorted(by: { $0.key < $1.key }) { try Syscall.setEnvironment(name, value) }
         } catch {

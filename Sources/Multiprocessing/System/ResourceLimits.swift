@@ -38,6 +38,12 @@ extension Syscall {
         return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
     }
 
+    /// From now on SIGTERM sets ``stopRequested`` instead of ending this process.
+    static func handleStopRequests() { cmp_handle_stop_requests() }
+
+    /// Whether SIGTERM arrived since ``handleStopRequests()``.
+    static var stopRequested: Bool { cmp_stop_requested() != 0 }
+
     /// `sched_setaffinity(2)`: this process runs only on `cpus`.
     static func setCPUAffinity(_ cpus: [Int]) throws(Errno) {
         let numbers = cpus.map { Int32(clamping: $0) }
