@@ -265,7 +265,7 @@ struct LimitTests {
         try pool.join()
     }
 
-    @Test("pools ended by memory and CPU limits and crash loops leave descriptors, children and control groups where they were")
+    @Test("pools ended by memory and CPU limits, the sandbox and crash loops leave descriptors, children and control groups where they were")
     func nothingLeft() async {
         await #expect(processExitsWith: .success) {
             exit(LimitScenarios.cycles())
@@ -284,14 +284,28 @@ enum LimitScenarios {
                 let method = jobStartMethods[round % 3]
                 // Memory and CPU in pools of their own: filling 128 MiB can
                 // take a second of CPU on a slow machine (reclaim under a cgroup).
-                let memory = WorkerLimits(memory: 128 << 20, memoryEnforcement: round % 2 == 0 ? .automatic : .dataSegment)
-                try withProcessPool(processes: 2, startMethod: method, limits: memory) { (pool: ProcessPool) throws in
+                // Under a sanitizer, RLIMIT_DATA cannot be used (its shadow
+                // memory is reserved address space): control groups only.
+                let enforcement: WorkerLimits.MemoryEnforcement = underSanitizer ? .controlGroup : round % 2 == 0 ? .automatic : .dataSegment
+                let memory = WorkerLimits(memory: 128 << 20, memoryEnforcement: enforcement)
+                if !underSanitizer || WorkerLimits.MemoryEnforcement.available == .controlGroup {
+                    try withProcessPool(processes: 2, startMethod: method, limits: memory) { (pool: ProcessPool) throws in
+                        let result = Result(catching: { () throws(ProcessError) in
+                            do { return try pool.apply(AllocateForever()) } catch let error as ProcessError { throw error } catch { throw .cancelled }
+                        })
+                        guard case .failure(.memoryLimitExceeded) = result else {
+                            print("round \(round), \(method): allocating forever under \(memory) gave \(result)")
+                            throw ProcessError.exited(status: 2)
+                        }
+                    }
+                }
+                try withProcessPool(processes: 1, startMethod: method, limits: WorkerLimits(sandbox: WorkerSandbox([.noNewProcesses, .noNetwork]))) { (pool: ProcessPool) throws in
                     let result = Result(catching: { () throws(ProcessError) in
-                        do { return try pool.apply(AllocateForever()) } catch let error as ProcessError { throw error } catch { throw .cancelled }
+                        do { return try round % 2 == 0 ? pool.apply(ForkItself()) : pool.apply(OpenSocket(family: AF_INET6)) } catch let error as ProcessError { throw error } catch { throw .cancelled }
                     })
-                    guard case .failure(.memoryLimitExceeded) = result else {
-                        print("round \(round), \(method): allocating forever under \(memory) gave \(result)")
-                        throw ProcessError.exited(status: 2)
+                    guard case .failure(.sandboxViolation) = result else {
+                        print("round \(round), \(method): breaking the sandbox gave \(result)")
+                        throw ProcessError.exited(status: 8)
                     }
                 }
                 if round < 2 {

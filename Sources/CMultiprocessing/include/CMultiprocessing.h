@@ -158,6 +158,19 @@ void cmp_handle_stop_requests(void);
 /// Whether SIGTERM arrived since `cmp_handle_stop_requests`.
 int cmp_stop_requested(void);
 
+/// The exit status of a sandboxed worker that opened a network socket,
+/// when violations kill.
+#define CMP_SANDBOX_NETWORK_STATUS 250
+
+/// Sets `no_new_privs` and installs a seccomp filter on every thread of
+/// the process (and those they make): `deny_processes` refuses exec and
+/// every clone that is not a thread, `deny_network` every socket but
+/// AF_UNIX. A denied call fails with EPERM, or — `kill_on_violation` —
+/// ends the process: SIGSYS for a new process, the status above for a
+/// socket (SIGSYS too if that signal is blocked or its handler replaced).
+/// -1 with errno on failure (ENOTSUP on an architecture it does not know).
+int cmp_install_sandbox(int deny_processes, int deny_network, int kill_on_violation);
+
 /// `sched_setaffinity(0)` to the `count` CPUs numbered in `cpus`.
 int cmp_set_cpu_affinity(const int *cpus, int count);
 

@@ -499,7 +499,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     private func workerSetup() throws -> (WorkerSetup, MemoryGroup?) {
         let limits = configuration.limits
         var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: configuration.environment,
-                                handlesStopRequests: configuration.gracePeriod != nil)
+                                handlesStopRequests: configuration.gracePeriod != nil, sandbox: limits.sandbox)
         guard let memory = limits.memory, let enforcement = configuration.memoryEnforcement else { return (setup, nil) }
         if enforcement == .dataSegment {
             setup.dataLimit = memory
@@ -681,6 +681,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 return .memoryLimitExceeded(bytes: memory)
             }
         }
+        if let violation = limits.sandbox?.violation(exitCode: code) { return violation }
         if code == -SIGXCPU, let seconds = limits.cpuSeconds {
             return .cpuTimeLimitExceeded(seconds: seconds * (worker.outstanding.first?.items ?? 1))
         }

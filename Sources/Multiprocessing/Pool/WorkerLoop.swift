@@ -129,7 +129,7 @@ internal enum WorkerLoop {
         // still prints the fatal error's message before it traps.
         Syscall.defaultFaultSignals()
         // A setup that fails says why as it is; an initializer's error is wrapped.
-        if let error = setup.apply() ?? initialize().map({ ProcessError.initializerFailed($0.description) }) {
+        if let error = setup.apply() ?? initialize().map({ ProcessError.initializerFailed($0.description) }) ?? setup.sandbox?.enter() {
             let (tag, body) = UnitOutcome.failed(error).wire()
             try? connection.sendBytes(head: UnitReply.head(id: 0, tag: tag), body: body)
             return

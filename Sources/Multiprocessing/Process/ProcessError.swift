@@ -55,6 +55,10 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     /// to start): the pool stopped starting them and failed the work they
     /// would have run. `last` is how the last one ended.
     indirect case restartBudgetExceeded(deaths: Int, seconds: Double, last: ProcessError)
+    /// A sandboxed worker (``WorkerLimits/sandbox``, ``WorkerSandbox``)
+    /// made a call its profile denies, and was ended: `profile` is the
+    /// profile's name (`"noNewProcesses"`, `"noNetwork"`).
+    case sandboxViolation(profile: String)
 
     public var description: String {
         switch self {
@@ -81,6 +85,7 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case let .cpuTimeLimitExceeded(seconds): "the task passed its CPU time limit of \(seconds) s"
         case let .restartBudgetExceeded(deaths, seconds, last):
             "\(deaths) workers in a row died before they were ready, within \(seconds) s; the last: \(last)"
+        case let .sandboxViolation(profile): "the worker made a call its sandbox denies (\(profile)) and was ended"
         }
     }
 }

@@ -66,6 +66,8 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     /// (a unit sent ahead still runs in it). nil: never; see also
     /// `maxTasksPerChild`. Not a limit: nothing fails.
     public var recycleAbove: Int?
+    /// A seccomp sandbox for each worker (see ``WorkerSandbox``); nil: none.
+    public var sandbox: WorkerSandbox?
 
     /// The exit status of a worker whose allocation failed under a
     /// `RLIMIT_DATA` memory limit. A worker's own `exit` with this status
@@ -73,8 +75,9 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     public static let memoryLimitExitStatus: Int32 = 252
 
     /// Limits; each nil one is not set. Core dumps are off by default.
-    public init(memory: Int? = nil, memoryEnforcement: MemoryEnforcement = .automatic, cpuSeconds: Int? = nil, openFiles: Int? = nil, coreDumps: Bool = false, recycleAbove: Int? = nil) {
+    public init(memory: Int? = nil, memoryEnforcement: MemoryEnforcement = .automatic, cpuSeconds: Int? = nil, openFiles: Int? = nil, coreDumps: Bool = false, recycleAbove: Int? = nil, sandbox: WorkerSandbox? = nil) {
         self.recycleAbove = recycleAbove
+        self.sandbox = sandbox
         self.memory = memory
         self.memoryEnforcement = memoryEnforcement
         self.cpuSeconds = cpuSeconds
@@ -88,6 +91,7 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
         if let cpuSeconds, cpuSeconds < 1 { throw .invalidArgument("cpuSeconds must be at least 1, not \(cpuSeconds)") }
         if let recycleAbove, recycleAbove < 1 << 20 { throw .invalidArgument("recycleAbove must be at least 1 MiB, not \(recycleAbove) bytes") }
         if let openFiles, openFiles < 8 { throw .invalidArgument("openFiles must be at least 8 (a worker needs a few), not \(openFiles)") }
+        try sandbox?.validate()
         guard memory != nil else { return nil }
         switch memoryEnforcement {
         case .automatic: return MemoryEnforcement.available
@@ -157,6 +161,8 @@ internal struct WorkerSetup: Codable, Sendable {
     /// The pool gives tasks past their time a grace period: SIGTERM asks
     /// the task to stop (``isStopRequested()``) instead of ending the worker.
     var handlesStopRequests = false
+    /// Installed after the initializer, before the first task.
+    var sandbox: WorkerSandbox? = nil
 
     /// In the worker: applies the setup; an error says what failed.
     func apply() -> ProcessError? {

@@ -44,6 +44,14 @@ extension Syscall {
     /// Whether SIGTERM arrived since ``handleStopRequests()``.
     static var stopRequested: Bool { cmp_stop_requested() != 0 }
 
+    /// `no_new_privs` and a seccomp filter on every thread (see ``WorkerSandbox``).
+    static func installSandbox(denyProcesses: Bool, denyNetwork: Bool, killOnViolation: Bool) throws(Errno) {
+        guard cmp_install_sandbox(denyProcesses ? 1 : 0, denyNetwork ? 1 : 0, killOnViolation ? 1 : 0) == 0 else { throw Errno(rawValue: errno) }
+    }
+
+    /// The exit status of a sandboxed worker killed for opening a network socket.
+    static let sandboxNetworkStatus = Int32(CMP_SANDBOX_NETWORK_STATUS)
+
     /// `sched_setaffinity(2)`: this process runs only on `cpus`.
     static func setCPUAffinity(_ cpus: [Int]) throws(Errno) {
         let numbers = cpus.map { Int32(clamping: $0) }
