@@ -351,12 +351,12 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
     }
 
     /// Ends the call: reads no more input, and fails every unit that has
-    /// not ended with `error`.
-    package func failRemaining(_ error: ProcessError) {
+    /// not ended with `error`, but for the units in `spared`.
+    package func failRemaining(_ error: ProcessError, except spared: Set<Int> = []) {
         let (open, stoppedReading) = state.withLock { state -> ([Int], Bool) in
             let stopped = !state.inputEnded
             state.inputEnded = true
-            let open = state.units.indices.filter { state.units[$0].outcome == nil }.map { $0 + state.base }
+            let open = state.units.indices.filter { state.units[$0].outcome == nil }.map { $0 + state.base }.filter { !spared.contains($0) }
             return (open, stopped)
         }
         if stoppedReading {

@@ -222,6 +222,24 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         signal()
     }
 
+    /// Takes no more calls, and cancels what has not started: every call
+    /// reads no more input, and its units not yet sent to a worker fail
+    /// with ``ProcessError/cancelled``; the units workers hold finish.
+    func shutdown() {
+        let calls = state.update { state -> [(PoolCall, sent: Set<Int>)] in
+            guard state.phase == .running || state.phase == .closing else { return [] }
+            state.phase = .closing
+            state.namedOrder.removeAll()
+            return state.calls.values.map { call in
+                state.pending[call.id] = nil
+                let sent = state.workers.flatMap(\.outstanding).filter { $0.call === call }.map(\.unit)
+                return (call, Set(sent))
+            }
+        }
+        for (call, sent) in calls { call.failRemaining(.cancelled, except: sent) }
+        signal()
+    }
+
     func terminate() {
         let calls = state.update { state -> [PoolCall] in
             guard state.phase == .running || state.phase == .closing else { return [] }
@@ -630,6 +648,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var reason = ProcessError.exited(status: code)
         var budgetSpent: [PoolCall] = []
         var budgetError = reason
+        // Units it held that cannot go back: their call takes no more (shut down).
+        var orphaned: [PoolWorker.Assignment] = []
         let (failed, alsoFailed): (PoolWorker.Assignment?, [PoolWorker.Assignment]) = state.withLock { state in
             reason = worker.killedFor ?? limitCause(of: worker, code: code, oomKilled: oomKilled) ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
             state.workers.removeAll { $0 === worker }
@@ -637,8 +657,12 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             worker.outstanding.removeAll()
             if !worker.ready && worker.killedFor == nil {
                 // It died before it was ready: it ran none of its units.
-                for assignment in outstanding.reversed() where state.pending[assignment.call.id] != nil {
-                    state.pending[assignment.call.id]!.returned.append(assignment.unit)
+                for assignment in outstanding.reversed() {
+                    if state.pending[assignment.call.id] != nil {
+                        state.pending[assignment.call.id]!.returned.append(assignment.unit)
+                    } else {
+                        orphaned.append(assignment)
+                    }
                 }
                 if let error = spendRestart(worker.kind, reason, &state) {
                     budgetError = error
@@ -658,8 +682,12 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             // Units it never started cannot run in a worker whose initializer
             // fails; otherwise they go back to be sent again.
             if case .initializerFailed = worker.killedFor { return (first, outstanding) }
-            for assignment in outstanding.reversed() where state.pending[assignment.call.id] != nil {
-                state.pending[assignment.call.id]!.returned.append(assignment.unit)
+            for assignment in outstanding.reversed() {
+                if state.pending[assignment.call.id] != nil {
+                    state.pending[assignment.call.id]!.returned.append(assignment.unit)
+                } else {
+                    orphaned.append(assignment)
+                }
             }
             return (first, [])
         }
@@ -669,6 +697,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             }
         }
         for call in budgetSpent { call.failRemaining(budgetError) }
+        for assignment in orphaned { assignment.call.deliver(assignment.unit, .failure(.cancelled)) }
         signal()
     }
 

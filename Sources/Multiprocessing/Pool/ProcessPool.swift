@@ -93,6 +93,39 @@ public final class ProcessPool: WorkerPool {
     /// Takes no more work; the workers leave once the submitted work is done.
     public func close() { engine.close() }
 
+    /// Takes no more work and cancels what has not started, but lets what
+    /// runs finish (`concurrent.futures`' `shutdown(cancel_futures=True)`):
+    /// every call reads no more of its input, its units not yet sent to a
+    /// worker fail with ``ProcessError/cancelled``, and those a worker holds
+    /// — the one it runs, and the one sent ahead to it, if any — end as
+    /// they would have. A call that streams its input gives outcomes for the
+    /// items it had read. The workers then leave; ``join()`` or
+    /// ``join(timeout:)`` waits for them.
+    public func shutdown() { engine.shutdown() }
+
+    /// Waits at most `timeout` until every worker has left, after
+    /// ``close()``, ``shutdown()`` or ``terminate()``; returns whether they have.
+    ///
+    /// - Throws: ``PoolError/stillRunning`` if the pool was neither closed nor terminated.
+    @available(*, noasync, message: "use the async join(timeout:)")
+    public func join(timeout: Duration) throws -> Bool {
+        guard !engine.isRunning else { throw PoolError.stillRunning }
+        return engine.waitUntilFinished(until: .now + timeout)
+    }
+
+    /// Waits at most `timeout`, without blocking the cooperative pool, until
+    /// every worker has left; returns whether they have.
+    ///
+    /// - Throws: ``PoolError/stillRunning`` if the pool was neither closed nor terminated.
+    public func join(timeout: Duration) async throws -> Bool {
+        guard !engine.isRunning else { throw PoolError.stillRunning }
+        let engine = engine
+        let deadline = ContinuousClock.now + timeout
+        return await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            _ = SystemThread.start { continuation.resume(returning: engine.waitUntilFinished(until: deadline)) }
+        }
+    }
+
     /// Kills every worker at once; work not yet done fails with
     /// ``ProcessError/poolTerminated``. Returns once the workers are reaped.
     public func terminate() {
