@@ -30,10 +30,6 @@ struct PauseForever: ProcessJob {
     }
 }
 
-private func temporaryPath(_ name: String) -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
-}
-
 @Suite("Graceful stops: soft timeouts, interrupt() and a time limit on a child process")
 struct GracefulStopTests {
     @Test("a task past its timeout is asked to stop, cleans up, and fails with timedOut; the pool goes on", arguments: jobStartMethods)

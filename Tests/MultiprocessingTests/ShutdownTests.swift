@@ -15,10 +15,6 @@ struct MarkAndWait: ProcessJob {
     }
 }
 
-private func temporaryPath(_ name: String) -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
-}
-
 private func touch(_ path: String) { close(open(path, O_WRONLY | O_CREAT, 0o600)) }
 
 @Suite("Ending a pool: shutdown, join(timeout:), Ctrl-C")

@@ -114,3 +114,8 @@ func threadStacks(of pid: Int32) -> String {
     gdb.waitUntilExit()
     return String(decoding: data, as: UTF8.self)
 }
+
+/// A path in the temporary directory no other test uses.
+func temporaryPath(_ name: String) -> String {
+    FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
+}

@@ -53,6 +53,8 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         var input: [UInt8]
         var outcome: Result<UnitOutcome, ProcessError>?
         var taken = false
+        /// The errors of the attempts that failed and were retried.
+        var failedAttempts: [ProcessError] = []
     }
 
     /// What a consumer takes next.
@@ -293,6 +295,26 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
     // MARK: - Outcomes
 
     /// Records how `unit` ended, unless it already has; wakes waiters.
+    /// How often a unit whose worker died is run again (idempotent work).
+    package var retries = 0
+
+    /// A unit's attempt ended with `error`: whether it is to run again
+    /// (the error is kept), or the error it fails with.
+    func retry(_ unit: Int, after error: ProcessError) -> ProcessError? {
+        guard retries > 0 else { return error }
+        switch error {
+        case .crashed, .exited, .timedOut, .memoryLimitExceeded, .cpuTimeLimitExceeded, .sandboxViolation, .corruptReply: break
+        default: return error
+        }
+        return state.withLock { state in
+            let index = unit - state.base
+            guard index >= 0, index < state.units.count, state.units[index].outcome == nil else { return error }
+            state.units[index].failedAttempts.append(error)
+            let attempts = state.units[index].failedAttempts
+            return attempts.count > retries ? .retriesExhausted(attempts: attempts) : nil
+        }
+    }
+
     package func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
         deliver([(unit, outcome)])
     }

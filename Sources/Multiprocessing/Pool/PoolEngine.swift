@@ -32,6 +32,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var restartBudget = RestartBudget.default
         /// A unit past its time is asked to stop (SIGTERM), then killed after this long.
         var gracePeriod: Duration? = nil
+        /// How often a unit whose worker died runs again.
+        var retries = 0
     }
 
     typealias Pending = PendingUnits
@@ -110,6 +112,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     /// Adds a call: its units are sent to workers as they free up.
     func submit(_ call: PoolCall) throws(PoolError) {
         prepareForFork(call)
+        call.retries = configuration.retries
         call.cancelHandler = { [weak self] call in self?.cancel(call) }
         call.finishHandler = { [weak self] call in self?.finish(call) }
         call.unitsHandler = { [weak self] call, count, inputEnded in self?.unitsRead(call, count: count, inputEnded: inputEnded) }
@@ -678,7 +681,16 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 return (nil, [])
             }
             guard !outstanding.isEmpty else { return (nil, []) }
-            let first = outstanding.removeFirst()
+            var first: PoolWorker.Assignment? = outstanding.removeFirst()
+            // Idempotent work runs again, after the units that wait.
+            if let unit = first, state.pending[unit.call.id] != nil {
+                if let error = unit.call.retry(unit.unit, after: reason) {
+                    if case .retriesExhausted = error { reason = error }
+                } else {
+                    state.pending[unit.call.id]!.returned.insert(unit.unit, at: 0)
+                    first = nil
+                }
+            }
             // Units it never started cannot run in a worker whose initializer
             // fails; otherwise they go back to be sent again.
             if case .initializerFailed = worker.killedFor { return (first, outstanding) }

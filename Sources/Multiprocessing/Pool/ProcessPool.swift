@@ -24,7 +24,7 @@
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:_:)`,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -56,10 +56,16 @@ public final class ProcessPool: WorkerPool {
     ///     asked to stop — its worker gets SIGTERM, which sets
     ///     ``isStopRequested()`` instead of ending it — and killed if it is
     ///     still there after this long. nil: killed at once.
+    ///   - retries: for idempotent work: a unit whose worker ended under it
+    ///     — a crash, a kill, a timeout, a limit, the sandbox — runs again, up
+    ///     to this many more times, in a new worker; if every attempt fails
+    ///     the unit fails with ``ProcessError/retriesExhausted(attempts:)``,
+    ///     which keeps each attempt's error. An error the task throws is its
+    ///     answer, and is not retried; nor is cancellation.
     /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
     ///   limit out of range. A closure initializer with a start method other
     ///   than `.fork` for named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil) throws {
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil, retries: Int = 0) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -67,11 +73,12 @@ public final class ProcessPool: WorkerPool {
         }
         try restartBudget.validate()
         try environment.validate()
+        guard retries >= 0 else { throw PoolError.invalidArgument("retries must be 0 or more, not \(retries)") }
         if let gracePeriod, gracePeriod <= .zero { throw PoolError.invalidArgument("gracePeriod must be positive, not \(gracePeriod)") }
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
                                       limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget,
-                                      gracePeriod: gracePeriod))
+                                      gracePeriod: gracePeriod, retries: retries))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -158,14 +165,14 @@ public final class ProcessPool: WorkerPool {
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries) }, body)
 }

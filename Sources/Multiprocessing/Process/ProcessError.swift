@@ -59,6 +59,9 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     /// made a call its profile denies, and was ended: `profile` is the
     /// profile's name (`"noNewProcesses"`, `"noNetwork"`).
     case sandboxViolation(profile: String)
+    /// A task of a pool with `retries` failed every attempt: each attempt's
+    /// error, in order (the last is how the last one ended).
+    indirect case retriesExhausted(attempts: [ProcessError])
 
     public var description: String {
         switch self {
@@ -86,6 +89,8 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case let .restartBudgetExceeded(deaths, seconds, last):
             "\(deaths) workers in a row died before they were ready, within \(seconds) s; the last: \(last)"
         case let .sandboxViolation(profile): "the worker made a call its sandbox denies (\(profile)) and was ended"
+        case let .retriesExhausted(attempts):
+            "the task failed all \(attempts.count) attempts: " + attempts.map(\.description).joined(separator: "; ")
         }
     }
 }
