@@ -130,14 +130,21 @@ struct MarkThenPause: ProcessJob {
     }
 }
 
+/// The descriptors open here, but for Dispatch's timers.
+private func descriptorsButTimers() -> Int {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return names.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) != "anon_inode:[timerfd]" }.count
+}
+
 /// The body of the exit test: a fresh copy of the test runner, so that the counts are exact.
 enum GracefulScenarios {
     static func cycles() async -> Int32 {
         do {
-            // The forkserver is up, and Dispatch has made its timer (a
-            // timerfd, once per clock) for the timeouts.
+            // The forkserver is up. Dispatch makes its timers' timerfds
+            // lazily, once per clock (seen: one more in one run in six):
+            // they are not counted.
             _ = try await ChildProcess.execute(Square(value: 1), startMethod: .forkserver, timeout: .seconds(600))
-            let descriptors = openDescriptorCount()
+            let descriptors = descriptorsButTimers()
             let children = childPIDs()
             let marker = temporaryPath("scenario")
             defer { unlink(marker) }
@@ -163,8 +170,8 @@ enum GracefulScenarios {
                     }
                 }
             }
-            guard eventually(within: .seconds(5), { openDescriptorCount() == descriptors && childPIDs() == children }) else {
-                print("descriptors \(descriptors) → \(openDescriptorCount()), children \(children) → \(childPIDs())")
+            guard eventually(within: .seconds(5), { descriptorsButTimers() == descriptors && childPIDs() == children }) else {
+                print("descriptors \(descriptors) → \(descriptorsButTimers()), children \(children) → \(childPIDs())")
                 return 7
             }
             return 0

@@ -518,17 +518,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     /// What a new worker sets up, and the memory control group it joins.
     private func workerSetup() throws -> (WorkerSetup, MemoryGroup?) {
-        let limits = configuration.limits
-        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: configuration.environment,
-                                handlesStopRequests: configuration.gracePeriod != nil, sandbox: limits.sandbox)
-        guard let memory = limits.memory, let enforcement = configuration.memoryEnforcement else { return (setup, nil) }
-        if enforcement == .dataSegment {
-            setup.dataLimit = memory
-            return (setup, nil)
-        }
-        let group = try MemoryGroup.make(limit: memory)
-        setup.memoryGroup = group.path
-        return (setup, group)
+        try WorkerSetup.make(configuration.limits, configuration.environment, enforcement: configuration.memoryEnforcement,
+                             handlesStopRequests: configuration.gracePeriod != nil)
     }
 
     private func launch(_ kind: PoolWorker.Kind, name: String, call: PoolCall?, setup: WorkerSetup, connection: Connection) throws -> ChildProcess {
@@ -715,18 +706,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     /// The limit that ended `worker`, if one did (with the lock held).
     private func limitCause(of worker: PoolWorker, code: Int32, oomKilled: Bool) -> ProcessError? {
-        let limits = configuration.limits
-        if let memory = limits.memory {
-            if code == -SIGKILL, oomKilled { return .memoryLimitExceeded(bytes: memory) }
-            if code == WorkerLimits.memoryLimitExitStatus, configuration.memoryEnforcement == .dataSegment {
-                return .memoryLimitExceeded(bytes: memory)
-            }
-        }
-        if let violation = limits.sandbox?.violation(exitCode: code) { return violation }
-        if code == -SIGXCPU, let seconds = limits.cpuSeconds {
-            return .cpuTimeLimitExceeded(seconds: seconds * (worker.outstanding.first?.items ?? 1))
-        }
-        return nil
+        configuration.limits.cause(ofExit: code, oomKilled: oomKilled, enforcement: configuration.memoryEnforcement,
+                                   items: worker.outstanding.first?.items ?? 1)
     }
 
     /// Counts a death before ready; the error that ends the restarts once

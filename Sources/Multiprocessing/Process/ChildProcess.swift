@@ -38,6 +38,8 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         /// Whether the copies of the job's descriptors were closed (once the
         /// child has its own, this process must not keep the channels open).
         var attachmentsReleased = false
+        /// The child's memory control group, removed once it is reaped.
+        var memoryGroup: MemoryGroup?
     }
 
     /// The name, for messages and ``currentProcess()`` in the child.
@@ -54,6 +56,10 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     nonisolated(unsafe) private var forkedJob: (() -> Result<[UInt8], ProcessError>)? = nil
     private let work: Work
     private let state = Locked(State())
+    /// What a job child is limited to, and how memory is enforced (nil: no limit).
+    private var limits = WorkerLimits()
+    private var environment = WorkerEnvironment()
+    private var memoryEnforcement: WorkerLimits.MemoryEnforcement?
 
     private static let counter = Atomic<Int>(0)
 
@@ -86,12 +92,27 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     /// A process that runs `job` in a child started by `startMethod`.
     ///
     /// Its output is read with ``output(as:)`` after ``join(timeout:)``.
-    /// - Throws: an encoding error if the job cannot be encoded.
-    public init<Job: ProcessJob>(job: Job, startMethod: StartMethod = .forkserver, name: String? = nil, daemon: Bool = false) throws {
+    ///
+    /// - Parameters:
+    ///   - limits: what the child may use, as for a pool's workers (see
+    ///     ``WorkerLimits``); `cpuSeconds` counts the child's whole life.
+    ///     A child ended by a limit fails with the error that names it
+    ///     (``ProcessError/memoryLimitExceeded(bytes:)``…). With the default
+    ///     limits and environment nothing is set: the child inherits all.
+    ///   - environment: the child's environment variables, working
+    ///     directory, CPU affinity and niceness (see ``WorkerEnvironment``).
+    /// - Throws: an encoding error if the job cannot be encoded;
+    ///   ``PoolError/invalidArgument(_:)`` for limits out of range.
+    public init<Job: ProcessJob>(job: Job, startMethod: StartMethod = .forkserver, name: String? = nil, daemon: Bool = false,
+                                 limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
         self.name = name ?? Self.defaultName()
         self.daemon = daemon
         self.startMethod = startMethod
         self.target = nil
+        self.memoryEnforcement = try limits.resolved()
+        try environment.validate()
+        self.limits = limits
+        self.environment = environment
         if startMethod == .fork { ValueCodec.prepare(Job.Output.self) }  // the forked child encodes it
         self.forkedJob = startMethod == .fork ? { job.runAndEncode() } : nil
         let attachments = DescriptorAttachments()
@@ -160,9 +181,26 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         ChildRegistry.shared.add(self)
     }
 
+    /// The setup a job child runs before its job (nil: none), and the
+    /// memory control group it joins (kept until the child is reaped).
+    private func childSetup() throws -> WorkerSetup? {
+        guard limits != WorkerLimits() || environment != WorkerEnvironment() else { return nil }
+        var (setup, group) = try WorkerSetup.make(limits, environment, enforcement: memoryEnforcement)
+        setup.cpuSeconds = limits.cpuSeconds
+        state.withLock { $0.memoryGroup = group }
+        return setup
+    }
+
     private func launch() throws -> (any ChildHandle, FileDescriptor) {
         let (here, there) = try Syscall.socketPair()
         defer { Syscall.close(there) }
+        let setup: WorkerSetup?
+        do {
+            setup = try childSetup()
+        } catch {
+            Syscall.close(here)
+            throw error
+        }
         do {
             let handle: any ChildHandle
             switch (startMethod, work) {
@@ -172,7 +210,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 var keep: [FileDescriptor]? = nil
                 if case let .job(_, _, _, originals) = work { keep = originals + [there] }
                 handle = try Spawner.fork(name: name, report: (here, there), keeping: keep) { [self] in
-                    if let forkedJob { return forkedJob() }
+                    if let forkedJob { return setup.map { $0.run(forkedJob) } ?? forkedJob() }
                     do {
                         try run()
                         return .success([])
@@ -183,10 +221,10 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                     }
                 }
             case let (.spawn, .job(typeName, payload, attachments, _)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count)
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count, setup: setup)
                 handle = try Spawner.spawn(request, payload: payload, attachments: attachments, report: (here, there))
             case let (.forkserver, .job(typeName, payload, attachments, _)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count)
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count, setup: setup)
                 handle = try ForkServerClient.shared.start(request, payload: payload, attachments: attachments, report: there)
             case (.spawn, .closure), (.forkserver, .closure):
                 throw ProcessError.unsupportedStartMethod(startMethod)
@@ -195,6 +233,10 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
             return (handle, here)
         } catch {
             Syscall.close(here)
+            state.withLock { state in
+                state.memoryGroup?.remove()
+                state.memoryGroup = nil
+            }
             throw error
         }
     }
@@ -267,6 +309,12 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 state.phase = .exited(code)
                 state.exitCode = code
                 state.result = Self.outcome(code: code, report: &state.reportBuffer)
+                let oomKilled = state.memoryGroup?.oomKilled ?? false
+                state.memoryGroup?.remove()
+                state.memoryGroup = nil
+                if let cause = limits.cause(ofExit: code, oomKilled: oomKilled, enforcement: memoryEnforcement, items: 1) {
+                    state.result = .failure(cause)
+                }
                 return (true, code)
             }
         }
@@ -411,12 +459,15 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
 extension ChildProcess {
     /// Runs `job` in a new child process and returns its output.
     ///
-    /// - Parameter timeout: the child is killed if it has not ended by then
-    ///   (nil: no limit), and the call throws ``ProcessError/timedOut(seconds:)``.
+    /// - Parameters:
+    ///   - timeout: the child is killed if it has not ended by then (nil: no
+    ///     limit), and the call throws ``ProcessError/timedOut(seconds:)``.
+    ///   - limits, environment: as for ``init(job:startMethod:name:daemon:limits:environment:)``.
     /// - Throws: the child's ``ProcessError`` (the job threw, the child crashed…).
-    @available(*, noasync, message: "use the async execute(_:startMethod:timeout:)")
-    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil) throws -> Job.Output {
-        let process = try ChildProcess(job: job, startMethod: startMethod)
+    @available(*, noasync, message: "use the async execute(_:startMethod:timeout:limits:environment:)")
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil,
+                                                limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws -> Job.Output {
+        let process = try ChildProcess(job: job, startMethod: startMethod, limits: limits, environment: environment)
         try process.start()
         if let timeout {
             if try process.join(timeout: timeout) == nil {
@@ -433,13 +484,16 @@ extension ChildProcess {
     /// Runs `job` in a new child process and returns its output, awaiting the
     /// child without blocking a thread.
     ///
-    /// - Parameter timeout: the child is killed if it has not ended by then
-    ///   (nil: no limit), and the call throws ``ProcessError/timedOut(seconds:)``.
+    /// - Parameters:
+    ///   - timeout: the child is killed if it has not ended by then (nil: no
+    ///     limit), and the call throws ``ProcessError/timedOut(seconds:)``.
+    ///   - limits, environment: as for ``init(job:startMethod:name:daemon:limits:environment:)``.
     /// - Throws: the child's ``ProcessError`` (the job threw, the child
     ///   crashed…); if the task is cancelled, the child is killed and the
     ///   call throws `CancellationError`.
-    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil) async throws -> Job.Output {
-        let process = try ChildProcess(job: job, startMethod: startMethod)
+    public static func execute<Job: ProcessJob>(_ job: Job, startMethod: StartMethod = .forkserver, timeout: Duration? = nil,
+                                                limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) async throws -> Job.Output {
+        let process = try ChildProcess(job: job, startMethod: startMethod, limits: limits, environment: environment)
         try process.start()
         do {
             if let timeout {

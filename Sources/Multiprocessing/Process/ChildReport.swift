@@ -37,6 +37,8 @@ internal struct BootRequest: Codable, Sendable {
     var parent: ProcessDescription
     /// Descriptors attached to the job (connections), after the channel.
     var descriptorCount: Int = 0
+    /// Limits and environment the child sets up before its job.
+    var setup: WorkerSetup? = nil
 
     static func send(_ request: BootRequest, payload: [UInt8], to fd: FileDescriptor) throws {
         try Frame.writeAll(Frame.encode(try ValueCodec.encode(request)) + Frame.encode(payload), to: fd)

@@ -55,7 +55,8 @@ internal enum ForkServer {
             if (try? Syscall.isolateDescriptors(keeping: [report] + attached)) == nil { cmp_exit_now(4) }
             let attachments = DescriptorAttachments(attached.indices.map { FileDescriptor(rawValue: 4 + Int32($0)) })
             ProcessContext.runChild(name: request.name, parent: request.parent, report: 3) {
-                JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments)
+                let run = { JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments) }
+            return request.setup.map { $0.run(run) } ?? run()
             }
         }
         Syscall.close(report)

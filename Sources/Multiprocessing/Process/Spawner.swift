@@ -66,7 +66,8 @@ public func _multiprocessingBootstrap(_ channel: Int32) {
         // Attached descriptors follow the channel: 4, 5, …
         let attachments = DescriptorAttachments((0..<request.descriptorCount).map { FileDescriptor(rawValue: channel + 1 + Int32($0)) })
         ProcessContext.runChild(name: request.name, parent: request.parent, report: channel) {
-            JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments)
+            let run = { JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments) }
+            return request.setup.map { $0.run(run) } ?? run()
         }
     }
 }

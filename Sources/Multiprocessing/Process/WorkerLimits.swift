@@ -85,6 +85,19 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
         self.coreDumps = coreDumps
     }
 
+    /// The limit that ended a process with exit `code` (negative: a
+    /// signal), if one did: `oomKilled` is what its control group saw,
+    /// `items` what the CPU time was granted for.
+    func cause(ofExit code: Int32, oomKilled: Bool, enforcement: MemoryEnforcement?, items: Int) -> ProcessError? {
+        if let memory {
+            if code == -SIGKILL, oomKilled { return .memoryLimitExceeded(bytes: memory) }
+            if code == Self.memoryLimitExitStatus, enforcement == .dataSegment { return .memoryLimitExceeded(bytes: memory) }
+        }
+        if let violation = sandbox?.violation(exitCode: code) { return violation }
+        if code == -SIGXCPU, let cpuSeconds { return .cpuTimeLimitExceeded(seconds: cpuSeconds * items) }
+        return nil
+    }
+
     /// Checks the values; returns how memory is enforced here (nil: no memory limit).
     func resolved() throws(PoolError) -> MemoryEnforcement? {
         if let memory, memory < 1 << 20 { throw .invalidArgument("a memory limit must be at least 1 MiB, not \(memory) bytes") }
@@ -163,6 +176,31 @@ internal struct WorkerSetup: Codable, Sendable {
     var handlesStopRequests = false
     /// Installed after the initializer, before the first task.
     var sandbox: WorkerSandbox? = nil
+    /// A lone child's CPU seconds, all told (a pool worker's are per unit).
+    var cpuSeconds: Int? = nil
+
+    /// What a worker under `limits` and `environment` sets up, and the
+    /// memory control group it joins (made here; the caller removes it).
+    static func make(_ limits: WorkerLimits, _ environment: WorkerEnvironment, enforcement: WorkerLimits.MemoryEnforcement?,
+                     handlesStopRequests: Bool = false) throws -> (WorkerSetup, MemoryGroup?) {
+        var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: environment,
+                                handlesStopRequests: handlesStopRequests, sandbox: limits.sandbox)
+        guard let memory = limits.memory, let enforcement else { return (setup, nil) }
+        if enforcement == .dataSegment {
+            setup.dataLimit = memory
+            return (setup, nil)
+        }
+        let group = try MemoryGroup.make(limit: memory)
+        setup.memoryGroup = group.path
+        return (setup, group)
+    }
+
+    /// In a lone child (``ChildProcess``): sets everything up, then runs `work`.
+    func run(_ work: () -> Result<[UInt8], ProcessError>) -> Result<[UInt8], ProcessError> {
+        if let error = apply() ?? sandbox?.enter() { return .failure(error) }
+        if let cpuSeconds { Self.limitCPU(seconds: cpuSeconds) }
+        return work()
+    }
 
     /// In the worker: applies the setup; an error says what failed.
     func apply() -> ProcessError? {
