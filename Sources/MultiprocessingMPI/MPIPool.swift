@@ -24,7 +24,7 @@ import Multiprocessing
 ///
 /// Without the marker, each rank other than 0 becomes a worker when it
 /// reaches `MPIPool()` and never returns from it. A program started alone
-/// can start its workers with ``init(spawning:processesPerRank:startMethod:initializer:maxTasksPerChild:timeout:)``
+/// can start its workers with ``init(spawning:processesPerRank:startMethod:initializer:maxTasksPerChild:timeout:limits:environment:)``
 /// (`MPI_Comm_spawn`).
 ///
 /// **Isolation.** Each worker rank runs its units in a local ``ProcessPool``
@@ -64,14 +64,22 @@ public final class MPIPool: WorkerPool {
     ///   - initializer: a job each local process runs first.
     ///   - maxTasksPerChild: as for ``ProcessPool``, per local process.
     ///   - timeout: how long the ranks may take to greet rank 0 and start.
+    ///   - limits: what each local process may use (``WorkerLimits``: memory,
+    ///     CPU per task, files, core dumps, recycling, the sandbox), enforced
+    ///     by each rank as that machine allows (a memory limit by a control
+    ///     group where the rank can make one, `RLIMIT_DATA` elsewhere).
+    ///   - environment: each local process's variables, working directory,
+    ///     CPU affinity and niceness (``WorkerEnvironment``).
     /// - Throws: ``MPIPoolError``: ``MPIPoolError/noWorkerRanks`` when not
     ///   started by `mpirun` with more than one rank,
     ///   ``MPIPoolError/buildMismatch(rank:expected:found:)`` (every worker
     ///   rank then leaves), ``MPIPoolError/anotherPoolRunning``; or
     ///   ``PoolError/invalidArgument(_:)``.
-    public convenience init(processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60)) throws {
+    public convenience init(processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60),
+                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
         guard getenv("OMPI_COMM_WORLD_SIZE") != nil else { throw MPIPoolError.noWorkerRanks }
-        try self.init(spawning: nil, processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout)
+        try self.init(spawning: nil, processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout,
+                      limits: limits, environment: environment)
     }
 
     /// Starts `ranks` worker ranks with `MPI_Comm_spawn` and opens a pool on
@@ -81,12 +89,18 @@ public final class MPIPool: WorkerPool {
     /// In Open MPI 4.1 spawned ranks reach this process over TCP only, not
     /// shared memory: a unit's round trip costs several times more than
     /// with ranks started by `mpirun`, so prefer larger chunks.
-    public convenience init(spawning ranks: Int, processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60)) throws {
+    public convenience init(spawning ranks: Int, processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60),
+                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
         guard ranks >= 1 else { throw PoolError.invalidArgument("ranks must be at least 1, not \(ranks)") }
-        try self.init(spawning: Optional(ranks), processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout)
+        try self.init(spawning: Optional(ranks), processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout,
+                      limits: limits, environment: environment)
     }
 
-    private init(spawning: Int?, processesPerRank: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, timeout: Duration) throws {
+    private init(spawning: Int?, processesPerRank: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, timeout: Duration,
+                 limits: WorkerLimits, environment: WorkerEnvironment) throws {
+        // Checked here too, so that a bad value fails before any rank starts.
+        _ = try limits.resolved()
+        try environment.validate()
         if let processesPerRank, processesPerRank < 1 { throw PoolError.invalidArgument("processesPerRank must be at least 1, not \(processesPerRank)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 { throw PoolError.invalidArgument("maxTasksPerChild must be at least 1, not \(maxTasksPerChild)") }
         var named: (typeName: String, payload: [UInt8])? = nil
@@ -95,7 +109,8 @@ public final class MPIPool: WorkerPool {
             named = job
         }
         let start = StartPool(session: 0, processesPerRank: processesPerRank, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild,
-                              initializerType: named?.typeName, initializerPayload: named?.payload ?? [])
+                              initializerType: named?.typeName, initializerPayload: named?.payload ?? [],
+                              limits: limits, environment: environment)
         let master = try MPIRuntime.shared.masterRole()
         engine = try master.open(start, spawning: spawning, timeout: timeout)
     }

@@ -47,6 +47,9 @@ struct StartPool: Codable, Sendable {
     /// A job initializer: its type name and encoding.
     var initializerType: String?
     var initializerPayload: [UInt8]
+    /// What each local process may use, and where it runs.
+    var limits = WorkerLimits()
+    var environment = WorkerEnvironment()
 }
 
 struct Ready: Codable, Sendable {

@@ -80,7 +80,8 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
         do {
             let initializer = start.initializerType.map { PoolInitializer.named(typeName: $0, payload: start.initializerPayload) }
             let pool = try ProcessPool(processes: start.processesPerRank, startMethod: start.startMethod, initializer: initializer,
-                                       maxTasksPerChild: start.maxTasksPerChild, pipelineDepth: Self.pipelineDepth)
+                                       maxTasksPerChild: start.maxTasksPerChild, pipelineDepth: Self.pipelineDepth,
+                                       limits: start.limits, environment: start.environment)
             self.pool = pool
             ready.processes = pool.processes
         } catch {

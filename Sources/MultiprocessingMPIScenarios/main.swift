@@ -100,6 +100,59 @@ func results() throws {
     try pool.join()
 }
 
+/// Allocates without end, 8 MiB at a time.
+struct AllocateForever: ProcessJob {
+    func run() throws -> Int {
+        var kept: [[UInt8]] = []
+        while kept.count >= 0 { kept.append([UInt8](repeating: 1, count: 8 << 20)) }
+        return kept.count
+    }
+}
+
+/// Tries to start a process; returns 0 or the errno it failed with.
+struct ForkItself: ProcessJob {
+    func run() throws -> Int32 {
+        let pid = fork()
+        if pid == 0 { _exit(0) }
+        guard pid > 0 else { return errno }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        return 0
+    }
+}
+
+/// A variable of the local process's environment, and its directory.
+struct Surroundings: ProcessJob {
+    var variable: String
+    func run() throws -> String {
+        var directory = [CChar](repeating: 0, count: 4096)
+        let path = getcwd(&directory, directory.count).map { _ in String(decoding: directory.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) } ?? "?"
+        return (getenv(variable).map { String(cString: $0) } ?? "(unset)") + " in " + path
+    }
+}
+
+/// Limits, the sandbox and the environment, set in every rank's local processes.
+func limits() throws {
+    let pool = try MPIPool(processesPerRank: 1, limits: WorkerLimits(memory: 128 << 20, sandbox: WorkerSandbox([.noNewProcesses])),
+                           environment: WorkerEnvironment(variables: ["MPI_SCENARIO": "set"], workingDirectory: "/tmp"))
+    for (index, result) in try pool.imap(Square(), over: 0..<4).enumerated() { if try result.get() != index * index { say("square: wrong") } }
+    do {
+        _ = try pool.apply(AllocateForever())
+        say("memory: none")
+    } catch {
+        say("memory: \(error)")
+    }
+    do {
+        _ = try pool.apply(ForkItself())
+        say("sandbox: none")
+    } catch {
+        say("sandbox: \(error)")
+    }
+    say("environment: \(try pool.apply(Surroundings(variable: "MPI_SCENARIO")))")
+    pool.close()
+    try pool.join()
+}
+
 /// imap keeps input order; imapUnordered gives completion order.
 func order() throws {
     let pool = try MPIPool(processesPerRank: 2)
@@ -314,6 +367,7 @@ case "results": try results()
 case "order": try order()
 case "faults": try await taskCancel(try faults())
 case "mismatch": try mismatch()
+case "limits": try limits()
 case "kill-rank": try killRank()
 case "kill-master": try killMaster()
 case "sessions": try sessions()

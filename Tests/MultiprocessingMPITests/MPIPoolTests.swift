@@ -44,6 +44,16 @@ struct MPIPoolTests {
         #expect(run.lines.contains("after: works"), "\(run.output)")
     }
 
+    @Test("limits, the sandbox and the environment reach every rank's local processes, with the same typed errors")
+    func limits() throws {
+        let run = try MPIRun.mpirun(["limits"])
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.lines.contains("memory: the worker passed its memory limit of 134217728 bytes"), "\(run.output)")
+        #expect(run.lines.contains("sandbox: the worker made a call its sandbox denies (noNewProcesses) and was ended"), "\(run.output)")
+        #expect(run.lines.contains("environment: set in /tmp"), "\(run.output)")
+        #expect(!run.lines.contains("square: wrong"), "\(run.output)")
+    }
+
     @Test("pools follow one another on the same ranks; a second pool at once is refused; a terminated pool takes no work")
     func sessions() throws {
         let run = try MPIRun.mpirun(["sessions"])

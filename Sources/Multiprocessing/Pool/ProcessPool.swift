@@ -84,10 +84,14 @@ public final class ProcessPool: WorkerPool {
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
     /// its answers: an MPI rank's local pool, whose units are small and
     /// already spread over ranks by rank 0, keeps its workers busier so.
-    package init(processes: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, pipelineDepth: Int) throws {
+    package init(processes: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, pipelineDepth: Int,
+                 limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
-        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer, pipelineDepth: max(1, pipelineDepth)))
+        try environment.validate()
+        let memoryEnforcement = try limits.resolved()
+        engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
+                                      pipelineDepth: max(1, pipelineDepth), limits: limits, environment: environment, memoryEnforcement: memoryEnforcement))
     }
 
     deinit {

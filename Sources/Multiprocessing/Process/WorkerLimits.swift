@@ -99,7 +99,7 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     }
 
     /// Checks the values; returns how memory is enforced here (nil: no memory limit).
-    func resolved() throws(PoolError) -> MemoryEnforcement? {
+    package func resolved() throws(PoolError) -> MemoryEnforcement? {
         if let memory, memory < 1 << 20 { throw .invalidArgument("a memory limit must be at least 1 MiB, not \(memory) bytes") }
         if let cpuSeconds, cpuSeconds < 1 { throw .invalidArgument("cpuSeconds must be at least 1, not \(cpuSeconds)") }
         if let recycleAbove, recycleAbove < 1 << 20 { throw .invalidArgument("recycleAbove must be at least 1 MiB, not \(recycleAbove) bytes") }
@@ -141,7 +141,7 @@ public struct WorkerEnvironment: Sendable, Hashable, Codable {
         self.niceness = niceness
     }
 
-    func validate() throws(PoolError) {
+    package func validate() throws(PoolError) {
         for name in variables.keys where name.isEmpty || name.contains("=") || name.utf8.contains(0) {
             throw .invalidArgument("'\(name)' is not an environment variable name")
         }
