@@ -27,7 +27,15 @@ struct Spin: ProcessFunction {
 /// start method, forkserver: workers are forked from a small clean server),
 /// default chunks (as Python's `with Pool(2) as p: p.map(square, range(n))`).
 @Sendable func poolMap(_ count: Int) throws {
-    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+    try poolMap(count, limits: WorkerLimits())
+}
+
+/// The isolation controls on: a memory limit (a control group per worker
+/// where the machine allows) and the sandbox, for the `.limited` rows.
+let isolatingLimits = WorkerLimits(memory: 512 << 20, sandbox: WorkerSandbox([.noNewProcesses, .noNetwork]))
+
+func poolMap(_ count: Int, limits: WorkerLimits) throws {
+    try withProcessPool(processes: 2, limits: limits) { (pool: ProcessPool) throws in
         let squares = try pool.map(SquareTask(), over: 0..<count)
         guard squares.last == (count - 1) * (count - 1) else { throw BenchmarkFailure(description: "wrong result") }
     }
@@ -35,7 +43,11 @@ struct Spin: ProcessFunction {
 
 /// `count` applyAsync+get round trips, one at a time.
 @Sendable func poolApply(_ count: Int) throws {
-    try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
+    try poolApply(count, limits: WorkerLimits())
+}
+
+func poolApply(_ count: Int, limits: WorkerLimits) throws {
+    try withProcessPool(processes: 2, limits: limits) { (pool: ProcessPool) throws in
         for i in 0..<count {
             guard try pool.applyAsync(SquareJob(x: i)).get() == i * i else { throw BenchmarkFailure(description: "wrong result") }
         }
@@ -124,6 +136,10 @@ struct Spin: ProcessFunction {
 let poolScenarios: [Scenario] = [
     Scenario(name: "pool.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolMap),
     Scenario(name: "pool.apply", unit: "round trips", count: 3000, quickCount: 100, baseline: .python("pool.apply"), run: poolApply),
+    Scenario(name: "pool.map.limited", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .swift("no limits", poolMap),
+             run: { try poolMap($0, limits: isolatingLimits) }),
+    Scenario(name: "pool.apply.limited", unit: "round trips", count: 3000, quickCount: 100, baseline: .swift("no limits", poolApply),
+             run: { try poolApply($0, limits: isolatingLimits) }),
     Scenario(name: "pool.closure.map", unit: "items", count: 1_000_000, quickCount: 20_000, baseline: .python("pool.map"), run: poolClosureMap),
     Scenario(name: "pool.closure.apply", unit: "round trips", count: 1000, quickCount: 50, baseline: .python("pool.apply"), run: poolClosureApply),
     Scenario(name: "pool.closure.stop-the-world", unit: "round trips", count: 1000, quickCount: 50, baseline: .swift("plain forks", poolClosureApplyPlainForks), run: poolClosureApply),
