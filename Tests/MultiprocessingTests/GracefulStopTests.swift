@@ -83,8 +83,11 @@ struct GracefulStopTests {
 
     @Test("interrupt() ends a child as SIGINT does, by every start method", arguments: jobStartMethods)
     func interrupt(startMethod: StartMethod) throws {
-        let process = try ChildProcess(job: PauseForever(), startMethod: startMethod)
+        let marker = temporaryPath("interruptible")
+        defer { unlink(marker) }
+        let process = try ChildProcess(job: MarkThenPause(marker: marker, interruptible: true), startMethod: startMethod)
         try process.start()
+        #expect(eventually(within: .seconds(60)) { access(marker, F_OK) == 0 })
         try process.interrupt()
         #expect(try process.join() == -SIGINT)
         #expect(process.failure == .crashed(signal: SIGINT))
@@ -124,7 +127,11 @@ struct GracefulStopTests {
 /// Leaves a mark in `marker` (a file), then blocks until a signal ends it.
 struct MarkThenPause: ProcessJob {
     var marker: String
+    /// SIGINT gets its default action first: a runner started in the
+    /// background of a shell ignores SIGINT, and its children inherit that.
+    var interruptible = false
     func run() throws -> Int {
+        if interruptible { signal(SIGINT, SIG_DFL) }
         close(open(marker, O_WRONLY | O_CREAT, 0o600))
         while true { pause() }
     }
@@ -154,8 +161,10 @@ enum GracefulScenarios {
                         _ = try await ChildProcess.execute(PauseForever(), startMethod: method, timeout: .milliseconds(100))
                         return 2
                     } catch ProcessError.timedOut {}
-                    let process = try ChildProcess(job: PauseForever(), startMethod: method)
+                    unlink(marker)
+                    let process = try ChildProcess(job: MarkThenPause(marker: marker, interruptible: true), startMethod: method)
                     try process.start()
+                    guard eventually(within: .seconds(30), { access(marker, F_OK) == 0 }) else { return 8 }
                     try process.interrupt()
                     guard try await process.join() == -SIGINT else { return 3 }
                     unlink(marker)
