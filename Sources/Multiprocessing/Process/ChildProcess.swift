@@ -425,6 +425,8 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     public func terminate() throws { try send(signal: SIGTERM) }
 
     /// Interrupts the child (`SIGINT`), as Ctrl-C would (Python 3.14's `interrupt()`).
+    /// A child that ignores SIGINT — as children of a program started in a
+    /// shell's background inherit — is not stopped by it; use ``terminate()``.
     public func interrupt() throws { try send(signal: SIGINT) }
 
     /// Ends the child at once (`SIGKILL`).
