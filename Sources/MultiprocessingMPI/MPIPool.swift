@@ -24,7 +24,7 @@ import Multiprocessing
 ///
 /// Without the marker, each rank other than 0 becomes a worker when it
 /// reaches `MPIPool()` and never returns from it. A program started alone
-/// can start its workers with ``init(spawning:processesPerRank:startMethod:initializer:maxTasksPerChild:timeout:limits:environment:)``
+/// can start its workers with ``init(spawning:processesPerRank:startMethod:initializer:maxTasksPerChild:timeout:limits:environment:gracePeriod:retries:)``
 /// (`MPI_Comm_spawn`).
 ///
 /// **Isolation.** Each worker rank runs its units in a local ``ProcessPool``
@@ -70,16 +70,22 @@ public final class MPIPool: WorkerPool {
     ///     group where the rank can make one, `RLIMIT_DATA` elsewhere).
     ///   - environment: each local process's variables, working directory,
     ///     CPU affinity and niceness (``WorkerEnvironment``).
+    ///   - gracePeriod: as for ``ProcessPool``: a unit past its timeout is
+    ///     asked to stop (``isStopRequested()``), and killed after this long.
+    ///   - retries: as for ``ProcessPool``: a unit whose local process ended
+    ///     under it runs again, on the same rank, up to this many more times;
+    ///     then it fails with ``ProcessError/retriesExhausted(attempts:)``.
     /// - Throws: ``MPIPoolError``: ``MPIPoolError/noWorkerRanks`` when not
     ///   started by `mpirun` with more than one rank,
     ///   ``MPIPoolError/buildMismatch(rank:expected:found:)`` (every worker
     ///   rank then leaves), ``MPIPoolError/anotherPoolRunning``; or
     ///   ``PoolError/invalidArgument(_:)``.
     public convenience init(processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60),
-                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
+                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment(),
+                            gracePeriod: Duration? = nil, retries: Int = 0) throws {
         guard getenv("OMPI_COMM_WORLD_SIZE") != nil else { throw MPIPoolError.noWorkerRanks }
         try self.init(spawning: nil, processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout,
-                      limits: limits, environment: environment)
+                      limits: limits, environment: environment, gracePeriod: gracePeriod, retries: retries)
     }
 
     /// Starts `ranks` worker ranks with `MPI_Comm_spawn` and opens a pool on
@@ -90,17 +96,19 @@ public final class MPIPool: WorkerPool {
     /// shared memory: a unit's round trip costs several times more than
     /// with ranks started by `mpirun`, so prefer larger chunks.
     public convenience init(spawning ranks: Int, processesPerRank: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, timeout: Duration = .seconds(60),
-                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
+                            limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment(),
+                            gracePeriod: Duration? = nil, retries: Int = 0) throws {
         guard ranks >= 1 else { throw PoolError.invalidArgument("ranks must be at least 1, not \(ranks)") }
         try self.init(spawning: Optional(ranks), processesPerRank: processesPerRank, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, timeout: timeout,
-                      limits: limits, environment: environment)
+                      limits: limits, environment: environment, gracePeriod: gracePeriod, retries: retries)
     }
 
     private init(spawning: Int?, processesPerRank: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, timeout: Duration,
-                 limits: WorkerLimits, environment: WorkerEnvironment) throws {
+                 limits: WorkerLimits, environment: WorkerEnvironment, gracePeriod: Duration?, retries: Int) throws {
         // Checked here too, so that a bad value fails before any rank starts.
         _ = try limits.resolved()
         try environment.validate()
+        try ProcessPool.validate(gracePeriod: gracePeriod, retries: retries)
         if let processesPerRank, processesPerRank < 1 { throw PoolError.invalidArgument("processesPerRank must be at least 1, not \(processesPerRank)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 { throw PoolError.invalidArgument("maxTasksPerChild must be at least 1, not \(maxTasksPerChild)") }
         var named: (typeName: String, payload: [UInt8])? = nil
@@ -110,7 +118,7 @@ public final class MPIPool: WorkerPool {
         }
         let start = StartPool(session: 0, processesPerRank: processesPerRank, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild,
                               initializerType: named?.typeName, initializerPayload: named?.payload ?? [],
-                              limits: limits, environment: environment)
+                              limits: limits, environment: environment, gracePeriod: gracePeriod, retries: retries)
         let master = try MPIRuntime.shared.masterRole()
         engine = try master.open(start, spawning: spawning, timeout: timeout)
     }

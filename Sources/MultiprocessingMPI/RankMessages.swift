@@ -50,6 +50,9 @@ struct StartPool: Codable, Sendable {
     /// What each local process may use, and where it runs.
     var limits = WorkerLimits()
     var environment = WorkerEnvironment()
+    /// How long a unit past its timeout may take to stop; how often a unit runs again.
+    var gracePeriod: Duration? = nil
+    var retries = 0
 }
 
 struct Ready: Codable, Sendable {

@@ -81,7 +81,8 @@ final class WorkerRank: @unchecked Sendable {  // touched on the MPI thread only
             let initializer = start.initializerType.map { PoolInitializer.named(typeName: $0, payload: start.initializerPayload) }
             let pool = try ProcessPool(processes: start.processesPerRank, startMethod: start.startMethod, initializer: initializer,
                                        maxTasksPerChild: start.maxTasksPerChild, pipelineDepth: Self.pipelineDepth,
-                                       limits: start.limits, environment: start.environment)
+                                       limits: start.limits, environment: start.environment,
+                                       gracePeriod: start.gracePeriod, retries: start.retries)
             self.pool = pool
             ready.processes = pool.processes
         } catch {

@@ -131,6 +131,51 @@ struct Surroundings: ProcessJob {
     }
 }
 
+/// Aborts its process the first time it runs (counted by bytes in `counter`); then returns `value`.
+struct CrashOnce: ProcessJob {
+    var counter: String
+    var value: Int
+    func run() throws -> Int {
+        let fd = open(counter, O_RDWR | O_CREAT | O_APPEND, 0o600)
+        _ = write(fd, "x", 1)
+        var info = stat()
+        fstat(fd, &info)
+        close(fd)
+        if info.st_size == 1 { abort() }
+        return value
+    }
+}
+
+/// Spins until asked to stop, then writes `marker` and returns.
+struct StopWhenAsked: ProcessJob {
+    var marker: String
+    func run() throws -> Int {
+        while !isStopRequested() {}
+        let fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = write(fd, "stopped", 7)
+        close(fd)
+        return 1
+    }
+}
+
+/// Retries and the grace period of a soft timeout, in every rank's local pool.
+func retriesAndGrace() throws {
+    let pool = try MPIPool(processesPerRank: 1, gracePeriod: .seconds(60), retries: 1)
+    let counter = "/tmp/mpi-retries-\(getpid())"
+    let marker = "/tmp/mpi-stopped-\(getpid())"
+    defer { unlink(counter); unlink(marker) }
+    unlink(counter)
+    say("retried: \(try pool.apply(CrashOnce(counter: counter, value: 42)))")
+    do {
+        _ = try pool.apply(StopWhenAsked(marker: marker), timeout: .milliseconds(300))
+        say("grace: none")
+    } catch {
+        say("grace: \(error); cleaned up: \(access(marker, F_OK) == 0)")
+    }
+    pool.close()
+    try pool.join()
+}
+
 /// Limits, the sandbox and the environment, set in every rank's local processes.
 func limits() throws {
     let pool = try MPIPool(processesPerRank: 1, limits: WorkerLimits(memory: 128 << 20, sandbox: WorkerSandbox([.noNewProcesses])),
@@ -368,6 +413,7 @@ case "order": try order()
 case "faults": try await taskCancel(try faults())
 case "mismatch": try mismatch()
 case "limits": try limits()
+case "retries": try retriesAndGrace()
 case "kill-rank": try killRank()
 case "kill-master": try killMaster()
 case "sessions": try sessions()

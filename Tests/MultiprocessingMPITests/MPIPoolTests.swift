@@ -54,6 +54,14 @@ struct MPIPoolTests {
         #expect(!run.lines.contains("square: wrong"), "\(run.output)")
     }
 
+    @Test("retries and a soft timeout's grace period reach every rank's local pool")
+    func retriesAndGrace() throws {
+        let run = try MPIRun.mpirun(["retries"])
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.lines.contains("retried: 42"), "\(run.output)")
+        #expect(run.lines.contains("grace: \(ProcessError.timedOut(seconds: 0.3)); cleaned up: true"), "\(run.output)")
+    }
+
     @Test("pools follow one another on the same ranks; a second pool at once is refused; a terminated pool takes no work")
     func sessions() throws {
         let run = try MPIRun.mpirun(["sessions"])

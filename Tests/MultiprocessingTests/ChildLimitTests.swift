@@ -44,9 +44,44 @@ extension LimitTests {
         #expect(try await ChildProcess.execute(CoreLimit(), startMethod: method) == CoreLimit().run())
     }
 
+    @Test("a closure child runs under its limits and environment: memory, CPU time, variables, sandbox")
+    func closureChildLimits() throws {
+        let memory = WorkerLimits(memory: 128 * Self.mib, memoryEnforcement: .automatic)
+        if !underSanitizer || WorkerLimits.MemoryEnforcement.available == .controlGroup {
+            let hog = try ChildProcess(limits: memory) { _ = try AllocateForever().run() }
+            try hog.start()
+            try hog.join()
+            #expect(hog.failure == .memoryLimitExceeded(bytes: 128 * Self.mib))
+        }
+        let spinner = try ChildProcess(limits: WorkerLimits(cpuSeconds: 1)) { _ = try SpinForever().run() }
+        try spinner.start()
+        try spinner.join()
+        #expect(spinner.failure == .cpuTimeLimitExceeded(seconds: 1))
+
+        // What the child saw comes back through a pipe, as a closure child has no output.
+        let (reader, writer) = try Connection.pipe(duplex: false)
+        let environment = WorkerEnvironment(variables: ["MULTIPROCESSING_TEST_VARIABLE": "set for a closure"], workingDirectory: "/tmp")
+        let seeing = try ChildProcess(limits: WorkerLimits(), environment: environment) {
+            try writer.send(Surroundings()("MULTIPROCESSING_TEST_VARIABLE"))
+        }
+        try seeing.start()
+        let seen = try reader.receive([String].self)
+        try seeing.join()
+        #expect(seeing.exitCode == 0)
+        #expect(seen[0] == "set for a closure" && seen[1] == "/tmp")
+        #expect(getenv("MULTIPROCESSING_TEST_VARIABLE") == nil)
+
+        let forking = try ChildProcess(limits: WorkerLimits(sandbox: WorkerSandbox([.noNewProcesses]))) { _ = try ForkItself().run() }
+        try forking.start()
+        try forking.join()
+        #expect(forking.failure == .sandboxViolation(profile: "noNewProcesses"))
+        #expect(leftMemoryGroups().isEmpty)
+    }
+
     @Test("limits out of range are refused by a lone child too")
     func childBadLimits() {
         #expect(throws: PoolError.self) { _ = try ChildProcess(job: Square(value: 1), limits: WorkerLimits(memory: 10)) }
         #expect(throws: PoolError.self) { _ = try ChildProcess(job: Square(value: 1), environment: WorkerEnvironment(cpuAffinity: [])) }
+        #expect(throws: PoolError.self) { _ = try ChildProcess(limits: WorkerLimits(cpuSeconds: 0)) {} }
     }
 }

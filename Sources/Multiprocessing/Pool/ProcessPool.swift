@@ -73,8 +73,7 @@ public final class ProcessPool: WorkerPool {
         }
         try restartBudget.validate()
         try environment.validate()
-        guard retries >= 0 else { throw PoolError.invalidArgument("retries must be 0 or more, not \(retries)") }
-        if let gracePeriod, gracePeriod <= .zero { throw PoolError.invalidArgument("gracePeriod must be positive, not \(gracePeriod)") }
+        try Self.validate(gracePeriod: gracePeriod, retries: retries)
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
                                       limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget,
@@ -85,13 +84,22 @@ public final class ProcessPool: WorkerPool {
     /// its answers: an MPI rank's local pool, whose units are small and
     /// already spread over ranks by rank 0, keeps its workers busier so.
     package init(processes: Int?, startMethod: StartMethod, initializer: PoolInitializer?, maxTasksPerChild: Int?, pipelineDepth: Int,
-                 limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment()) throws {
+                 limits: WorkerLimits = WorkerLimits(), environment: WorkerEnvironment = WorkerEnvironment(),
+                 gracePeriod: Duration? = nil, retries: Int = 0) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         try environment.validate()
+        try Self.validate(gracePeriod: gracePeriod, retries: retries)
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
-                                      pipelineDepth: max(1, pipelineDepth), limits: limits, environment: environment, memoryEnforcement: memoryEnforcement))
+                                      pipelineDepth: max(1, pipelineDepth), limits: limits, environment: environment, memoryEnforcement: memoryEnforcement,
+                                      gracePeriod: gracePeriod, retries: retries))
+    }
+
+    /// Refuses a grace period that is not positive and a negative retry count.
+    package static func validate(gracePeriod: Duration?, retries: Int) throws(PoolError) {
+        guard retries >= 0 else { throw .invalidArgument("retries must be 0 or more, not \(retries)") }
+        if let gracePeriod, gracePeriod <= .zero { throw .invalidArgument("gracePeriod must be positive, not \(gracePeriod)") }
     }
 
     deinit {

@@ -56,10 +56,10 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     nonisolated(unsafe) private var forkedJob: (() -> Result<[UInt8], ProcessError>)? = nil
     private let work: Work
     private let state = Locked(State())
-    /// What a job child is limited to, and how memory is enforced (nil: no limit).
-    private var limits = WorkerLimits()
-    private var environment = WorkerEnvironment()
-    private var memoryEnforcement: WorkerLimits.MemoryEnforcement?
+    /// What the child is limited to, and how memory is enforced (nil: no limit).
+    private let limits: WorkerLimits
+    private let environment: WorkerEnvironment
+    private let memoryEnforcement: WorkerLimits.MemoryEnforcement?
 
     private static let counter = Atomic<Int>(0)
 
@@ -78,6 +78,33 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.startMethod = .fork
         self.target = target
         self.work = .closure
+        self.limits = WorkerLimits()
+        self.environment = WorkerEnvironment()
+        self.memoryEnforcement = nil
+    }
+
+    /// A process that runs `target` in a forked child under `limits`, with
+    /// `environment`.
+    ///
+    /// As ``init(name:daemon:target:)``; the limits and the environment apply
+    /// in the child before `target` runs, as for a pool's workers (see
+    /// ``WorkerLimits`` and ``WorkerEnvironment``), and a child ended by a
+    /// limit fails with the error that names it
+    /// (``ProcessError/memoryLimitExceeded(bytes:)``…).
+    ///
+    /// - Throws: ``PoolError/invalidArgument(_:)`` for limits or an
+    ///   environment out of range.
+    public init(name: String? = nil, daemon: Bool = false, limits: WorkerLimits,
+                environment: WorkerEnvironment = WorkerEnvironment(), target: @escaping () throws -> Void) throws {
+        self.name = name ?? Self.defaultName()
+        self.daemon = daemon
+        self.startMethod = .fork
+        self.target = target
+        self.work = .closure
+        self.memoryEnforcement = try limits.resolved()
+        try environment.validate()
+        self.limits = limits
+        self.environment = environment
     }
 
     /// A process for a subclass that overrides ``run()``; it starts by fork.
@@ -87,6 +114,9 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.startMethod = .fork
         self.target = nil
         self.work = .closure
+        self.limits = WorkerLimits()
+        self.environment = WorkerEnvironment()
+        self.memoryEnforcement = nil
     }
 
     /// A process that runs `job` in a child started by `startMethod`.
@@ -133,6 +163,9 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         self.startMethod = startMethod
         self.target = nil
         self.work = .job(typeName: typeName, payload: payload, attachments: [], originals: [])
+        self.limits = WorkerLimits()
+        self.environment = WorkerEnvironment()
+        self.memoryEnforcement = nil
     }
 
     deinit {
@@ -191,6 +224,18 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         return setup
     }
 
+    /// Runs ``run()`` in the forked child; its error becomes the report.
+    private func runTarget() -> Result<[UInt8], ProcessError> {
+        do {
+            try run()
+            return .success([])
+        } catch let error as ProcessError {
+            return .failure(error)
+        } catch {
+            return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
+        }
+    }
+
     private func launch() throws -> (any ChildHandle, FileDescriptor) {
         let (here, there) = try Syscall.socketPair()
         defer { Syscall.close(there) }
@@ -210,15 +255,8 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 var keep: [FileDescriptor]? = nil
                 if case let .job(_, _, _, originals) = work { keep = originals + [there] }
                 handle = try Spawner.fork(name: name, report: (here, there), keeping: keep) { [self] in
-                    if let forkedJob { return setup.map { $0.run(forkedJob) } ?? forkedJob() }
-                    do {
-                        try run()
-                        return .success([])
-                    } catch let error as ProcessError {
-                        return .failure(error)
-                    } catch {
-                        return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
-                    }
+                    let work = forkedJob ?? runTarget
+                    return setup.map { $0.run(work) } ?? work()
                 }
             case let (.spawn, .job(typeName, payload, attachments, _)):
                 let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count, setup: setup)
