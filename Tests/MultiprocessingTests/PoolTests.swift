@@ -201,7 +201,7 @@ struct PoolTests {
         // over 30 s, so the waiter first ran after the work had ended and
         // rightly got its value (seen once in a loop).
         let waiter = Task(executorPreference: InputExecutor.shared) { try await result.value }
-        #expect(eventually(within: .seconds(10)) { pool.workerProcessIDs.count == 1 })
+        #expect(await eventually(within: .seconds(10)) { pool.workerProcessIDs.count == 1 })
         let pids = pool.workerProcessIDs
         waiter.cancel()
         await #expect(throws: ProcessError.cancelled) { try await waiter.value }

@@ -61,7 +61,7 @@ struct ShutdownTests {
         let pool = try ProcessPool(processes: 1, startMethod: .spawn)
         await #expect(throws: PoolError.stillRunning) { try await pool.join(timeout: .seconds(1)) }
         let running = try pool.applyAsync(MarkAndWait(started: started, release: release, value: 7))
-        #expect(eventually(within: .seconds(60)) { access(started, F_OK) == 0 })
+        #expect(await eventually(within: .seconds(60)) { access(started, F_OK) == 0 })
         pool.close()
         #expect(try await pool.join(timeout: .milliseconds(50)) == false)
         touch(release)
@@ -114,7 +114,7 @@ struct ShutdownTests {
         let pids = String(decoding: result.standardOutputContent, as: UTF8.self).split(whereSeparator: \.isWhitespace).compactMap { Int32($0) }
         #expect(!pids.isEmpty)
         // Each was its child (or the forkserver's): gone, not left running as an orphan.
-        #expect(eventually(within: .seconds(30)) { pids.allSatisfy { !processIsRunning($0) } })
+        #expect(await eventually(within: .seconds(30)) { pids.allSatisfy { !processIsRunning($0) } })
     }
 }
 

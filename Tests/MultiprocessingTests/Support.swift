@@ -99,6 +99,18 @@ func eventually(within timeout: Duration, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
+/// Waits until `condition` holds or `timeout` passes, without holding a
+/// thread of the cooperative pool (2 threads on 2 cores: a blocked one can
+/// starve the task a test waits for); returns whether it held.
+func eventually(within timeout: Duration, _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
 /// Every thread's stack in process `pid`, from gdb (if the machine has it), for a log.
 func threadStacks(of pid: Int32) -> String {
     guard FileManager.default.isExecutableFile(atPath: "/usr/bin/gdb") else { return "(no gdb)" }
