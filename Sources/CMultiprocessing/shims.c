@@ -370,6 +370,8 @@ void cmp_exit_now(int code) {
 
 void cmp_flush_stdio(void) { fflush(NULL); }
 
+void cmp_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, BUFSIZ); }
+
 void cmp_lock_stdio(void) {
     flockfile(stdout);
     flockfile(stderr);

@@ -101,7 +101,7 @@ let sample = WireSample(
 let wire = FuzzTarget(name: "wire", seeds: {
     [
         [0] + (try! ValueCodec.encode(sample)),
-        [1] + (try! ValueCodec.encode(ProcessError.crashed(signal: 4))),
+        [1] + (try! ValueCodec.encode(ProcessError.crashed(signal: 4, report: CrashReport()))),
         [1] + (try! ValueCodec.encode(ProcessError.jobFailed(errorType: "E", description: "d"))),
         [2] + (try! ValueCodec.encode([ItemOutcome.value([1, 2]), .failed(.timedOut(seconds: 1))])),
         [3] + (try! ValueCodec.encode(ManagerError.unknownObject(3))),
@@ -245,7 +245,7 @@ let unitReply = FuzzTarget(name: "unit-reply", seeds: {
     }
     return [
         reply(.values(try! ValueCodec.encode([1, 4, 9]), offset: 0), id: 1),
-        reply(.mixed([.value(try! ValueCodec.encode(5)), .failed(.crashed(signal: 11))]), id: 2),
+        reply(.mixed([.value(try! ValueCodec.encode(5)), .failed(.crashed(signal: 11, report: CrashReport(message: "Fatal error", items: 3..<5, work: "Fuzz.Job")))]), id: 2),
         reply(.failed(.unknownJobType("X")), id: 0),
         ChildReport.encode(.success(try! ValueCodec.encode("out"))),
         ChildReport.encode(.failure(.timedOut(seconds: 2))),

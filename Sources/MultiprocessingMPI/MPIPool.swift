@@ -30,7 +30,7 @@ import Multiprocessing
 /// **Isolation.** Each worker rank runs its units in a local ``ProcessPool``
 /// of its own (`processesPerRank` processes, by `startMethod`), so a trap,
 /// a segfault, a time limit or a kill of a worker process fails only its
-/// unit with ``ProcessError/crashed(signal:)``, ``ProcessError/timedOut(seconds:)``
+/// unit with ``ProcessError/crashed(signal:report:)``, ``ProcessError/timedOut(seconds:)``
 /// …, and never the MPI job. A rank that dies itself ends the job, as Open
 /// MPI ends it: `mpirun` kills every rank, says which one died and why, and
 /// exits with a non-zero status; the local pools' processes go with their ranks.

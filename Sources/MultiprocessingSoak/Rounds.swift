@@ -75,11 +75,11 @@ enum PoolRound {
         switch result {
         case let .success(value): return task.fate == .value && value == task.id * 2
         case .failure(.jobFailed): return task.fate == .throwing
-        case .failure(.crashed(signal: SIGILL)), .failure(.crashed(signal: SIGTRAP)): return task.fate == .trap
+        case .failure(.crashed(signal: SIGILL, _)), .failure(.crashed(signal: SIGTRAP, _)): return task.fate == .trap
         // Filling 128 MiB may take longer than the time limit on a busy machine.
         case .failure(.timedOut): return task.fate == .overrun || task.fate == .exhaust
         case .failure(.memoryLimitExceeded): return task.fate == .exhaust
-        case .failure(.crashed(signal: SIGKILL)): return true  // the injector
+        case .failure(.crashed(signal: SIGKILL, _)): return true  // the injector
         case .failure(.cancelled): return cancelled
         case .failure: return false
         }
@@ -93,7 +93,7 @@ enum PoolRound {
         switch result {
         case .success: tally.completed += 1
         case .failure(.jobFailed): tally.threw += 1
-        case .failure(.crashed(signal: SIGKILL)): tally.killed += 1
+        case .failure(.crashed(signal: SIGKILL, _)): tally.killed += 1
         case .failure(.crashed): tally.trapped += 1
         case .failure(.timedOut): tally.timedOut += 1
         case .failure(.memoryLimitExceeded): tally.overMemory += 1

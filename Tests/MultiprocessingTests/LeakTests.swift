@@ -56,7 +56,7 @@ enum LeakScenarios {
                 let pool = try ProcessPool(processes: 2, startMethod: jobStartMethods[round % 3], maxTasksPerChild: round % 2 == 0 ? 3 : nil)
                 guard try pool.map(SquareFunction(), over: 0..<20, chunkSize: 2) == (0..<20).map({ $0 * $0 }) else { return 2 }
                 let crash = try pool.applyAsync { () -> Int in if round >= 0 { cmp_segfault() }; return 0 }
-                guard case .failure(.crashed(signal: SIGSEGV)) = Result(catching: { () throws(ProcessError) in
+                guard case .failure(.crashed(signal: SIGSEGV, _)) = Result(catching: { () throws(ProcessError) in
                     do { return try crash.get() } catch let error as ProcessError { throw error } catch { throw .cancelled }
                 }) else { return 3 }
                 let slow = try pool.applyAsync(timeout: .milliseconds(50)) { () -> Int in sleep(10); return 0 }

@@ -70,7 +70,7 @@ struct RetryTests {
         let counter = counterPath()
         defer { unlink(counter) }
         try withProcessPool(processes: 1, retries: 2) { (pool: ProcessPool) throws in
-            #expect(throws: ProcessError.retriesExhausted(attempts: Array(repeating: .crashed(signal: SIGABRT), count: 3))) {
+            #expect(throws: ProcessError.retriesExhausted(attempts: Array(repeating: .crashed(signal: SIGABRT, report: CrashReport(work: "MultiprocessingTests.CrashUntil")), count: 3))) {
                 try pool.apply(CrashUntil(counter: counter, succeedOn: .max, value: 0))
             }
             #expect(throws: ProcessError.retriesExhausted(attempts: Array(repeating: .timedOut(seconds: 0.1), count: 3))) {

@@ -89,6 +89,13 @@ func isRunning(_ pid: Int32) -> Bool {
     return state != "Z" && state != "X"
 }
 
+extension ProcessError {
+    /// The signal of a crash; nil for any other error.
+    var crashSignal: Int32? {
+        if case let .crashed(signal, _) = self { signal } else { nil }
+    }
+}
+
 /// Waits until `condition` holds or `timeout` passes; returns whether it held.
 func eventually(within timeout: Duration, _ condition: () -> Bool) -> Bool {
     let deadline = ContinuousClock.now + timeout

@@ -171,6 +171,25 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         }
     }
 
+    /// What a crash report says unit `unit` was: its items' indices in the
+    /// input (nil for a single task) and the work's readable type name (nil
+    /// for a closure).
+    func crashReport(unit: Int, message: String?) -> CrashReport {
+        let range = state.withLock { $0.unit(unit) }.map { $0.lower..<($0.lower + $0.items) }
+        switch work {
+        case let .named(kind, typeName, _, _, _):
+            switch kind {
+            case .job: return CrashReport(message: message, work: TypeNames.readable(typeName))
+            case .sentJob: return CrashReport(message: message)
+            case .sentChunk: return CrashReport(message: message, items: range)
+            default: return CrashReport(message: message, items: range, work: TypeNames.readable(typeName))
+            }
+        case .closure:
+            let single = state.withLock { $0.inputEnded && $0.itemsRead == 1 }
+            return CrashReport(message: message, items: single ? nil : range)
+        }
+    }
+
     /// Work named by type without a sent closure: its kind, type name and
     /// encoded value (what another machine can run); nil otherwise.
     package var namedWork: (kind: UnitRequest.Kind, typeName: String, payload: [UInt8])? {

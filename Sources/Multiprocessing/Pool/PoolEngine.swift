@@ -34,6 +34,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var gracePeriod: Duration? = nil
         /// How often a unit whose worker died runs again.
         var retries = 0
+        /// Where the workers' standard output and error go.
+        var output = WorkerOutput()
     }
 
     typealias Pending = PendingUnits
@@ -306,8 +308,20 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 descriptors.append(worker.exitDescriptor)
                 descriptors.append(worker.connectionEnded ? worker.exitDescriptor : worker.connection.fileDescriptor)
             }
+            // Forwarded output, after the pairs above.
+            var relays: [OutputRelay] = []
+            for worker in plan.watched {
+                for relay in worker.relays where !relay.ended {
+                    relays.append(relay)
+                    descriptors.append(relay.source)
+                }
+            }
             guard let events = try? Syscall.poll(descriptors, timeout: plan.timeout) else { continue }
             if events[0] != 0 { drainWake() }
+            // Output first: a worker writes what it prints before it answers or dies.
+            for (index, relay) in relays.enumerated() where events[1 + 2 * plan.watched.count + index] != 0 {
+                relay.drain()
+            }
             for (index, worker) in plan.watched.enumerated() {
                 let exited = events[1 + 2 * index] != 0
                 let readable = events[2 + 2 * index] != 0 && !worker.connectionEnded
@@ -483,7 +497,12 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             let name = workerName()
             worker = Result {
                 let (setup, group) = try workerSetup()
-                return try PoolWorker.start(kind: kind, memoryGroup: group, launch: { try launch(kind, name: name, call: call, setup: setup, connection: $0) })
+                return try PoolWorker.start(kind: kind, name: name, memoryGroup: group, output: configuration.output, launch: { connection, ends in
+                    var setup = setup
+                    setup.standardOutput = ends.standardOutput
+                    setup.standardError = ends.standardError
+                    return try launch(kind, name: name, call: call, setup: setup, connection: connection)
+                })
             }
         }
         var failed: [PoolCall] = []
@@ -637,6 +656,19 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         let code = (try? worker.process.join()) ?? -SIGKILL
         worker.connection.close()
         Syscall.close(worker.exitDescriptor)
+        // Everything it wrote is in the pipes now.
+        for relay in worker.relays {
+            relay.drain()
+            relay.close()
+        }
+        var crash: CrashReport?
+        if code < 0 {
+            // A trap's message is the runtime's last words; no other death has them.
+            let trapped = [SIGILL, SIGTRAP, SIGABRT].contains(-code)
+            let message = trapped ? worker.errorRelay.flatMap { CrashReport.runtimeMessage(in: $0.lastLines) } : nil
+            let head = state.withLock { _ in worker.outstanding.first }
+            crash = head.map { $0.call.crashReport(unit: $0.unit, message: message) } ?? CrashReport(message: message)
+        }
         let oomKilled = worker.memoryGroup?.oomKilled ?? false
         worker.memoryGroup?.remove()
         var reason = ProcessError.exited(status: code)
@@ -645,7 +677,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         // Units it held that cannot go back: their call takes no more (shut down).
         var orphaned: [PoolWorker.Assignment] = []
         let (failed, alsoFailed): (PoolWorker.Assignment?, [PoolWorker.Assignment]) = state.withLock { state in
-            reason = worker.killedFor ?? limitCause(of: worker, code: code, oomKilled: oomKilled) ?? (code < 0 ? .crashed(signal: -code) : .exited(status: code))
+            reason = worker.killedFor ?? limitCause(of: worker, code: code, oomKilled: oomKilled) ?? (code < 0 ? .crashed(signal: -code, report: crash ?? CrashReport()) : .exited(status: code))
             state.workers.removeAll { $0 === worker }
             var outstanding = worker.outstanding
             worker.outstanding.removeAll()

@@ -50,9 +50,16 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     var overMemory = false
     /// Its memory control group, if its memory is limited by one.
     let memoryGroup: MemoryGroup?
+    /// Its forwarded output streams (only the dispatcher touches them).
+    let relays: [OutputRelay]
+    /// The one of them that is its standard error, where a trap's message is.
+    let errorRelay: OutputRelay?
 
-    init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor, memoryGroup: MemoryGroup?) {
+    init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor, memoryGroup: MemoryGroup?,
+         relays: [OutputRelay] = [], errorRelay: OutputRelay? = nil) {
         self.kind = kind
+        self.relays = relays
+        self.errorRelay = errorRelay
         self.memoryGroup = memoryGroup
         self.process = process
         self.connection = connection
@@ -81,23 +88,49 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         try? process.kill()
     }
 
-    /// Starts a worker of `kind` in `memoryGroup` (removed if it cannot
-    /// start): `launch` starts the child that serves the connection's other
-    /// end; returns the worker once started.
-    static func start(kind: Kind, memoryGroup: MemoryGroup?, launch: (Connection) throws -> ChildProcess) throws -> PoolWorker {
+    /// The worker's ends of the pipes of its forwarded output.
+    struct OutputEnds {
+        var standardOutput: PassedDescriptor?
+        var standardError: PassedDescriptor?
+    }
+
+    /// Starts a worker of `kind` named `name` in `memoryGroup` (removed if
+    /// it cannot start), its output as `output` says: `launch` starts the
+    /// child that serves the connection's other end and takes the output
+    /// pipes' ends; returns the worker once started.
+    static func start(kind: Kind, name: String, memoryGroup: MemoryGroup?, output: WorkerOutput,
+                      launch: (Connection, OutputEnds) throws -> ChildProcess) throws -> PoolWorker {
+        var relays: [OutputRelay] = []
+        var errorRelay: OutputRelay?
+        var ends = OutputEnds()
+        // The worker's ends, closed here once it has them (or could not start).
+        var theirs: [FileDescriptor] = []
+        defer { theirs.forEach(Syscall.close) }
         let (here, there): (Connection, Connection)
         do {
+            for (mode, destination) in [(output.standardOutput, STDOUT_FILENO), (output.standardError, STDERR_FILENO)] where mode != .inherited {
+                let pipe = try Syscall.pipe()
+                theirs.append(pipe.writeEnd)
+                let relay = OutputRelay(source: pipe.readEnd, destination: destination, prefix: mode == .prefixed ? name : nil)
+                relays.append(relay)
+                if destination == STDOUT_FILENO { ends.standardOutput = PassedDescriptor(pipe.writeEnd) } else {
+                    ends.standardError = PassedDescriptor(pipe.writeEnd)
+                    errorRelay = relay
+                }
+            }
             (here, there) = try Connection.pipe(duplex: true)
         } catch {
+            relays.forEach { $0.close() }
             memoryGroup?.remove()
             throw error
         }
         let process: ChildProcess
         do {
-            process = try launch(there)
+            process = try launch(there, ends)
         } catch {
             here.close()
             there.close()
+            relays.forEach { $0.close() }
             memoryGroup?.remove()
             throw error
         }
@@ -118,9 +151,11 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
             try? process.kill()
             _ = try? process.join()
             here.close()
+            relays.forEach { $0.close() }
             memoryGroup?.remove()
             throw error
         }
-        return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit, memoryGroup: memoryGroup)
+        return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit, memoryGroup: memoryGroup,
+                          relays: relays, errorRelay: errorRelay)
     }
 }

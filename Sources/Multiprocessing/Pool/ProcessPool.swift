@@ -17,14 +17,15 @@
 ///   outputs travel. Forked workers run synchronous code only.
 ///
 /// A worker that traps, segfaults or is killed fails only the unit it was
-/// running (one task, or one chunk), with ``ProcessError/crashed(signal:)``
-/// naming the signal; the pool starts another worker and every other task
+/// running (one task, or one chunk), with ``ProcessError/crashed(signal:report:)``
+/// naming the signal, the items and, for a trap, the Swift runtime's
+/// message (read from the worker's standard error; see ``WorkerOutput``); the pool starts another worker and every other task
 /// goes on. A unit running past its `timeout` kills its worker and fails
 /// with ``ProcessError/timedOut(seconds:)``. Cancelling a Swift task that
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:_:)`,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:output:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -62,10 +63,13 @@ public final class ProcessPool: WorkerPool {
     ///     the unit fails with ``ProcessError/retriesExhausted(attempts:)``,
     ///     which keeps each attempt's error. An error the task throws is its
     ///     answer, and is not retried; nor is cancellation.
+    ///   - output: where the workers' standard output and error go: as they
+    ///     are, or read by the pool and written here line by line, with the
+    ///     worker's name or without; see ``WorkerOutput``.
     /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
     ///   limit out of range. A closure initializer with a start method other
     ///   than `.fork` for named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil, retries: Int = 0) throws {
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput()) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -77,7 +81,7 @@ public final class ProcessPool: WorkerPool {
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
                                       limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget,
-                                      gracePeriod: gracePeriod, retries: retries))
+                                      gracePeriod: gracePeriod, retries: retries, output: output))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -177,14 +181,14 @@ public final class ProcessPool: WorkerPool {
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, retries: Int = 0, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, retries: Int = 0, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output) }, body)
 }

@@ -21,8 +21,10 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     case corruptRequest(String)
     /// The job threw: the error's type name and description, as the child saw them.
     case jobFailed(errorType: String, description: String)
-    /// The child was ended by a signal (a trap, a segfault, `kill`).
-    case crashed(signal: Int32)
+    /// The child was ended by a signal (a trap, a segfault, `kill`):
+    /// `report` says what it was running and what the Swift runtime said
+    /// before it died, when that is known.
+    case crashed(signal: Int32, report: CrashReport)
     /// The child exited with a non-zero status and reported nothing.
     case exited(status: Int32)
     /// The forkserver that started the child died.
@@ -70,11 +72,12 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
         case .stillRunning: "the process is still running"
         case .closed: "the process handle is closed"
         case let .unsupportedStartMethod(method): "this work cannot run with the \(method) start method"
-        case let .unknownJobType(name): "the child cannot resolve the job type '\(name)'"
-        case let .notAJob(name): "'\(name)' is not a ProcessJob type; it was not run"
+        case let .unknownJobType(name):
+            "the child cannot find the job type \(TypeNames.described(name)): the type is not linked into the child's executable, or the child runs another build of the program"
+        case let .notAJob(name): "\(TypeNames.readable(name)) is not a ProcessJob type; it was not run"
         case let .corruptRequest(reason): "the child could not decode its job: \(reason)"
         case let .jobFailed(errorType, description): "the job threw \(errorType): \(description)"
-        case let .crashed(signal): "the child was killed by \(Signal.name(signal))"
+        case let .crashed(signal, report): report.describe(signal: signal)
         case let .exited(status): "the child exited with status \(status)"
         case .forkServerDied: "the forkserver that started the child died"
         case let .systemCall(name, errno): "\(name) failed: \(String(cString: strerror(errno)))"
@@ -95,8 +98,74 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     }
 }
 
+extension ProcessError {
+    /// A crash by `signal` of which nothing more is known.
+    static func crashed(signal: Int32) -> ProcessError { .crashed(signal: signal, report: CrashReport()) }
+}
+
+/// What is known of a crash beyond its signal: which work the worker was
+/// running, and the Swift runtime's own message (`"…/Array.swift:692:
+/// Fatal error: Index out of range"`), read from the worker's standard
+/// error when the pool forwards it (``WorkerOutput/standardError``).
+public struct CrashReport: Sendable, Equatable, Codable {
+    /// The last line the Swift runtime wrote before the process trapped
+    /// (`Fatal error`, `Precondition failed`, `Assertion failed`), as it
+    /// wrote it: file, line and message. Nil when it wrote none, or when
+    /// the worker's standard error was not read.
+    public var message: String?
+    /// The indices, in the call's input, of the items the worker was running
+    /// (one index unless the call is chunked); nil for a single task.
+    public var items: Range<Int>?
+    /// The type of the work, demangled (`"MyApp.Resize"`); nil for a closure.
+    public var work: String?
+
+    public init(message: String? = nil, items: Range<Int>? = nil, work: String? = nil) {
+        self.message = message
+        self.items = items
+        self.work = work
+    }
+
+    func describe(signal: Int32) -> String {
+        var text = "the child was killed by \(Signal.name(signal))"
+        if let cause = Signal.explanation(signal) { text += " (\(cause))" }
+        switch (items, work) {
+        case let (items?, work?): text += " running \(Self.describe(items)) of \(work)"
+        case let (items?, nil): text += " running \(Self.describe(items))"
+        case let (nil, work?): text += " running \(work)"
+        case (nil, nil): break
+        }
+        if let message { text += ": \(message)" }
+        return text
+    }
+
+    private static func describe(_ items: Range<Int>) -> String {
+        items.count == 1 ? "item \(items.lowerBound)" : "items \(items.lowerBound)..<\(items.upperBound)"
+    }
+
+    /// The runtime's fatal-error line among `lines` (the last one), if any.
+    static func runtimeMessage(in lines: some BidirectionalCollection<String>) -> String? {
+        lines.last { line in
+            line.contains("Fatal error") || line.contains("Precondition failed") || line.contains("Assertion failed")
+        }
+    }
+}
+
 /// Signal numbers and their names.
 public enum Signal {
+    /// What a crash by `signal` usually means, for an error message.
+    public static func explanation(_ signal: Int32) -> String? {
+        switch signal {
+        case SIGILL, SIGTRAP:
+            "a Swift runtime trap: a fatalError, a failed precondition, an index out of range, an arithmetic overflow or a nil unwrapped"
+        case SIGSEGV, SIGBUS: "a bad memory access"
+        case SIGABRT: "abort(): a failed C assertion, a corrupted heap or an uncaught C++ exception"
+        case SIGFPE: "an arithmetic fault, such as an integer division by zero"
+        case SIGKILL: "killed: by the kernel (out of memory), by the pool, or by someone"
+        case SIGXCPU: "past its CPU time limit"
+        default: nil
+        }
+    }
+
     /// The conventional name of a signal number, such as `SIGSEGV`.
     public static func name(_ signal: Int32) -> String {
         switch signal {

@@ -178,6 +178,9 @@ internal struct WorkerSetup: Codable, Sendable {
     var sandbox: WorkerSandbox? = nil
     /// A lone child's CPU seconds, all told (a pool worker's are per unit).
     var cpuSeconds: Int? = nil
+    /// Pipes to the pool, taken as standard output and error (forwarded output).
+    var standardOutput: PassedDescriptor? = nil
+    var standardError: PassedDescriptor? = nil
 
     /// What a worker under `limits` and `environment` sets up, and the
     /// memory control group it joins (made here; the caller removes it).
@@ -204,6 +207,12 @@ internal struct WorkerSetup: Codable, Sendable {
 
     /// In the worker: applies the setup; an error says what failed.
     func apply() -> ProcessError? {
+        do {
+            if let standardOutput { try Syscall.redirectStandardOutput(to: standardOutput.descriptor) }
+            if let standardError { try Syscall.redirect(standardError.descriptor, onto: STDERR_FILENO) }
+        } catch {
+            return ProcessError("dup2 (forwarded output)", error)
+        }
         if handlesStopRequests { Syscall.handleStopRequests() }
         do {
             for (name, value) in environment.variables.sorted(by: { $0.key < $1.key }) { try Syscall.setEnvironment(name, value) }

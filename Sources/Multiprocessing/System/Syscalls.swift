@@ -78,6 +78,22 @@ internal enum Syscall {
         cmp_default_fault_signals()
     }
 
+    /// `dup2(fd, target)`, then closes `fd`.
+    static func redirect(_ fd: FileDescriptor, onto target: Int32) throws(Errno) {
+        guard fd.rawValue != target else { return }
+        _ = try valueOrErrno { dup2(fd.rawValue, target) }
+        close(fd)
+    }
+
+    /// Makes `fd` standard output: what C's `stdout` holds is written
+    /// first, and from here on it writes each line as it ends (a pipe is
+    /// otherwise written only when its buffer fills).
+    static func redirectStandardOutput(to fd: FileDescriptor) throws(Errno) {
+        cmp_flush_stdio()
+        try redirect(fd, onto: STDOUT_FILENO)
+        cmp_line_buffer_stdout()
+    }
+
     /// `pipe2(O_CLOEXEC)`.
     static func pipe() throws(Errno) -> (readEnd: FileDescriptor, writeEnd: FileDescriptor) {
         var fds: (Int32, Int32) = (-1, -1)

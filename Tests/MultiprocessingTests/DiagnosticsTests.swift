@@ -1,0 +1,146 @@
+import Foundation
+import Multiprocessing
+import Testing
+
+/// Reads past the end of an array at `at`: the runtime's "Index out of range" trap.
+struct IndexPastEnd: ProcessFunction {
+    var at: Int
+    func callAsFunction(_ x: Int) -> Int {
+        let values = [x]
+        return x == at ? values[x + 1] : x
+    }
+}
+
+/// Stops with `fatalError` and a message of its own.
+struct FailFatally: ProcessJob {
+    var code: Int
+    func run() -> Int { fatalError("the ledger does not balance (\(code))") }
+}
+
+/// Prints `lines` numbered lines to standard output.
+struct PrintLines: ProcessFunction {
+    var lines: Int
+    func callAsFunction(_ worker: Int) -> Int {
+        for line in 0..<lines { print("lines of \(worker): \(line) of \(lines), and the rest of the line") }
+        return worker
+    }
+}
+
+@Suite("Diagnostics: crash reports, readable type names, forwarded output")
+struct DiagnosticsTests {
+    @Test("a trap in a map says which item, the runtime's message and that it was a Swift trap, by every start method", arguments: jobStartMethods)
+    func trapReport(startMethod: StartMethod) throws {
+        try withProcessPool(processes: 2, startMethod: startMethod) { (pool: ProcessPool) throws in
+            let failure = Result { try pool.map(IndexPastEnd(at: 13), over: 0..<40, chunkSize: 1) }
+            guard case let .failure(error as ProcessError) = failure, case let .crashed(signal, report) = error else {
+                Issue.record("not a crash: \(failure)")
+                return
+            }
+            #expect([SIGILL, SIGTRAP].contains(signal))
+            #expect(report.items == 13..<14)
+            #expect(report.work == "MultiprocessingTests.IndexPastEnd")
+            let message = try #require(report.message)
+            #expect(message.hasSuffix("Fatal error: Index out of range"), "\(message)")
+            #expect(error.description.contains("a Swift runtime trap"))
+            #expect(error.description.contains("running item 13 of MultiprocessingTests.IndexPastEnd: "))
+            // The pool goes on.
+            #expect(try pool.map(IndexPastEnd(at: -1), over: 0..<4) == [0, 1, 2, 3])
+        }
+    }
+
+    @Test("a chunk's crash names the chunk's items; fatalError's own message comes back for a single task")
+    func chunkAndFatalError() throws {
+        try withProcessPool(processes: 2) { (pool: ProcessPool) throws -> Void in
+            #expect {
+                try pool.map(IndexPastEnd(at: 25), over: 0..<40, chunkSize: 10)
+            } throws: { error in
+                guard case let .crashed(_, report) = error as? ProcessError else { return false }
+                return report.items == 20..<30 && report.message?.hasSuffix("Fatal error: Index out of range") == true
+            }
+            #expect {
+                try pool.apply(FailFatally(code: 7))
+            } throws: { error in
+                guard case let .crashed(_, report) = error as? ProcessError else { return false }
+                return report.items == nil && report.work == "MultiprocessingTests.FailFatally"
+                    && report.message?.hasSuffix("Fatal error: the ledger does not balance (7)") == true
+                    && report.message?.contains("DiagnosticsTests.swift:") == true
+            }
+        }
+    }
+
+    @Test("a closure's crash names its item; with standard error inherited no message is read")
+    func closureAndInherited() throws {
+        try withProcessPool(processes: 2, output: WorkerOutput(standardError: .inherited)) { (pool: ProcessPool) throws -> Void in
+            #expect {
+                try pool.map(Array(0..<10), chunkSize: 1) { (x: Int) -> Int in
+                    if x == 6 { _ = [x][x] }
+                    return x
+                }
+            } throws: { error in
+                guard case let .crashed(_, report) = error as? ProcessError else { return false }
+                return report.items == 6..<7 && report.work == nil && report.message == nil
+            }
+        }
+    }
+
+    @Test("a kill carries no runtime message, even after a task printed one")
+    func killHasNoMessage() throws {
+        try withProcessPool(processes: 1) { (pool: ProcessPool) throws -> Void in
+            #expect(try pool.apply { () -> Int in
+                FileHandle.standardError.write(Data("Fatal error: only printed\n".utf8))
+                return 1
+            } == 1)
+            #expect {
+                try pool.apply { () -> Int in
+                    kill(getpid(), SIGKILL)
+                    return 0
+                }
+            } throws: { error in
+                guard case .crashed(SIGKILL, let report) = error as? ProcessError else { return false }
+                return report.message == nil && (error as! ProcessError).description.contains("killed")
+            }
+        }
+    }
+
+    @Test("an unknown job type is named demangled, with what to check")
+    func unknownTypeName() {
+        let error = ProcessError.unknownJobType("4main13RenamedJobXYZV")
+        #expect(error.description.contains("main.RenamedJobXYZ ('4main13RenamedJobXYZV')"))
+        #expect(error.description.contains("not linked into the child's executable, or the child runs another build"))
+        // A name that is not mangled is shown as it is.
+        #expect(ProcessError.unknownJobType("a closure at offset 12").description.contains("'a closure at offset 12'"))
+    }
+
+    @Test("4 workers printing 10,000 lines each: every line arrives whole, prefixed with its worker's name")
+    func forwardedLines() async {
+        let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
+            try DiagnosticsScenarios.printLines()
+        }
+        guard let result else { return }
+        let lines = String(decoding: result.standardOutputContent, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        var counts: [Int: Int] = [:]
+        var bad: [Substring] = []
+        for line in lines where !line.isEmpty {
+            // "[PoolWorker-N] lines of W: L of 10000, and the rest of the line"
+            guard line.hasPrefix("[PoolWorker-"), line.hasSuffix(" of 10000, and the rest of the line"),
+                  let open = line.range(of: "] lines of "), let colon = line.range(of: ": ", range: open.upperBound..<line.endIndex),
+                  let worker = Int(line[open.upperBound..<colon.lowerBound])
+            else {
+                bad.append(line)
+                continue
+            }
+            counts[worker, default: 0] += 1
+        }
+        #expect(bad.isEmpty, "\(bad.prefix(3))")
+        #expect(counts == [0: 10_000, 1: 10_000, 2: 10_000, 3: 10_000])
+    }
+}
+
+enum DiagnosticsScenarios {
+    /// The body of the forwarding exit test: 4 workers print 10,000 lines each.
+    static func printLines() throws {
+        try withProcessPool(processes: 4, output: WorkerOutput(standardOutput: .prefixed)) { (pool: ProcessPool) throws -> Void in
+            _ = try pool.map(PrintLines(lines: 10_000), over: 0..<4, chunkSize: 1)
+        }
+    }
+}
