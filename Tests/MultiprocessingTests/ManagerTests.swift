@@ -197,7 +197,7 @@ struct ManagerTests {
         try other.start()
         #expect(try other.join() == 0)
         #expect(try shared.get("count") == "1")
-        #expect(throws: ManagerError.self) { try Manager.connect(to: address, authenticationKey: Array("wrong".utf8)) }
+        #expect(throws: ManagerError.authenticationFailed) { try Manager.connect(to: address, authenticationKey: Array("wrong".utf8)) }
         #expect(try shared.get("greeting") == "hello")
         manager.shutdown()
     }

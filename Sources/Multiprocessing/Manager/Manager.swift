@@ -71,8 +71,8 @@ public final class Manager: Sendable {
 
     /// Connects to a manager started elsewhere (another process or host).
     ///
-    /// - Throws: ``ManagerError/managerUnreachable(_:)`` if it cannot be
-    ///   reached or refuses the key.
+    /// - Throws: ``ManagerError/authenticationFailed`` if it refuses the
+    ///   key, ``ManagerError/managerUnreachable(_:)`` if it cannot be reached.
     public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8]) throws(ManagerError) -> Manager {
         let client = ManagerClient.shared(address: address, authenticationKey: authenticationKey)
         _ = try client.call(0, "ping")

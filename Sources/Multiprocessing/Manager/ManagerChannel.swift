@@ -51,6 +51,8 @@ internal final class ManagerChannel: @unchecked Sendable {  // used by one threa
         let socket: Connection
         do {
             socket = try Client.connect(to: address, authenticationKey: authenticationKey)
+        } catch ConnectionError.authenticationFailed {
+            throw .authenticationFailed
         } catch {
             throw .managerUnreachable("connecting to \(address): \(error)")
         }

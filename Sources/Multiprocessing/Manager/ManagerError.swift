@@ -4,6 +4,9 @@ import Glibc
 public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConvertible {
     /// The manager's server cannot be reached: it ended, or was killed.
     case managerUnreachable(String)
+    /// The server refused the connection: this side does not know its
+    /// authentication key (or did not answer its challenge in time).
+    case authenticationFailed
     /// The server does not know the object (it was never made there).
     case unknownObject(UInt64)
     /// The server could not read the request, or the object has no such method.
@@ -22,6 +25,7 @@ public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConve
     public var description: String {
         switch self {
         case let .managerUnreachable(reason): "the manager cannot be reached: \(reason)"
+        case .authenticationFailed: "the manager refused the connection: the authentication key is not its key"
         case let .unknownObject(id): "the manager has no object \(id)"
         case let .badRequest(reason): "the manager refused the request: \(reason)"
         case let .invalidArgument(reason): "invalid argument: \(reason)"
