@@ -102,7 +102,7 @@ let wire = FuzzTarget(name: "wire", seeds: {
     [
         [0] + (try! ValueCodec.encode(sample)),
         [1] + (try! ValueCodec.encode(ProcessError.crashed(signal: 4, report: CrashReport()))),
-        [1] + (try! ValueCodec.encode(ProcessError.jobFailed(errorType: "E", description: "d"))),
+        [1] + (try! ValueCodec.encode(ProcessError.jobFailed(JobFailure(errorType: "E", description: "d")))),
         [2] + (try! ValueCodec.encode([ItemOutcome.value([1, 2]), .failed(.timedOut(seconds: 1))])),
         [3] + (try! ValueCodec.encode(ManagerError.unknownObject(3))),
         [4] + (try! ValueCodec.encode(["a": [1, nil, 3]] as [String: [Int?]])),

@@ -26,8 +26,68 @@ struct PrintLines: ProcessFunction {
     }
 }
 
-@Suite("Diagnostics: crash reports, readable type names, forwarded output")
+/// A `Codable` error: it comes back from a worker as itself.
+struct LedgerError: Error, Codable, Equatable {
+    var account: String
+    var shortfall: Int
+}
+
+/// Throws a ``LedgerError`` for `account`.
+struct Overdraw: ProcessJob {
+    var account: String
+    func run() throws -> Int { throw LedgerError(account: account, shortfall: account.count) }
+}
+
+/// Throws a ``LedgerError`` for input 3.
+struct OverdrawAtThree: ProcessFunction {
+    func callAsFunction(_ x: Int) throws -> Int {
+        if x == 3 { throw LedgerError(account: "item", shortfall: x) }
+        return x
+    }
+}
+
+@Suite("Diagnostics: crash reports, errors that come back as themselves, readable type names, forwarded output")
 struct DiagnosticsTests {
+    @Test("an error whose type is Codable is caught by its type across processes, by every start method", arguments: jobStartMethods)
+    func codableErrors(startMethod: StartMethod) throws {
+        let expected = LedgerError(account: "savings", shortfall: 7)
+        try withProcessPool(processes: 2, startMethod: startMethod) { (pool: ProcessPool) throws -> Void in
+            do {
+                _ = try pool.apply(Overdraw(account: "savings"))
+                Issue.record("no error")
+            } catch let error as LedgerError {
+                #expect(error == expected)
+            }
+            #expect(throws: LedgerError(account: "item", shortfall: 3)) { try pool.map(OverdrawAtThree(), over: 0..<8, chunkSize: 2) }
+            #expect(throws: LedgerError(account: "closure", shortfall: 1)) {
+                try pool.apply { () throws -> Int in throw LedgerError(account: "closure", shortfall: 1) }
+            }
+            // Where errors are typed, the value rides in the ProcessError.
+            for result in try pool.imap(OverdrawAtThree(), over: 2..<5) {
+                if case let .failure(.jobFailed(failure)) = result {
+                    #expect(failure.error as? LedgerError == LedgerError(account: "item", shortfall: 3))
+                    #expect(failure.errorType == "MultiprocessingTests.LedgerError")
+                } else {
+                    #expect((try? result.get()) != nil)
+                }
+            }
+        }
+        #expect(throws: expected) { try ChildProcess.execute(Overdraw(account: "savings"), startMethod: startMethod) }
+    }
+
+    @Test("the async value of a task carries the Codable error in jobFailed")
+    func codableErrorAsync() async throws {
+        try await withProcessPool(processes: 1) { (pool: ProcessPool) async throws -> Void in
+            do {
+                _ = try await pool.applyAsync(Overdraw(account: "cheque")).value
+                Issue.record("no error")
+            } catch ProcessError.jobFailed(let failure) {
+                #expect(failure.error as? LedgerError == LedgerError(account: "cheque", shortfall: 6))
+                #expect(failure.description.contains("cheque"))
+            }
+        }
+    }
+
     @Test("a trap in a map says which item, the runtime's message and that it was a Swift trap, by every start method", arguments: jobStartMethods)
     func trapReport(startMethod: StartMethod) throws {
         try withProcessPool(processes: 2, startMethod: startMethod) { (pool: ProcessPool) throws in

@@ -88,7 +88,7 @@ struct PoolTests {
             let result = try pool.applyAsync(onSuccess: { value in seen.withLock { $0.append(value) } }) { big.reduce(0, +) }
             #expect(try result.get() == 3_000_000)
             let failing = try pool.applyAsync(onFailure: { _ in seen.withLock { $0.append(-1) } }) { () throws -> Int in throw Refusal(reason: "no") }
-            #expect(throws: ProcessError.jobFailed(errorType: String(reflecting: Refusal.self), description: "refused: no")) { try failing.get() }
+            #expect(throws: ProcessError.jobFailed(JobFailure(errorType: String(reflecting: Refusal.self), description: "refused: no"))) { try failing.get() }
             #expect(failing.isSuccessful == false)
         }
         #expect(seen.withLock { $0.sorted() } == [-1, 3_000_000])
@@ -119,10 +119,10 @@ struct PoolTests {
                 if x % 2 == 0 {
                     #expect(try result.get() == x)
                 } else {
-                    #expect(throws: ProcessError.jobFailed(errorType: String(reflecting: Refusal.self), description: "refused: odd \(x)")) { try result.get() }
+                    #expect(throws: ProcessError.jobFailed(JobFailure(errorType: String(reflecting: Refusal.self), description: "refused: odd \(x)"))) { try result.get() }
                 }
             }
-            #expect(throws: ProcessError.jobFailed(errorType: String(reflecting: Refusal.self), description: "refused: odd 1")) {
+            #expect(throws: ProcessError.jobFailed(JobFailure(errorType: String(reflecting: Refusal.self), description: "refused: odd 1"))) {
                 try pool.map(FailOnOdd(), over: 0..<10)
             }
         }

@@ -71,7 +71,7 @@ struct SentClosureTests {
     @Test("a throw, a trap and a timeout fail only their call; the pool goes on")
     func failures() throws {
         try withProcessPool(processes: 2) { (pool: ProcessPool) throws in
-            #expect(throws: ProcessError.jobFailed(errorType: String(reflecting: Refusal.self), description: "refused: thrown")) {
+            #expect(throws: ProcessError.jobFailed(JobFailure(errorType: String(reflecting: Refusal.self), description: "refused: thrown"))) {
                 try pool.apply(capturing: "thrown") { reason -> Int in throw Refusal(reason: reason) }
             }
             let trap = Result { () throws(ProcessError) -> Int in

@@ -71,7 +71,11 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
         guard let outcome = call.wait(until: timeout.map { .now + $0 }, { $0.outcome(of: 0) }) else {
             throw PoolError.resultNotReady
         }
-        return try decoder.values(outcome, count: 1)[0]
+        do {
+            return try decoder.values(outcome, count: 1)[0]
+        } catch {
+            throw error.rethrown
+        }
     }
 
     /// The output, awaited without blocking a thread. Cancelling the
@@ -144,7 +148,11 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
         guard let ended = call.wait(until: timeout.map { .now + $0 }, Self.ended) else {
             throw PoolError.resultNotReady
         }
-        return try collect(ended)
+        do {
+            return try collect(ended)
+        } catch {
+            throw error.rethrown
+        }
     }
 
     /// Every output, awaited without blocking a thread. Cancelling the

@@ -94,14 +94,14 @@ internal enum ChunkRunner {
                     mixed = []
                     for output in outputs { mixed!.append(encodeItem(output)) }
                 }
-                mixed!.append(.failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error))))
+                mixed!.append(.failed(.thrown(error)))
             }
         }
         if let mixed { return .mixed(mixed) }
         do {
             return .values(try WireCodec.encode(outputs), offset: 0)
         } catch {
-            return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the outputs: \(error)"))
+            return .failed(.thrown(error, while: "encoding the outputs"))
         }
     }
 
@@ -110,7 +110,7 @@ internal enum ChunkRunner {
         do {
             return .value(try WireCodec.encode(output))
         } catch {
-            return .failed(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the output: \(error)"))
+            return .failed(.thrown(error, while: "encoding the output"))
         }
     }
 

@@ -232,7 +232,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         } catch let error as ProcessError {
             return .failure(error)
         } catch {
-            return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
+            return .failure(.thrown(error))
         }
     }
 
@@ -322,7 +322,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         let result = state.withLock(\.result)
         switch result {
         case let .success(bytes)?: return try ValueCodec.decode(Output.self, from: bytes)
-        case let .failure(error)?: throw error
+        case let .failure(error)?: throw error.rethrown
         case nil: throw ProcessError.closed
         }
     }

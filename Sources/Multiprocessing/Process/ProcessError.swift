@@ -19,8 +19,12 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
     case notAJob(String)
     /// The job's input did not decode in the child.
     case corruptRequest(String)
-    /// The job threw: the error's type name and description, as the child saw them.
-    case jobFailed(errorType: String, description: String)
+    /// The job threw: the error's type name and description, as the child
+    /// saw them, and the error itself when its type is `Codable`
+    /// (``JobFailure/error``). Calls that throw untyped errors — `get()`,
+    /// `apply`, `map`, ``ChildProcess/output(as:)`` — throw that error
+    /// itself instead, so `catch let error as MyError` works across processes.
+    case jobFailed(JobFailure)
     /// The child was ended by a signal (a trap, a segfault, `kill`):
     /// `report` says what it was running and what the Swift runtime said
     /// before it died, when that is known.
@@ -76,7 +80,7 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
             "the child cannot find the job type \(TypeNames.described(name)): the type is not linked into the child's executable, or the child runs another build of the program"
         case let .notAJob(name): "\(TypeNames.readable(name)) is not a ProcessJob type; it was not run"
         case let .corruptRequest(reason): "the child could not decode its job: \(reason)"
-        case let .jobFailed(errorType, description): "the job threw \(errorType): \(description)"
+        case let .jobFailed(failure): "the job threw \(failure.errorType): \(failure.description)"
         case let .crashed(signal, report): report.describe(signal: signal)
         case let .exited(status): "the child exited with status \(status)"
         case .forkServerDied: "the forkserver that started the child died"
@@ -99,8 +103,70 @@ public enum ProcessError: Error, Sendable, Equatable, Codable, CustomStringConve
 }
 
 extension ProcessError {
+    /// `error`, thrown by a job, as it crosses to the parent.
+    @usableFromInline
+    static func thrown(_ error: any Error) -> ProcessError { .jobFailed(JobFailure(error)) }
+
+    /// A job's failure that is not an error it threw as such (`context` says
+    /// what failed: "encoding the output").
+    @usableFromInline
+    static func thrown(_ error: any Error, while context: String) -> ProcessError {
+        .jobFailed(JobFailure(errorType: String(reflecting: type(of: error)), description: "\(context): \(error)"))
+    }
+
+    /// What an untyped `throws` call throws for this error: the job's own
+    /// error when it came back (``JobFailure/error``), else this.
+    var rethrown: any Error {
+        if case let .jobFailed(failure) = self, let error = failure.error { return error }
+        return self
+    }
+
     /// A crash by `signal` of which nothing more is known.
     static func crashed(signal: Int32) -> ProcessError { .crashed(signal: signal, report: CrashReport()) }
+}
+
+/// An error a job threw, as it came back from the process that ran it.
+public struct JobFailure: Sendable, Equatable, Codable {
+    /// The error's type, as `String(reflecting:)` names it (`"MyApp.ParseError"`).
+    public let errorType: String
+    /// The error's description, as the process that ran the job saw it.
+    public let description: String
+    /// The error's type (mangled) and value, when the type is `Codable`.
+    private let mangledType: String?
+    private let payload: [UInt8]?
+
+    /// A failure that carries no error value.
+    public init(errorType: String, description: String) {
+        self.errorType = errorType
+        self.description = description
+        mangledType = nil
+        payload = nil
+    }
+
+    /// `error` as it crosses: with its value, when its type is `Codable`.
+    init(_ error: any Error) {
+        errorType = String(reflecting: type(of: error))
+        description = String(describing: error)
+        if type(of: error) is any Decodable.Type, let encodable = error as? any Encodable,
+           let name = _mangledTypeName(type(of: error)), let bytes = try? ValueCodec.encode(encodable) {
+            (mangledType, payload) = (name, bytes)
+        } else {
+            (mangledType, payload) = (nil, nil)
+        }
+    }
+
+    /// The error the job threw, decoded, when its type is `Codable` (and
+    /// this program has it: the same build runs the job); nil otherwise.
+    public var error: (any Error)? {
+        guard let mangledType, let payload,
+              let type = _typeByName(mangledType) as? any (Error & Decodable).Type
+        else { return nil }
+        return try? Self.decode(type, payload)
+    }
+
+    private static func decode<E: Error & Decodable>(_ type: E.Type, _ bytes: [UInt8]) throws -> any Error {
+        try ValueCodec.decode(E.self, from: bytes)
+    }
 }
 
 /// What is known of a crash beyond its signal: which work the worker was

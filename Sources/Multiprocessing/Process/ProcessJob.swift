@@ -62,12 +62,12 @@ extension JobRunner {
         do {
             output = try body()
         } catch {
-            return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: String(describing: error)))
+            return .failure(.thrown(error))
         }
         do {
             return .success(try ValueCodec.encode(output))
         } catch {
-            return .failure(.jobFailed(errorType: String(reflecting: type(of: error)), description: "encoding the output: \(error)"))
+            return .failure(.thrown(error, while: "encoding the output"))
         }
     }
 }
