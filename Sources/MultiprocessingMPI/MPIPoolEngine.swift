@@ -221,6 +221,9 @@ final class MPIPoolEngine: UnitScheduler, @unchecked Sendable {  // mutable stat
         // One delivery per call: its waiters and readers wake once per batch, not per unit.
         var byCall: [ObjectIdentifier: (PoolCall, [(Int, Result<UnitOutcome, ProcessError>)])] = [:]
         for (assignment, outcome) in delivered {
+            var outcome = outcome
+            // A crash report names the items of the rank's own call: this call's, here.
+            if case let .success(.failed(error)) = outcome { outcome = .success(.failed(assignment.call.rebased(error, unit: assignment.unit))) }
             byCall[ObjectIdentifier(assignment.call), default: (assignment.call, [])].1.append((assignment.unit, outcome))
         }
         for (call, outcomes) in byCall.values { call.deliver(outcomes) }

@@ -190,6 +190,22 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         }
     }
 
+    /// `error`, which unit `unit` of this call failed with in a pool that
+    /// ran it as a call of its own (an MPI rank's local pool): its crash
+    /// report names this call's items.
+    package func rebased(_ error: ProcessError, unit: Int) -> ProcessError {
+        switch error {
+        case let .crashed(signal, report) where report.items != nil:
+            var report = report
+            report.items = state.withLock { $0.unit(unit) }.map { $0.lower..<($0.lower + $0.items) }
+            return .crashed(signal: signal, report: report)
+        case let .retriesExhausted(attempts):
+            return .retriesExhausted(attempts: attempts.map { rebased($0, unit: unit) })
+        default:
+            return error
+        }
+    }
+
     /// Work named by type without a sent closure: its kind, type name and
     /// encoded value (what another machine can run); nil otherwise.
     package var namedWork: (kind: UnitRequest.Kind, typeName: String, payload: [UInt8])? {
