@@ -192,16 +192,17 @@ struct PoolTests {
     @Test("cancelling the awaiting task cancels the work and kills its worker")
     func cancellation() async throws {
         let pool = try ProcessPool(processes: 1)
+        // Far longer than the test takes: the work must still run when it is
+        // cancelled, however late this task runs again (in the full suite on
+        // 2 cores, blocking tests held both cooperative threads for over 30 s,
+        // so work of 30 s had ended and rightly given its value).
         let result = try pool.applyAsync { () -> Int32 in
-            sleep(30)
+            sleep(120)
             return getpid()
         }
-        // On a thread of the library's, not the cooperative pool: in the full
-        // suite on 2 cores, blocking tests held both cooperative threads for
-        // over 30 s, so the waiter first ran after the work had ended and
-        // rightly got its value (seen once in a loop).
+        // On a thread of the library's, not the cooperative pool (as above).
         let waiter = Task(executorPreference: InputExecutor.shared) { try await result.value }
-        #expect(await eventually(within: .seconds(10)) { pool.workerProcessIDs.count == 1 })
+        #expect(await eventually(within: .seconds(60)) { pool.workerProcessIDs.count == 1 })
         let pids = pool.workerProcessIDs
         waiter.cancel()
         await #expect(throws: ProcessError.cancelled) { try await waiter.value }
