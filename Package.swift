@@ -99,7 +99,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MultiprocessingTests",
-            dependencies: ["Multiprocessing", "CMultiprocessing"]
+            dependencies: ["Multiprocessing", "CMultiprocessing", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Synchronization
 import Multiprocessing
 import Testing
 
@@ -202,5 +204,64 @@ enum DiagnosticsScenarios {
         try withProcessPool(processes: 4, output: WorkerOutput(standardOutput: .prefixed)) { (pool: ProcessPool) throws -> Void in
             _ = try pool.map(PrintLines(lines: 10_000), over: 0..<4, chunkSize: 1)
         }
+    }
+}
+
+/// Keeps every record logged through it, for a test to read.
+struct RecordingLogHandler: LogHandler {
+    struct Record: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: Logger.Metadata
+    }
+
+    final class Store: Sendable {
+        let records = Mutex<[Record]>([])
+        var all: [Record] { records.withLock { $0 } }
+    }
+
+    let store: Store
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let record = Record(level: event.level, message: "\(event.message)", metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+        store.records.withLock { $0.append(record) }
+    }
+}
+
+@Suite("Logging: a pool's workers' lives through swift-log")
+struct LoggingTests {
+    @Test("started, crashed, killed past their time, recycled and left: each logged once, with its worker's name and pid")
+    func lifecycle() throws {
+        let store = RecordingLogHandler.Store()
+        let logger = Logger(label: "test.pool") { _ in RecordingLogHandler(store: store) }
+        try withProcessPool(processes: 1, maxTasksPerChild: 3, logger: logger) { (pool: ProcessPool) throws -> Void in
+            #expect(try pool.apply(Square(value: 2)) == 4)
+            #expect(throws: ProcessError.self) { try pool.apply(FailFatally(code: 1)) }
+            #expect(throws: ProcessError.timedOut(seconds: 0.2)) { try pool.apply(PauseForever(), timeout: .milliseconds(200)) }
+            // Three tasks in one worker: it is recycled.
+            #expect(try pool.map(SquareFunction(), over: 0..<3, chunkSize: 1) == [0, 1, 4])
+        }
+        let records = store.all
+        let started = records.filter { $0.message == "pool worker started" }
+        let crashed = records.filter { $0.message == "pool worker crashed" }
+        let timedOut = records.filter { $0.message == "pool worker killed: its task ran past its time" }
+        let left = records.filter { $0.message == "pool worker left" }
+        // One for the first two tasks (the second crashes it), one for the timeout, one for the map.
+        #expect(started.count == 3, "\(records.map(\.message))")
+        #expect(started.allSatisfy { $0.level == .debug && $0.metadata["pool.worker"] != nil && $0.metadata["pool.worker.pid"] != nil })
+        #expect(crashed.count == 1)
+        #expect(crashed.first?.level == .info)
+        #expect(crashed.first?.metadata["error"].map { "\($0)".contains("the ledger does not balance (1)") } == true)
+        #expect(timedOut.count == 1)
+        #expect(left.contains { $0.metadata["pool.worker.reason"] == "recycled: maxTasksPerChild" })
+        // Every worker that started ended, and was logged ending.
+        #expect(started.count == crashed.count + timedOut.count + left.count + records.filter { $0.message == "pool worker ended" }.count)
     }
 }

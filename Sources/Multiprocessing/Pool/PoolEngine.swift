@@ -1,3 +1,4 @@
+import Logging
 import Crypto
 import Glibc
 import SystemPackage
@@ -36,6 +37,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var retries = 0
         /// Where the workers' standard output and error go.
         var output = WorkerOutput()
+        /// Where the workers' lives are logged (nil: nowhere).
+        var logger: Logger? = nil
     }
 
     typealias Pending = PendingUnits
@@ -523,6 +526,13 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 state.namedOrder.removeAll { id in failed.contains { $0.id == id } }
             }
         }
+        if let logger = configuration.logger {
+            switch worker {
+            case let .success(worker): logger.debug("pool worker started", metadata: Self.metadata(of: worker))
+            case .failure where error != .cancelled: logger.warning("a pool worker could not start", metadata: ["error": "\(error)"])
+            case .failure: break
+            }
+        }
         for call in failed {
             call.failRemaining(error)
         }
@@ -731,9 +741,43 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 assignment.call.deliver(assignment.unit, .failure(reason))
             }
         }
+        if let logger = configuration.logger { log(worker, code: code, reason: reason, to: logger) }
+        if !budgetSpent.isEmpty { configuration.logger?.warning("the pool stopped starting workers", metadata: ["error": "\(budgetError)"]) }
         for call in budgetSpent { call.failRemaining(budgetError) }
         for assignment in orphaned { assignment.call.deliver(assignment.unit, .failure(.cancelled)) }
         signal()
+    }
+
+    // MARK: - Logging
+
+    /// The metadata that names `worker` in a log record.
+    private static func metadata(of worker: PoolWorker) -> Logger.Metadata {
+        var metadata: Logger.Metadata = ["pool.worker": "\(worker.process.name)"]
+        if let pid = worker.process.pid { metadata["pool.worker.pid"] = "\(pid)" }
+        if case let .closure(callID) = worker.kind { metadata["pool.call"] = "\(callID)" }
+        return metadata
+    }
+
+    /// Logs how `worker` ended: a worker that left when asked at debug, one
+    /// that died or was killed at info (its task's caller gets the error).
+    private func log(_ worker: PoolWorker, code: Int32, reason: ProcessError, to logger: Logger) {
+        var metadata = Self.metadata(of: worker)
+        metadata["pool.worker.tasks"] = "\(worker.unitsDone)"
+        if code == 0 && worker.killedFor == nil {
+            let why = worker.overMemory ? "recycled: its memory passed the limit"
+                : configuration.maxTasksPerChild.map { worker.unitsDone >= $0 } == true ? "recycled: maxTasksPerChild" : "its work is done"
+            metadata["pool.worker.reason"] = "\(why)"
+            logger.debug("pool worker left", metadata: metadata)
+            return
+        }
+        metadata["pool.worker.status"] = "\(code)"
+        metadata["error"] = "\(reason)"
+        switch reason {
+        case .poolTerminated: logger.debug("pool worker ended", metadata: metadata)
+        case .timedOut: logger.info("pool worker killed: its task ran past its time", metadata: metadata)
+        case .crashed: logger.info("pool worker crashed", metadata: metadata)
+        default: logger.info("pool worker ended", metadata: metadata)
+        }
     }
 
     /// The limit that ended `worker`, if one did (with the lock held).
