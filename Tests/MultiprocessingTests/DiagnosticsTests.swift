@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MetricsTestKit
 import Synchronization
 import Multiprocessing
 import Testing
@@ -263,5 +264,33 @@ struct LoggingTests {
         #expect(left.contains { $0.metadata["pool.worker.reason"] == "recycled: maxTasksPerChild" })
         // Every worker that started ended, and was logged ending.
         #expect(started.count == crashed.count + timedOut.count + left.count + records.filter { $0.message == "pool worker ended" }.count)
+    }
+}
+
+@Suite("Metrics: a pool's tasks and workers through swift-metrics")
+struct MetricsTests {
+    @Test("submitted, completed and failed tasks, unit durations, workers, queue depth and restarts add up to what ran")
+    func counts() throws {
+        let metrics = TestMetrics()
+        let dimensions = [("pool", "sums")]
+        try withProcessPool(processes: 2, metrics: PoolMetrics(label: "sums", factory: metrics)) { (pool: ProcessPool) throws -> Void in
+            #expect(try pool.map(SquareFunction(), over: 0..<100, chunkSize: 10).count == 100)
+            // 4 of 10 items throw (the odd ones): a chunk of 10 with mixed outcomes.
+            #expect(throws: (any Error).self) { try pool.map(FailOnOdd(), over: 0..<8, chunkSize: 8) }
+            #expect(throws: ProcessError.self) { try pool.apply(FailFatally(code: 2)) }
+            #expect(try pool.apply(Square(value: 5)) == 25)
+        }
+        #expect(metrics.counterTotal(label: "multiprocessing_pool_tasks_submitted", dimensions: dimensions) == 110)
+        #expect(metrics.counterTotal(label: "multiprocessing_pool_tasks_completed", dimensions: dimensions) == 105)
+        #expect(metrics.counterTotal(label: "multiprocessing_pool_tasks_failed", dimensions: dimensions) == 5)
+        #expect(metrics.counterTotal(label: "multiprocessing_pool_worker_restarts", dimensions: dimensions) == 1)
+        let durations = try metrics.expectTimer("multiprocessing_pool_unit_duration", dimensions).values
+        // 10 chunks, one chunk of 8, one task that answered (the crash has no answer).
+        #expect(durations.count == 12)
+        #expect(durations.allSatisfy { $0 > 0 })
+        let workers = try metrics.expectGauge("multiprocessing_pool_workers", dimensions).values
+        #expect(workers.max() == 2 && workers.last == 0)
+        let depth = try metrics.expectGauge("multiprocessing_pool_queue_depth", dimensions).values
+        #expect(depth.contains { $0 > 0 } && depth.last == 0)
     }
 }

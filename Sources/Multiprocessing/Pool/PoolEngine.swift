@@ -39,6 +39,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var output = WorkerOutput()
         /// Where the workers' lives are logged (nil: nowhere).
         var logger: Logger? = nil
+        /// What the pool records through swift-metrics (nil: nothing).
+        var metrics: PoolMeters? = nil
     }
 
     typealias Pending = PendingUnits
@@ -57,6 +59,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var namedFailure: ProcessError?
         var nextCallID = 1
         var nextUnitID: UInt64 = 1
+        /// Items of each call counted as submitted so far (with metrics only).
+        var countedItems: [Int: Int] = [:]
         var workerSerial = 0
         /// When workers of each kind died before they were ready, since one last was.
         var startupDeaths: [PoolWorker.Kind: [ContinuousClock.Instant]] = [:]
@@ -117,6 +121,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     /// Adds a call: its units are sent to workers as they free up.
     func submit(_ call: PoolCall) throws(PoolError) {
         prepareForFork(call)
+        if configuration.metrics != nil { countSubmitted(call) }
         call.retries = configuration.retries
         call.cancelHandler = { [weak self] call in self?.cancel(call) }
         call.finishHandler = { [weak self] call in self?.finish(call) }
@@ -143,6 +148,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     /// More units of `call` were read, or its input ended.
     private func unitsRead(_ call: PoolCall, count: Int, inputEnded: Bool) {
+        if configuration.metrics != nil { countSubmitted(call) }
         let handedOver = state.withLock { state -> Bool in
             guard var pending = state.pending[call.id] else { return true }
             pending.count = max(pending.count, count)
@@ -152,6 +158,18 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return !inputEnded && call.timeout == nil && sendToIdleWorkers(call, &state)
         }
         if !handedOver { signal() }
+    }
+
+    /// Counts the items of `call` read since it was last counted as submitted.
+    private func countSubmitted(_ call: PoolCall) {
+        let read = call.state.withLock(\.itemsRead)
+        let new = state.withLock { state -> Int in
+            let counted = state.countedItems[call.id] ?? 0
+            guard read > counted else { return 0 }
+            state.countedItems[call.id] = read
+            return read - counted
+        }
+        if new > 0 { configuration.metrics?.submitted.increment(by: Int64(new)) }
     }
 
     /// Sends units of `call` straight to idle workers, with the lock held;
@@ -197,6 +215,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         state.withLock { state in
             state.calls[call.id] = nil
             state.pending[call.id] = nil
+            state.countedItems[call.id] = nil
             state.namedOrder.removeAll { $0 == call.id }
         }
         signal()
@@ -408,6 +427,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             }
         }
         plan.watched = state.workers
+        if let metrics = configuration.metrics {
+            metrics.workers.record(state.workers.count)
+            metrics.queueDepth.record(state.pending.values.reduce(0) { $0 + $1.remaining })
+        }
         let quiet = state.workers.isEmpty && state.startingNamed == 0 && state.startingClosure == 0
         plan.done = quiet && (state.phase == .terminating || (state.phase == .closing && state.calls.isEmpty))
         return plan
@@ -625,11 +648,13 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         let overMemory = configuration.limits.recycleAbove.map { limit in
             worker.process.pid.flatMap(Syscall.residentMemory(of:)).map { $0 > limit } ?? false
         } ?? false
+        var started: ContinuousClock.Instant?
         let assignment: PoolWorker.Assignment? = state.withLock { state in
             guard let first = worker.outstanding.first, first.id == reply.id else {
                 worker.kill(for: .corruptReply("an answer to a unit it was not running"))
                 return nil
             }
+            started = worker.startedAt
             worker.outstanding.removeFirst()
             worker.unitsDone += 1
             if overMemory { worker.overMemory = true }
@@ -637,6 +662,17 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return first
         }
         guard let assignment else { return }
+        if let metrics = configuration.metrics {
+            if let started { metrics.unitDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds) }
+            switch reply.outcome {
+            case .values: metrics.completed.increment(by: Int64(assignment.items))
+            case let .mixed(items):
+                let failed = items.filter { if case .failed = $0 { true } else { false } }.count
+                metrics.failed.increment(by: Int64(failed))
+                metrics.completed.increment(by: Int64(items.count - failed))
+            case .failed: metrics.failed.increment(by: Int64(assignment.items))
+            }
+        }
         assignment.call.deliver(assignment.unit, .success(reply.outcome))
     }
 
@@ -737,10 +773,12 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return (first, [])
         }
         if let failed {
+            configuration.metrics?.failed.increment(by: Int64(([failed] + alsoFailed).reduce(0) { $0 + $1.items }))
             for assignment in [failed] + alsoFailed {
                 assignment.call.deliver(assignment.unit, .failure(reason))
             }
         }
+        if code != 0 || worker.killedFor != nil, reason != .poolTerminated { configuration.metrics?.restarts.increment() }
         if let logger = configuration.logger { log(worker, code: code, reason: reason, to: logger) }
         if !budgetSpent.isEmpty { configuration.logger?.warning("the pool stopped starting workers", metadata: ["error": "\(budgetError)"]) }
         for call in budgetSpent { call.failRemaining(budgetError) }
@@ -812,6 +850,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     private func deliverFailures(_ failures: [(PoolCall, Int, ProcessError)]) {
         for (call, unit, error) in failures {
+            if let metrics = configuration.metrics { metrics.failed.increment(by: Int64(call.input(of: unit)?.items ?? 1)) }
             call.deliver(unit, .failure(error))
         }
     }
