@@ -48,6 +48,9 @@ internal enum Authentication {
             return try connection.receiveBytes(maxLength: maximumMessage)
         } catch ConnectionError.bufferTooSmall {
             throw ConnectionError.authenticationFailed
+        } catch WireError.endOfFile {
+            // The peer went away: not a verdict on the key.
+            throw WireError.endOfFile
         } catch is WireError {
             throw ConnectionError.authenticationFailed
         }

@@ -133,7 +133,9 @@ public enum Client {
     /// Connects to `address`, proving (and checking) the key if one is given.
     ///
     /// - Throws: ``ConnectionError/authenticationFailed`` if either side does
-    ///   not know the key; `Errno` if nobody listens there.
+    ///   not know the key; `Errno` if nobody listens there;
+    ///   ``WireError/endOfFile`` (or `Errno`) if the listener went away
+    ///   during the handshake.
     public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8]? = nil) throws -> Connection {
         let fd: FileDescriptor
         switch address {
@@ -152,8 +154,10 @@ public enum Client {
             do {
                 try Authentication.client(connection, key: authenticationKey)
             } catch {
+                // A refused key is `authenticationFailed`; a listener that
+                // went away mid-handshake is its own error (end of file, a reset).
                 connection.close()
-                throw ConnectionError.authenticationFailed
+                throw error
             }
         }
         return connection
