@@ -14,6 +14,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/close_range.h>
@@ -371,6 +372,12 @@ void cmp_exit_now(int code) {
 void cmp_flush_stdio(void) { fflush(NULL); }
 
 void cmp_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, BUFSIZ); }
+
+int cmp_terminal_columns(int fd) {
+    struct winsize size;
+    if (ioctl(fd, TIOCGWINSZ, &size) != 0) return -1;
+    return size.ws_col;
+}
 
 void cmp_lock_stdio(void) {
     flockfile(stdout);

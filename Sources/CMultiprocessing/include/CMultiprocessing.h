@@ -136,6 +136,9 @@ void cmp_flush_stdio(void);
 /// Makes C's `stdout` write each line as it ends (`setvbuf(_IOLBF)`), even to a pipe.
 void cmp_line_buffer_stdout(void);
 
+/// The columns of the terminal `fd` is (`ioctl(TIOCGWINSZ)`); -1 (errno set) if it is none.
+int cmp_terminal_columns(int fd);
+
 /// Number of CPUs in this process's affinity mask, or -1.
 int cmp_affinity_cpu_count(void);
 /* Bytes of the heap in use (mallinfo2's uordblks): what leak tests watch. */

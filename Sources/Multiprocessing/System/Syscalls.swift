@@ -94,6 +94,12 @@ internal enum Syscall {
         cmp_line_buffer_stdout()
     }
 
+    /// The width in columns of the terminal `fd` is; nil if it is none (or says 0).
+    static func terminalColumns(_ fd: Int32) -> Int? {
+        let columns = cmp_terminal_columns(fd)
+        return columns > 0 ? Int(columns) : nil
+    }
+
     /// `pipe2(O_CLOEXEC)`.
     static func pipe() throws(Errno) -> (readEnd: FileDescriptor, writeEnd: FileDescriptor) {
         var fds: (Int32, Int32) = (-1, -1)
