@@ -145,27 +145,15 @@ func poolImapExample() throws {
     }
 }
 
-/// A long map with a progress bar drawn as chunks complete.
+/// A long map with the library's progress bar (drawn on standard error when
+/// it is a terminal; nothing is drawn otherwise).
 func poolProgressExample() throws {
-    let bar = ProgressBar()
     try withProcessPool { (pool: ProcessPool) throws in
-        let sums = try pool.map(1...400, chunkSize: 10, progress: bar.draw) { n in
+        let sums = try pool.map(1...400, chunkSize: 10, progress: ProgressBar.terminal(title: "sums")) { n in
             usleep(5_000)
             return (1...n).reduce(0, +)
         }
-        say("")
         say("400 sums, the last \(sums.last!)")
-    }
-}
-
-/// Draws `[#####.....] 50%` on one terminal line.
-final class ProgressBar: Sendable {
-    func draw(_ progress: PoolProgress) {
-        let width = 30
-        let filled = Int(progress.fraction * Double(width))
-        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        print("\r[\(bar)] \(progress.completed)/\(progress.total)", terminator: "")
-        fflush(nil)
     }
 }
 
