@@ -294,3 +294,77 @@ struct MetricsTests {
         #expect(depth.contains { $0 > 0 } && depth.last == 0)
     }
 }
+
+/// Takes `milliseconds` of wall time: the slow unit of the insights test.
+struct Nap: ProcessJob {
+    var milliseconds: UInt32
+    func run() -> Int {
+        usleep(milliseconds * 1000)
+        return Int(milliseconds)
+    }
+}
+
+@Suite("Insights and events: what a pool's workers did, while it runs and at its end")
+struct InsightsTests {
+    @Test("each worker's start-up, busy time and tasks, and the slowest units, add up to what ran")
+    func insights() throws {
+        let pool = try ProcessPool(processes: 2, insights: true)
+        #expect(try pool.map(SquareFunction(), over: 0..<40, chunkSize: 4).count == 40)
+        #expect(try pool.apply(Nap(milliseconds: 300)) == 300)
+        let running = try #require(pool.insights)
+        #expect(running.tasks == 41)
+        #expect(running.workers.allSatisfy { $0.isAlive && $0.startUp != nil })
+        pool.close()
+        try pool.join()
+        let ended = try #require(pool.insights)
+        #expect(ended.workers.count == 2 && ended.workers.allSatisfy { !$0.isAlive })
+        #expect(ended.workers.reduce(0) { $0 + $1.units } == 11)
+        let slowest = try #require(ended.slowest.first)
+        #expect(slowest.work == "MultiprocessingTests.Nap" && slowest.items == nil && slowest.duration >= .milliseconds(300))
+        #expect(ended.slowest.count == PoolInsights.slowestKept)
+        #expect(zip(ended.slowest, ended.slowest.dropFirst()).allSatisfy { $0.duration >= $1.duration })
+        #expect(ended.slowest.dropFirst().allSatisfy { $0.work == "MultiprocessingTests.SquareFunction" && $0.items?.count == 4 })
+        let napper = try #require(ended.workers.first { $0.name == slowest.worker })
+        #expect(napper.busy >= .milliseconds(300))
+        // A pool without insights keeps none.
+        try withProcessPool(processes: 1) { (pool: ProcessPool) throws -> Void in
+            _ = try pool.apply(Square(value: 1))
+            #expect(pool.insights == nil)
+        }
+    }
+
+    @Test("events: every worker started, got ready, answered its units and ended — a crash with its error; the stream ends with the pool")
+    func events() async throws {
+        let pool = try ProcessPool(processes: 2)
+        let events = pool.events()
+        let collected = Task { var all: [PoolEvent] = []; for await event in events { all.append(event) }; return all }
+        _ = try await pool.mapAsync(SquareFunction(), over: 0..<20, chunkSize: 5).value
+        await #expect(throws: ProcessError.self) { try await pool.applyAsync(FailFatally(code: 3)).value }
+        pool.close()
+        try await pool.join()
+        let all = await collected.value
+        var started: [String] = [], ready: [String] = [], ended: [String: ProcessError?] = [:], units = 0
+        for event in all {
+            switch event {
+            case let .workerStarted(worker, pid):
+                #expect(pid > 0)
+                started.append(worker)
+            case let .workerReady(worker, startUp):
+                #expect(started.contains(worker) && startUp > .zero)
+                ready.append(worker)
+            case let .unitEnded(worker, items, _, failed):
+                #expect(ready.contains(worker) && items == 5 && !failed)
+                units += 1
+            case let .workerEnded(worker, _, error):
+                #expect(started.contains(worker))
+                ended[worker] = error
+            }
+        }
+        #expect(units == 4)
+        #expect(Set(started) == Set(ended.keys))
+        #expect(ended.values.filter { $0 != nil }.count == 1)
+        #expect(ended.values.contains { if case .crashed? = $0 { true } else { false } })
+        // Subscribing to an ended pool: the stream ends at once.
+        for await _ in pool.events() { Issue.record("an event from an ended pool") }
+    }
+}

@@ -41,6 +41,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         var logger: Logger? = nil
         /// What the pool records through swift-metrics (nil: nothing).
         var metrics: PoolMeters? = nil
+        /// Whether it keeps insights (``PoolInsights``).
+        var insights = false
     }
 
     typealias Pending = PendingUnits
@@ -75,6 +77,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     /// Closure code already located and signed, by address and work type.
     let sentCodes = Locked([SentCode.Key: SentCode]())
     let state: Monitor<State>
+    /// Insights and event subscribers.
+    let observations: PoolObservations
     private let wake: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
     private var thread = pthread_t()
 
@@ -84,6 +88,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         self.codeKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }
         self.signingKey = SymmetricKey(data: codeKey)
         self.state = Monitor(State())
+        self.observations = PoolObservations(keepsInsights: configuration.insights)
         wake = try Syscall.pipe()
         try Syscall.setNonBlocking(wake.readEnd, true)
         try Syscall.setNonBlocking(wake.writeEnd, true)
@@ -356,6 +361,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         // a closed number that another pipe has taken corrupted that pipe's
         // messages (a pool worker then waited for ever on a bad frame).
         state.update { $0.phase = .finished }
+        observations.finish()
     }
 
     /// Runs `body` with the lock held (for the workers' fields).
@@ -549,6 +555,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 state.namedOrder.removeAll { id in failed.contains { $0.id == id } }
             }
         }
+        if case let .success(worker) = worker { observations.started(worker) }
         if let logger = configuration.logger {
             switch worker {
             case let .success(worker): logger.debug("pool worker started", metadata: Self.metadata(of: worker))
@@ -641,6 +648,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                     worker.ready = true
                     state.startupDeaths[worker.kind] = nil
                 }
+                observations.ready(worker)
             }
             return
         }
@@ -662,6 +670,16 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return first
         }
         guard let assignment else { return }
+        let failedItems: Int
+        switch reply.outcome {
+        case .values: failedItems = 0
+        case let .mixed(items): failedItems = items.filter { if case .failed = $0 { true } else { false } }.count
+        case .failed: failedItems = assignment.items
+        }
+        if let started {
+            observations.unitEnded(worker, items: assignment.items, duration: .now - started, failed: failedItems > 0,
+                                   report: assignment.call.crashReport(unit: assignment.unit, message: nil))
+        }
         if let metrics = configuration.metrics {
             if let started { metrics.unitDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds) }
             switch reply.outcome {
@@ -780,6 +798,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
         if code != 0 || worker.killedFor != nil, reason != .poolTerminated { configuration.metrics?.restarts.increment() }
         if let logger = configuration.logger { log(worker, code: code, reason: reason, to: logger) }
+        observations.ended(worker, error: code == 0 && worker.killedFor == nil ? nil : reason)
         if !budgetSpent.isEmpty { configuration.logger?.warning("the pool stopped starting workers", metadata: ["error": "\(budgetError)"]) }
         for call in budgetSpent { call.failRemaining(budgetError) }
         for assignment in orphaned { assignment.call.deliver(assignment.unit, .failure(.cancelled)) }

@@ -1,7 +1,7 @@
 import CoreMetrics
 
 /// What a pool reports through swift-metrics, when given one
-/// (``ProcessPool/init(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:output:logger:metrics:)``);
+/// (``ProcessPool/init(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:output:logger:metrics:insights:)``);
 /// a pool without records nothing and pays nothing.
 ///
 /// Every metric has the dimension `pool` (``label``):

@@ -32,6 +32,8 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     /// someone else and reused (debug builds check it before each read).
     let readIdentity: (device: UInt, inode: UInt)?
 
+    /// When it was started.
+    let launchedAt = ContinuousClock.now
     /// Units sent and not yet answered, in the order the worker runs them.
     var outstanding: [Assignment] = []
     /// When the first outstanding unit started.

@@ -27,7 +27,7 @@ import Logging
 /// awaits a result cancels the work.
 ///
 /// End a pool with ``close()`` then ``join()``, or ``terminate()``; or use
-/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:output:logger:metrics:_:)`,
+/// `withProcessPool(processes:startMethod:initializer:maxTasksPerChild:limits:restartBudget:environment:gracePeriod:retries:output:logger:metrics:insights:_:)`,
 /// which always does. A pool dropped without either is terminated.
 public final class ProcessPool: WorkerPool {
     let engine: PoolEngine
@@ -39,6 +39,16 @@ public final class ProcessPool: WorkerPool {
 
     /// How the workers for named work are started.
     public var startMethod: StartMethod { engine.configuration.startMethod }
+
+    /// What the workers did so far — or, once the pool ended, in all — if
+    /// the pool was made with `insights: true`; nil otherwise.
+    public var insights: PoolInsights? { engine.observations.insights() }
+
+    /// What happens to the workers from now on, as it happens: started,
+    /// ready, each unit answered, ended. The stream ends when the pool has
+    /// ended; a subscriber that falls 10,000 events behind loses the oldest.
+    /// No subscriber, no cost.
+    public func events() -> AsyncStream<PoolEvent> { engine.observations.subscribe() }
 
     /// Creates a pool. Workers start when work arrives.
     ///
@@ -77,10 +87,12 @@ public final class ProcessPool: WorkerPool {
     ///   - metrics: what the pool records through swift-metrics (tasks
     ///     submitted, completed and failed, unit durations, queue depth,
     ///     workers alive, restarts); see ``PoolMetrics``. nil: nothing.
+    ///   - insights: whether the pool keeps ``insights`` (each worker's
+    ///     start-up, busy and idle time and tasks; the slowest units).
     /// - Throws: ``PoolError/invalidArgument(_:)`` for a count below 1 or a
     ///   limit out of range. A closure initializer with a start method other
     ///   than `.fork` for named work is accepted but runs only in forked workers.
-    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil) throws {
+    public init(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil, limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(), gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil, insights: Bool = false) throws {
         let processes = processes ?? usableCPUCount()
         guard processes >= 1 else { throw PoolError.invalidArgument("processes must be at least 1, not \(processes)") }
         if let maxTasksPerChild, maxTasksPerChild < 1 {
@@ -92,7 +104,7 @@ public final class ProcessPool: WorkerPool {
         let memoryEnforcement = try limits.resolved()
         engine = try PoolEngine(.init(processes: processes, startMethod: startMethod, maxTasksPerChild: maxTasksPerChild, initializer: initializer,
                                       limits: limits, environment: environment, memoryEnforcement: memoryEnforcement, restartBudget: restartBudget,
-                                      gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics?.make()))
+                                      gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics?.make(), insights: insights))
     }
 
     /// A pool that sends each worker up to `pipelineDepth` units ahead of
@@ -192,14 +204,14 @@ public final class ProcessPool: WorkerPool {
 @available(*, noasync, message: "use the async withProcessPool")
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil, _ body: (ProcessPool) throws -> Result) throws -> Result {
-    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil, insights: Bool = false, _ body: (ProcessPool) throws -> Result) throws -> Result {
+    try withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics, insights: insights) }, body)
 }
 
 /// Runs `body` with a new pool, then closes and joins it; if `body` throws
 /// (or its task is cancelled), the pool is terminated instead.
 public func withProcessPool<Result>(processes: Int? = nil, startMethod: StartMethod = .forkserver, initializer: PoolInitializer? = nil, maxTasksPerChild: Int? = nil,
                                    limits: WorkerLimits = WorkerLimits(), restartBudget: RestartBudget = .default, environment: WorkerEnvironment = WorkerEnvironment(),
-                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
-    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics) }, body)
+                                   gracePeriod: Duration? = nil, retries: Int = 0, output: WorkerOutput = WorkerOutput(), logger: Logger? = nil, metrics: PoolMetrics? = nil, insights: Bool = false, _ body: (ProcessPool) async throws -> Result) async throws -> Result {
+    try await withPool({ try ProcessPool(processes: processes, startMethod: startMethod, initializer: initializer, maxTasksPerChild: maxTasksPerChild, limits: limits, restartBudget: restartBudget, environment: environment, gracePeriod: gracePeriod, retries: retries, output: output, logger: logger, metrics: metrics, insights: insights) }, body)
 }
