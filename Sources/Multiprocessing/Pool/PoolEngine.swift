@@ -682,14 +682,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
         if let metrics = configuration.metrics {
             if let started { metrics.unitDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds) }
-            switch reply.outcome {
-            case .values: metrics.completed.increment(by: Int64(assignment.items))
-            case let .mixed(items):
-                let failed = items.filter { if case .failed = $0 { true } else { false } }.count
-                metrics.failed.increment(by: Int64(failed))
-                metrics.completed.increment(by: Int64(items.count - failed))
-            case .failed: metrics.failed.increment(by: Int64(assignment.items))
-            }
+            if failedItems > 0 { metrics.failed.increment(by: Int64(failedItems)) }
+            if failedItems < assignment.items { metrics.completed.increment(by: Int64(assignment.items - failedItems)) }
         }
         assignment.call.deliver(assignment.unit, .success(reply.outcome))
     }
@@ -796,9 +790,11 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 assignment.call.deliver(assignment.unit, .failure(reason))
             }
         }
-        if code != 0 || worker.killedFor != nil, reason != .poolTerminated { configuration.metrics?.restarts.increment() }
-        if let logger = configuration.logger { log(worker, code: code, reason: reason, to: logger) }
-        observations.ended(worker, error: code == 0 && worker.killedFor == nil ? nil : reason)
+        // It left when asked (its work done, recycled), or it died or was killed.
+        let left = code == 0 && worker.killedFor == nil
+        if !left && reason != .poolTerminated { configuration.metrics?.restarts.increment() }
+        if let logger = configuration.logger { log(worker, left: left, code: code, reason: reason, to: logger) }
+        observations.ended(worker, error: left ? nil : reason)
         if !budgetSpent.isEmpty { configuration.logger?.warning("the pool stopped starting workers", metadata: ["error": "\(budgetError)"]) }
         for call in budgetSpent { call.failRemaining(budgetError) }
         for assignment in orphaned { assignment.call.deliver(assignment.unit, .failure(.cancelled)) }
@@ -817,10 +813,10 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
 
     /// Logs how `worker` ended: a worker that left when asked at debug, one
     /// that died or was killed at info (its task's caller gets the error).
-    private func log(_ worker: PoolWorker, code: Int32, reason: ProcessError, to logger: Logger) {
+    private func log(_ worker: PoolWorker, left: Bool, code: Int32, reason: ProcessError, to logger: Logger) {
         var metadata = Self.metadata(of: worker)
         metadata["pool.worker.tasks"] = "\(worker.unitsDone)"
-        if code == 0 && worker.killedFor == nil {
+        if left {
             let why = worker.overMemory ? "recycled: its memory passed the limit"
                 : configuration.maxTasksPerChild.map { worker.unitsDone >= $0 } == true ? "recycled: maxTasksPerChild" : "its work is done"
             metadata["pool.worker.reason"] = "\(why)"
