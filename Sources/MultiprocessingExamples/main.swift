@@ -116,9 +116,11 @@ func queueExample() throws {
 }
 
 /// Seed program 5: a pool of `cpuCount` workers; `applyAsync(doSomething, 3)`,
-/// close, join, print the result.
-func doSomething(_ x: Int) -> Int {
-    x * x
+/// close, join, print the result (3). `doSomething(n)` works for n seconds.
+func doSomething(_ n: Int) -> Int {
+    sleep(UInt32(n))
+    say("do something in sub_progress")
+    return n
 }
 
 func poolApplyExample() throws {
@@ -131,8 +133,10 @@ func poolApplyExample() throws {
     say("\(try result.get())")
 }
 
-/// Seed program 6: `imap` over [1, 3, 5] prints in submission order,
-/// `imapUnordered` in completion order (the longer a task sleeps, the later it ends).
+/// Seed program 6: `imap(doSomething, [1, 3, 5])` prints each result as
+/// "do something in Ns", in submission order. Then a variant whose first
+/// item takes longest: `imap` still gives input order, `imapUnordered` gives
+/// completion order.
 func slowIdentity(_ x: Int) -> Int {
     usleep(UInt32(6 - x) * 100_000)  // 1 sleeps longest
     return x
@@ -140,6 +144,7 @@ func slowIdentity(_ x: Int) -> Int {
 
 func poolImapExample() throws {
     try withProcessPool(processes: 3) { (pool: ProcessPool) throws in
+        for result in try pool.imap([1, 3, 5], capturing: 0, { _, n in doSomething(n) }) { say("do something in \(try result.get())s") }
         for result in try pool.imap([1, 3, 5], slowIdentity) { say("imap: \(try result.get())") }
         for result in try pool.imapUnordered([1, 3, 5], slowIdentity) { say("imapUnordered: \(try result.get())") }
     }
