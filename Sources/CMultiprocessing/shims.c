@@ -94,15 +94,8 @@ pid_t cmp_current_pid(void) {
     return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
 }
 
-pid_t cmp_fork(int death_signal) { return cmp_fork_flushing(death_signal, 1); }
-
-pid_t cmp_fork_flushing(int death_signal, int flush_all) {
-    if (flush_all) {
-        fflush(NULL);
-    } else {
-        fflush(stdout);
-        fflush(stderr);
-    }
+pid_t cmp_fork(int death_signal) {
+    cmp_flush_stdio();
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
@@ -365,11 +358,17 @@ void cmp_exit_on_allocation_failure(int status) {
 }
 
 void cmp_exit_now(int code) {
-    fflush(NULL);
+    cmp_flush_stdio();
     _exit(code);
 }
 
-void cmp_flush_stdio(void) { fflush(NULL); }
+/* stdout and stderr only: fflush(NULL) takes every stream's lock, and one
+   held by a thread blocked in fread (or, in a forked child, by a thread that
+   is not there) would block it for as long, or for ever. */
+void cmp_flush_stdio(void) {
+    fflush(stdout);
+    fflush(stderr);
+}
 
 void cmp_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, BUFSIZ); }
 

@@ -229,6 +229,41 @@ struct ForkSafetyTests {
         #expect(code == 0)
     }
 
+    @Test("a fork while another thread is blocked in fread, holding its stream's lock: the fork goes ahead, and the child finishes")
+    func forkDuringBlockedRead() throws {
+        // A stream of our own whose lock a reader holds for as long as its read
+        // waits (swift-testing's exit tests read their back channel so; a fork
+        // that flushed every stream waited on it for ever).
+        let pipe = try #require(Optional(try Syscall.pipe()))
+        let stream = try #require(fdopen(pipe.readEnd.rawValue, "r"))
+        nonisolated(unsafe) let shared = stream
+        let reader = Thread {
+            var byte: UInt8 = 0
+            _ = fread(&byte, 1, 1, shared)
+        }
+        reader.start()
+        // The reader is inside fread once the stream's lock is taken.
+        #expect(eventually(within: .seconds(30)) {
+            if ftrylockfile(shared) == 0 { funlockfile(shared); return false }
+            return true
+        })
+        let process = ChildProcess { print("child of a process with a blocked reader") }
+        let started = Atomic<Bool>(false)
+        Thread {
+            try? process.start()
+            started.store(true, ordering: .releasing)
+        }.start()
+        let startedDuringRead = eventually(within: .seconds(30)) { started.load(ordering: .acquiring) }
+        // Ends the read (and so a fork that waited behind it), then the stream.
+        Syscall.close(pipe.writeEnd)
+        while !reader.isFinished || !started.load(ordering: .acquiring) { sched_yield() }
+        fclose(stream)
+        #expect(startedDuringRead, "the fork waited for the read")
+        let code = try process.join(timeout: .seconds(30))
+        if code == nil { try process.kill(); _ = try process.join() }
+        #expect(code == 0)
+    }
+
     @Test("a thread that blocks the park signal: the fork goes ahead within the bound and says so")
     func unstoppableThread() throws {
         let blocked = DispatchSemaphore(value: 0)

@@ -33,13 +33,10 @@ pid_t cmp_reap_any(int *exit_code);
 /// This process's id without a system call (refreshed in forked children).
 pid_t cmp_current_pid(void);
 
-/// `fork(2)` after flushing every stdio stream. If `death_signal` is not 0,
+/// `fork(2)` after flushing stdout and stderr. If `death_signal` is not 0,
 /// the child clears its signal mask, sets `PR_SET_PDEATHSIG` to it and exits
 /// at once if the parent is already gone. Returns like `fork`.
 pid_t cmp_fork(int death_signal);
-
-/// `cmp_fork`, flushing every stdio stream (`flush_all`) or only stdout and stderr.
-pid_t cmp_fork_flushing(int death_signal, int flush_all);
 
 /// Outcomes of `cmp_fork_quiesced`.
 enum {
@@ -130,7 +127,8 @@ void cmp_lock_stdio(void);
 /// `funlockfile` on stdout and stderr.
 void cmp_unlock_stdio(void);
 
-/// `fflush(NULL)`.
+/// Flushes stdout and stderr (not every stream: another's lock may be held
+/// by a thread blocked in `fread`, or by one a fork left behind).
 void cmp_flush_stdio(void);
 
 /// Makes C's `stdout` write each line as it ends (`setvbuf(_IOLBF)`), even to a pipe.

@@ -179,7 +179,7 @@ internal enum Syscall {
     /// `PR_SET_PDEATHSIG`. The parent records how the stop went.
     static func quiescedFork(deathSignal: Int32) throws(Errno) -> pid_t {
         guard ForkSafety.stopsTheWorld else {
-            let pid = try valueOrErrno { cmp_fork_flushing(deathSignal, 1) }
+            let pid = try valueOrErrno { cmp_fork(deathSignal) }
             if pid != 0 { ForkSafety.recordPlainFork() }
             return pid
         }
