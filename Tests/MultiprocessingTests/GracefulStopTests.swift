@@ -90,7 +90,7 @@ struct GracefulStopTests {
         #expect(eventually(within: .seconds(60)) { access(marker, F_OK) == 0 })
         try process.interrupt()
         #expect(try process.join() == -SIGINT)
-        #expect(process.failure == .crashed(signal: SIGINT, report: CrashReport()))
+        #expect(process.failure == .crashed(signal: SIGINT, report: CrashReport(work: "MultiprocessingTests.MarkThenPause")))
     }
 
     @Test("execute with a timeout kills a child that overruns it, and answers one that does not", arguments: jobStartMethods)

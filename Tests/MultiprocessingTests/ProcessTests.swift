@@ -125,7 +125,7 @@ struct ProcessTests {
             let process = try ChildProcess(job: Crash(kind: kind), startMethod: method)
             try process.start()
             #expect(try process.join() == -signal, "\(kind)")
-            #expect(process.failure == .crashed(signal: signal, report: CrashReport()))
+            #expect(process.failure == .crashed(signal: signal, report: CrashReport(work: "MultiprocessingTests.Crash")))
         }
         for signal in [SIGKILL, SIGTERM] {
             let process = try ChildProcess(job: Crash(kind: .sleep), startMethod: method)
@@ -134,7 +134,8 @@ struct ProcessTests {
             #expect(process.isAlive)
             if signal == SIGKILL { try process.kill() } else { try process.terminate() }
             #expect(try process.join() == -signal)
-            #expect(process.failure == .crashed(signal: signal, report: CrashReport()))
+            #expect(process.failure == .crashed(signal: signal, report: CrashReport(work: "MultiprocessingTests.Crash")))
+            #expect(process.failure?.description.contains("running MultiprocessingTests.Crash") == true)
             #expect(process.failure?.description.contains(Signal.name(signal)) == true)
         }
     }

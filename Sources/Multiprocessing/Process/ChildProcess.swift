@@ -346,7 +346,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 Syscall.close(report)
                 state.phase = .exited(code)
                 state.exitCode = code
-                state.result = Self.outcome(code: code, report: &state.reportBuffer)
+                state.result = Self.outcome(code: code, report: &state.reportBuffer, work: crashReportWork)
                 let oomKilled = state.memoryGroup?.oomKilled ?? false
                 state.memoryGroup?.remove()
                 state.memoryGroup = nil
@@ -360,12 +360,17 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         return code
     }
 
-    private static func outcome(code: Int32, report: inout FrameBuffer) -> Result<[UInt8], ProcessError> {
+    /// What a crash report names as the work: the job's type, demangled; nil for a closure.
+    private var crashReportWork: String? {
+        if case let .job(typeName, _, _, _) = work { TypeNames.readable(typeName) } else { nil }
+    }
+
+    private static func outcome(code: Int32, report: inout FrameBuffer, work: String?) -> Result<[UInt8], ProcessError> {
         let reported: Result<[UInt8], ProcessError>? = {
             guard let frame = try? report.nextFrame() else { return nil }
             return try? ChildReport.decode(frame)
         }()
-        if code < 0 { return .failure(.crashed(signal: -code)) }
+        if code < 0 { return .failure(.crashed(signal: -code, report: CrashReport(work: work))) }
         if let reported { return reported }
         return code == 0 ? .success([]) : .failure(.exited(status: code))
     }

@@ -121,8 +121,6 @@ extension ProcessError {
         return self
     }
 
-    /// A crash by `signal` of which nothing more is known.
-    static func crashed(signal: Int32) -> ProcessError { .crashed(signal: signal, report: CrashReport()) }
 }
 
 /// An error a job threw, as it came back from the process that ran it.
