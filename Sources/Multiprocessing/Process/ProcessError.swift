@@ -120,7 +120,6 @@ extension ProcessError {
         if case let .jobFailed(failure) = self, let error = failure.error { return error }
         return self
     }
-
 }
 
 /// An error a job threw, as it came back from the process that ran it.
