@@ -82,3 +82,35 @@ struct ProgressBarTests {
         #expect(result.map { String(decoding: $0.standardErrorContent, as: UTF8.self).contains("3/3") } == false)
     }
 }
+
+@Suite("The pool's relay of a worker's output")
+struct OutputRelayTests {
+    @Test("the runtime's message is kept however long the stack trace after it; lines cut across reads arrive whole")
+    func relayKeepsTheMessage() throws {
+        let output = try Syscall.pipe()
+        let pipe = try Syscall.pipe()
+        let relay = OutputRelay(source: pipe.readEnd, destination: output.writeEnd.rawValue, prefix: "W")
+        func send(_ text: String) throws {
+            _ = try Array(text.utf8).withUnsafeBytes { try Syscall.write(pipe.writeEnd, $0) }
+        }
+        try send("before\nSwift/Array.swift:1: Fatal error: Index out of range\nCurrent stack trace:\n")
+        for frame in 0..<40 { try send("\(frame) libswiftCore.so 0x0 frame\n") }
+        try send("half a li")
+        relay.drain()
+        try send("ne\n")
+        relay.drain()
+        Syscall.close(pipe.writeEnd)
+        relay.drain()
+        #expect(relay.runtimeMessage == "Swift/Array.swift:1: Fatal error: Index out of range")
+        #expect(relay.ended)
+        relay.close()
+        Syscall.close(output.writeEnd)
+        var bytes = [UInt8](repeating: 0, count: 1 << 16)
+        let count = try bytes.withUnsafeMutableBytes { try Syscall.read(output.readEnd, into: $0) }
+        Syscall.close(output.readEnd)
+        let lines = String(decoding: bytes[..<count], as: UTF8.self).split(separator: "\n")
+        #expect(lines.count == 44)
+        #expect(lines.allSatisfy { $0.hasPrefix("[W] ") })
+        #expect(lines.last == "[W] half a line")
+    }
+}

@@ -723,7 +723,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         if code < 0 {
             // A trap's message is the runtime's last words; no other death has them.
             let trapped = [SIGILL, SIGTRAP, SIGABRT].contains(-code)
-            let message = trapped ? worker.errorRelay.flatMap { CrashReport.runtimeMessage(in: $0.lastLines) } : nil
+            let message = trapped ? worker.errorRelay?.runtimeMessage : nil
             let head = state.withLock { _ in worker.outstanding.first }
             crash = head.map { $0.call.crashReport(unit: $0.unit, message: message) } ?? CrashReport(message: message)
         }

@@ -59,17 +59,17 @@ internal struct PassedDescriptor: Codable, @unchecked Sendable {  // a descripto
 }
 
 /// The pool's end of one worker output stream it forwards: it reads what
-/// the worker wrote, writes whole lines to `destination` and keeps the
-/// last few lines (where a trap's message is). Used by the dispatcher thread only.
+/// the worker wrote, writes whole lines to `destination` and keeps the last
+/// line that was the runtime's fatal message. Used by the dispatcher thread only.
 internal final class OutputRelay: @unchecked Sendable {  // one thread uses it
     let source: FileDescriptor
     private let destination: Int32
     private let prefix: [UInt8]
     /// The bytes after the last newline read.
     private var partial: [UInt8] = []
-    /// The last lines read, at most `keptLines`.
-    private(set) var lastLines: [String] = []
-    private static let keptLines = 16
+    /// The last line read that is the Swift runtime's fatal message (it may
+    /// be followed by a stack trace of any length).
+    private(set) var runtimeMessage: String?
     /// The worker's end closed (or the pipe failed): nothing more to read.
     private(set) var ended = false
 
@@ -127,13 +127,14 @@ internal final class OutputRelay: @unchecked Sendable {  // one thread uses it
         write(lines)
     }
 
-    /// Ends the line in `partial`: into `lines` (prefixed) and the kept ones.
+    /// Ends the line in `partial`: into `lines` (prefixed), and kept if it
+    /// is the runtime's message.
     private func takePartial(into lines: inout [UInt8]) {
         lines += prefix
         lines += partial
         lines.append(UInt8(ascii: "\n"))
-        if lastLines.count == Self.keptLines { lastLines.removeFirst() }
-        lastLines.append(String(decoding: partial, as: UTF8.self))
+        let line = String(decoding: partial, as: UTF8.self)
+        if CrashReport.isRuntimeMessage(line) { runtimeMessage = line }
         partial.removeAll(keepingCapacity: true)
     }
 

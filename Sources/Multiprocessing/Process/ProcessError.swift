@@ -205,11 +205,9 @@ public struct CrashReport: Sendable, Equatable, Codable {
         items.count == 1 ? "item \(items.lowerBound)" : "items \(items.lowerBound)..<\(items.upperBound)"
     }
 
-    /// The runtime's fatal-error line among `lines` (the last one), if any.
-    static func runtimeMessage(in lines: some BidirectionalCollection<String>) -> String? {
-        lines.last { line in
-            line.contains("Fatal error") || line.contains("Precondition failed") || line.contains("Assertion failed")
-        }
+    /// Whether `line` is the Swift runtime's fatal-error line.
+    static func isRuntimeMessage(_ line: String) -> Bool {
+        line.contains("Fatal error") || line.contains("Precondition failed") || line.contains("Assertion failed")
     }
 }
 
