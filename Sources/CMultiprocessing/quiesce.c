@@ -66,11 +66,6 @@ typedef struct {
     uintptr_t stack_low, stack_high;  /* the mapping that holds sp, once found */
     int verdict;
     uintptr_t hijack;
-    /* Once the thread was first in the way: its time on a CPU and waiting
-       for one so far (schedstat), to tell a starved thread from a busy one. */
-    int sampled;
-    long long cpu_ns, delay_ns;
-    int blocked_looks;  /* times it was seen blocking the park signal */
 } park_slot_t;
 
 static park_slot_t slots[MAX_THREADS];
@@ -268,8 +263,6 @@ static int enlist_new_threads(pid_t self) {
             int index = slot_count++;
             slots[index].tid = tid;
             slots[index].stack_low = slots[index].stack_high = 0;
-            slots[index].sampled = 0;
-            slots[index].blocked_looks = 0;
             if (cmp_in_safe_wait(tid)) {
                 atomic_store_explicit(&slots[index].state, SLOT_WAITING, memory_order_relaxed);
                 continue;
@@ -358,57 +351,6 @@ static int blocks_park_signal(pid_t tid) {
         mask = mask * 16 + (unsigned long long)(*line <= '9' ? *line - '0' : *line - 'a' + 10);
     }
     return (int)((mask >> (PARK_SIGNAL - 1)) & 1);
-}
-
-/* A thread's time on a CPU and waiting on a run queue, in nanoseconds
-   (/proc/self/task/TID/schedstat); 0 if they cannot be read. */
-static int read_schedstat(pid_t tid, long long *cpu_ns, long long *delay_ns) {
-    static char buffer[128];
-    if (read_task_file(tid, "schedstat", buffer, sizeof buffer) <= 0) return 0;
-    long long values[2] = { 0, 0 };
-    const char *c = buffer;
-    for (int i = 0; i < 2; i++) {
-        while (*c == ' ') c++;
-        if (*c < '0' || *c > '9') return 0;
-        for (; *c >= '0' && *c <= '9'; c++) values[i] = values[i] * 10 + (*c - '0');
-    }
-    *cpu_ns = values[0];
-    *delay_ns = values[1];
-    return 1;
-}
-
-/* Marks slot `i` as in the way of the stop, from now. */
-static void sample_obstacle(int i) {
-    if (slots[i].sampled) return;
-    slots[i].sampled = read_schedstat(slots[i].tid, &slots[i].cpu_ns, &slots[i].delay_ns);
-}
-
-/* Whether slot `i`'s thread has, since it was first in the way, waited
-   for a CPU longer than it ran, and at least `at_least_ns`. */
-static int starved(int i, long long at_least_ns) {
-    if (!slots[i].sampled) return 0;
-    long long cpu, delay;
-    if (!read_schedstat(slots[i].tid, &cpu, &delay)) return 0;
-    long long waited = delay - slots[i].delay_ns, ran = cpu - slots[i].cpu_ns;
-    return waited > ran && waited >= at_least_ns;
-}
-
-/* Whether some thread that was in the way has since waited for a CPU
-   longer than it ran (and at least 10 ms): the machine is overloaded, and
-   the stop is worth more patience. */
-static int obstacles_starved(void) {
-    for (int i = 0; i < slot_count; i++) {
-        if (starved(i, 10000000LL)) return 1;
-    }
-    return 0;
-}
-
-/* Whether the thread is runnable (state R: running, or waiting for a CPU). */
-static int thread_runnable(pid_t tid) {
-    static char buffer[1024];
-    if (read_task_file(tid, "stat", buffer, sizeof buffer) <= 0) return 0;
-    const char *close_paren = strrchr(buffer, ')');
-    return close_paren != NULL && close_paren[1] != 0 && close_paren[2] == 'R';
 }
 
 /* ---- Judging a parked thread ---- */
@@ -583,26 +525,6 @@ static int judge(const park_slot_t *slot, int *frames, uintptr_t *hijack) {
         if (frame == 0) return verdict;
         low = frame;
     }
-    /* Between sp and the first frame record lie the frames of code that
-       keeps no record of its own: the C library's, or a function at its
-       prologue, or one the runtime tail-called (swift_slowAlloc to malloc).
-       The return address into their caller is there, not in the chain: a
-       thread in malloc called from swift_getWitnessTable, holding the
-       witness table's lock and waiting at a syscall for malloc's, was judged
-       outside the runtime (seen: a child hung on that lock). Any word there
-       that returns into the runtime counts: a stale one costs a look again,
-       never a hang. Never a hijack from it. */
-    if (!verdict) {
-        uintptr_t end = frame > slot->sp && frame <= high ? frame : high;
-        if (end > slot->sp + 32768) end = slot->sp + 32768;
-        for (const uintptr_t *word = (const uintptr_t *)slot->sp; (uintptr_t)(word + 1) <= end; word++) {
-            if (cmp_is_runtime_return(*word) && looks_like_return_address(*word)) {
-                verdict = CMP_QUIESCE_IN_RUNTIME;
-                in_system = 1;  /* no hijack: the slot is a guess */
-                break;
-            }
-        }
-    }
     for (int n = 0; n < 4096; n++) {
         if (frame < low || frame > high - 2 * sizeof(uintptr_t) || (frame & (sizeof(uintptr_t) - 1))) break;
         const uintptr_t *record = (const uintptr_t *)frame;
@@ -762,21 +684,10 @@ static void pause_ns(long long ns) {
     while (clock_nanosleep(CLOCK_MONOTONIC, 0, &t, &t) == EINTR) {}
 }
 
-static int extend_budget(long long *deadline, long long limit, cmp_quiesce_report_t *report) {
-    long long now = now_ns();
-    if (now >= limit || !obstacles_starved()) return 0;
-    *deadline = now + 50000000LL < limit ? now + 50000000LL : limit;
-    report->extensions++;
-    return 1;
-}
-
 /* Parks every other thread with none in the runtime; see the header. */
-static int stop_world(long long budget_ns, long long limit_ns, cmp_quiesce_report_t *report) {
+static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
     pid_t self = (pid_t)syscall(SYS_gettid);
-    long long start = now_ns(), deadline = start + budget_ns, limit = start + (limit_ns > budget_ns ? limit_ns : budget_ns);
-    /* At the budget's end: 50 ms more at a time, up to the limit, while a
-       thread in the way is starved rather than busy. */
-#define BUDGET_SPENT() (now_ns() >= deadline && !extend_budget(&deadline, limit, report))
+    long long start = now_ns(), deadline = start + budget_ns;
     slot_count = 0;
     stop_generation++;
     for (int attempt = 0;; attempt++) {
@@ -795,25 +706,15 @@ static int stop_world(long long budget_ns, long long limit_ns, cmp_quiesce_repor
                 int given_up = 0;
                 for (int i = 0; i < slot_count; i++) {
                     if (atomic_load_explicit(&slots[i].state, memory_order_acquire) != SLOT_REQUESTED) continue;
-                    sample_obstacle(i);
                     if (thread_ended(slots[i].tid)) {
                         withdraw_slot(i);
                     } else if (blocks_park_signal(slots[i].tid)) {
-                        /* A new thread blocks every signal until its first
-                           moments have run: on an overloaded machine, one
-                           that has not had a CPU yet. A runnable thread
-                           gets one more look, then as long as it is
-                           starved (up to the limit); a sleeping one (it
-                           blocks the signal for good) is given up on. */
-                        int first_look = slots[i].blocked_looks++ == 0;
-                        if (!(now_ns() < limit && thread_runnable(slots[i].tid) && (first_look || starved(i, 1000000LL)))) {
-                            report->unstoppable_thread = slots[i].tid;
-                            given_up = 1;
-                        }
+                        report->unstoppable_thread = slots[i].tid;
+                        given_up = 1;
                     }
                 }
                 if (given_up) { pending = -1; break; }
-                if (BUDGET_SPENT()) break;
+                if (now_ns() >= deadline) break;
                 long long next_check = now_ns() + 20000000LL;
                 pending = await_parked(next_check < deadline ? next_check : deadline);
             }
@@ -848,7 +749,6 @@ static int stop_world(long long budget_ns, long long limit_ns, cmp_quiesce_repor
                 slot->hijack = hijack;
                 if (frames > report->deepest_stack) report->deepest_stack = frames;
                 if (slot->verdict != 0) {
-                    sample_obstacle(i);
                     unsafe++;
                     if (slot->verdict == CMP_QUIESCE_IN_RUNTIME) report->seen_in_runtime++;
                     else report->seen_in_system++;
@@ -862,7 +762,7 @@ static int stop_world(long long budget_ns, long long limit_ns, cmp_quiesce_repor
                 else if (state == SLOT_WAITING) report->waiting++;
             }
             if (unsafe == 0) return CMP_QUIESCE_STOPPED;
-            if (BUDGET_SPENT()) { release_all(); return CMP_QUIESCE_BUSY; }
+            if (now_ns() >= deadline) { release_all(); return CMP_QUIESCE_BUSY; }
             report->retries++;
             /* Inside the runtime: run until its outermost runtime function
                returns. Otherwise: run a moment and look again. */
@@ -891,12 +791,10 @@ static int stop_world(long long budget_ns, long long limit_ns, cmp_quiesce_repor
             if (pending > 0) break;  /* start over: it may be waiting for a parked one */
         }
         release_all();
-        int spent = BUDGET_SPENT();
         slot_count = 0;
-        if (spent) return CMP_QUIESCE_BUSY;
+        if (now_ns() >= deadline) return CMP_QUIESCE_BUSY;
         pause_ns(20000LL << (attempt < 5 ? attempt : 5));
     }
-#undef BUDGET_SPENT
 }
 
 static pthread_mutex_t stopping = PTHREAD_MUTEX_INITIALIZER;
@@ -922,7 +820,7 @@ static int arm_watchdog(long long after_ns) {
     return timer;
 }
 
-pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long limit_ns, long long watchdog_ns, cmp_quiesce_report_t *report) {
+pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report) {
     memset(report, 0, sizeof *report);
 #ifdef CMP_UNDER_THREAD_SANITIZER
     /* ThreadSanitizer runs SIGSYS at once wherever a thread is, inside its
@@ -932,7 +830,6 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long limit_n
        world is not stopped: a plain fork, reported as such. Fork safety is
        proven by the plain and ASan builds; TSan looks at the threads. */
     (void)budget_ns;
-    (void)limit_ns;
     (void)watchdog_ns;
     report->outcome = CMP_QUIESCE_FAILED;
     return cmp_fork(death_signal);
@@ -955,7 +852,7 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long limit_n
        ever. Other streams' unwritten output may be written by both
        processes, as in Python, which flushes sys.stdout and sys.stderr only. */
     long long start = now_ns();
-    report->outcome = stop_world(budget_ns, limit_ns, report);
+    report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
     /* A watchdog only when some thread is parked (one in a library wait holds
        nothing fork needs); its signal must reach this thread. */

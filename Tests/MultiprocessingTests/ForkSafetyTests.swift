@@ -131,7 +131,7 @@ struct ForkSafetyTests {
         let after = ForkSafety.statistics
         let forks = after.forks - before.forks
         let quiesced = after.quiesced - before.quiesced
-        print("fork safety stress: \(finished)/\(children) children finished, \(hung) hung; \(mapped) mapped items, \(timedOut) timed out; forks \(forks), quiesced \(quiesced), looks again \(after.retries - before.retries), unstoppable \(after.unstoppable - before.unstoppable), busy \(after.busy - before.busy), released early \(after.releasedEarly - before.releasedEarly), extended \(after.extended - before.extended), runtime metadata made by the churn \(churn.made.load(ordering: .relaxed))")
+        print("fork safety stress: \(finished)/\(children) children finished, \(hung) hung; \(mapped) mapped items, \(timedOut) timed out; forks \(forks), quiesced \(quiesced), looks again \(after.retries - before.retries), unstoppable \(after.unstoppable - before.unstoppable), busy \(after.busy - before.busy), released early \(after.releasedEarly - before.releasedEarly), runtime metadata made by the churn \(churn.made.load(ordering: .relaxed))")
         // Before the world was stopped, 20-30 % of such children hung.
         #expect(hung + timedOut <= 2)
         #expect(finished + hung == children)

@@ -79,18 +79,13 @@ typedef struct {
     int runtime_symbols;
     /// Time spent stopping the others, in nanoseconds.
     long long elapsed_ns;
-    /// Times the budget was extended because the threads in the way were
-    /// waiting for a CPU (an overloaded machine), not running.
-    int extensions;
 } cmp_quiesce_report_t;
 
 /// `cmp_fork`, with every other thread of the process parked outside the
 /// Swift runtime's code (see quiesce.c), so that the child inherits none of
 /// the runtime's locks held. Gives up after `budget_ns` and forks anyway
-/// (the report says why) — unless the threads in the way spent more of that
-/// time waiting for a CPU than on one: then it goes on, up to `limit_ns` in
-/// all. Returns like `fork`.
-pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long limit_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
+/// (the report says why). Returns like `fork`.
+pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
 
 /// Forks and executes `path` with `argv` and `envp`. In the child, the
 /// descriptors in `fds` become 3, 4, … (all others close on exec), the signal

@@ -35,14 +35,6 @@ import Synchronization
 ///   ahead without stopping the others. So does one that answers nothing for
 ///   200 ms (stuck in the kernel).
 /// - Some thread inside the runtime for 200 ms on end: the fork goes ahead.
-///
-///   Both 200 ms budgets grow, 50 ms at a time up to 2 s, while a thread in
-///   the way has spent more of the time waiting for a CPU than running (its
-///   `schedstat`): on an overloaded machine a thread let out of the runtime
-///   may not run for a long while, and forking then is what hangs a child.
-///   For the same reason a runnable thread that blocks `SIGSYS` is waited
-///   for while it is starved: a new thread blocks every signal until its
-///   first moments have run.
 /// - A parked thread that was blocked in the kernel while holding a lock
 ///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
 ///   watchdog lets the threads go, and the fork completes without them parked.
@@ -73,9 +65,6 @@ public enum ForkSafety {
         public var busy = 0
         /// Forks during which the watchdog let the threads go.
         public var releasedEarly = 0
-        /// Forks that waited past the 200 ms budget because a thread in the
-        /// way was waiting for a CPU, not running (an overloaded machine).
-        public var extended = 0
         /// Looks that found a thread inside the runtime or the C library.
         public var retries = 0
         /// Threads found blocked in one of the library's own waits (a pool's
@@ -115,7 +104,6 @@ public enum ForkSafety {
     private static let enabled = Atomic<Bool>(true)
 
     static let budgetNanoseconds: Int64 = 200_000_000
-    static let limitNanoseconds: Int64 = 2_000_000_000
     static let watchdogNanoseconds: Int64 = 100_000_000
 
     private static let counters = Locked(Statistics())
@@ -133,7 +121,6 @@ public enum ForkSafety {
             statistics.retries += Int(report.retries)
             statistics.waiting += Int(report.waiting)
             statistics.stopping += .nanoseconds(report.elapsed_ns)
-            if report.extensions > 0 { statistics.extended += 1 }
             switch Int(report.outcome) {
             case Int(CMP_QUIESCE_STOPPED): statistics.quiesced += 1
             case Int(CMP_QUIESCE_UNSTOPPABLE): statistics.unstoppable += 1

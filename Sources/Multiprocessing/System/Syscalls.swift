@@ -185,7 +185,7 @@ internal enum Syscall {
         }
         var report = cmp_quiesce_report_t()
         let pid = try valueOrErrno {
-            cmp_fork_quiesced(deathSignal, ForkSafety.budgetNanoseconds, ForkSafety.limitNanoseconds, ForkSafety.watchdogNanoseconds, &report)
+            cmp_fork_quiesced(deathSignal, ForkSafety.budgetNanoseconds, ForkSafety.watchdogNanoseconds, &report)
         }
         if pid != 0 { ForkSafety.record(report) }
         return pid
