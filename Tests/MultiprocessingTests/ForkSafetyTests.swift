@@ -131,48 +131,59 @@ struct ForkSafetyTests {
         let after = ForkSafety.statistics
         let forks = after.forks - before.forks
         let quiesced = after.quiesced - before.quiesced
-        print("fork safety stress: \(finished)/\(children) children finished, \(hung) hung; \(mapped) mapped items, \(timedOut) timed out; forks \(forks), quiesced \(quiesced), looks again \(after.retries - before.retries), unstoppable \(after.unstoppable - before.unstoppable), busy \(after.busy - before.busy), released early \(after.releasedEarly - before.releasedEarly), runtime metadata made by the churn \(churn.made.load(ordering: .relaxed))")
-        // Before the world was stopped, 20-30 % of such children hung.
-        #expect(hung + timedOut <= 2)
-        #expect(finished + hung == children)
-        #expect(mapped + timedOut == 15 * 8)
-        // Known: in about one full-suite run in eight, one fork finds a thread
-        // it cannot stop or judge in time (a thread blocked in the kernel
-        // under a lock fork needs, so the watchdog lets the threads go), and
-        // that fork's child can hang. Counted and printed above.
-        withKnownIssue("a rare fork goes ahead without the world stopped", isIntermittent: true) {
-            #expect(hung == 0)
-            #expect(timedOut == 0)
+        print("fork safety stress: \(finished)/\(children) children finished, \(hung) hung; \(mapped) mapped items, \(timedOut) timed out; forks \(forks), quiesced \(quiesced), asked again \(after.retries - before.retries), parked at an unlock \(after.deferred - before.deferred), unstoppable \(after.unstoppable - before.unstoppable), busy \(after.busy - before.busy), released early \(after.releasedEarly - before.releasedEarly), runtime metadata made by the churn \(churn.made.load(ordering: .relaxed))")
+        // Before the world was stopped, 20-30 % of such children hung; with
+        // threads parked wherever the signal found them (no lock counts),
+        // 39 of 150 children and 9 of 120 items (measured).
+        #expect(hung == 0)
+        #expect(timedOut == 0)
+        #expect(finished == children)
+        #expect(mapped == 15 * 8)
+        #expect(after.deferred > before.deferred, "some churning thread was found holding a runtime lock and parked later")
+        // Forks of other suites, made in the same moments, count here too: one
+        // of theirs may find a thread of theirs holding a lock for the whole
+        // budget.
+        withKnownIssue("a fork of another suite's goes ahead without the world stopped", isIntermittent: true) {
             #expect(quiesced == forks, "every fork stopped the world: \(after)")
         }
     }
 
-    @Test("a fork while another thread runs a lazy global's initializer: the child finishes")
+    @Test("a fork while another thread runs a lazy global's initializer waits for it; the child reads the global")
     func forkDuringLazyGlobal() throws {
         let entered = DispatchSemaphore(value: 0)
         let release = DispatchSemaphore(value: 0)
         SlowGlobal.hooks = (entered, release)
-        let thread = Thread { _ = SlowGlobal.value }
-        thread.start()
+        Thread { _ = SlowGlobal.value }.start()
         entered.wait()
-        defer { release.signal() }
         let before = ForkSafety.statistics
-        for index in 0..<5 {
-            let number = childNumber(10_000 + index)
-            let process = ChildProcess { _ = Tower.climb(Int.self, number: number, child: true) }
-            try process.start()
-            let code = try process.join(timeout: .seconds(10))
-            if code == nil { try process.kill(); _ = try process.join() }
-            #expect(code == 0)
+        let deferralsBefore = cmp_quiesce_deferrals()
+        // A child that reads the global: forked while the initializer ran,
+        // it would wait on the global's once-flag for ever.
+        let process = ChildProcess {
+            if SlowGlobal.value != 42 { throw Refusal(reason: "the global was not initialized") }
         }
+        let started = Atomic<Bool>(false)
+        Thread {
+            try? process.start()
+            started.store(true, ordering: .releasing)
+        }.start()
+        // The stop finds the initializer's thread inside swift_once and waits
+        // for it: only then does the initializer finish.
+        let deferred = eventually(within: .seconds(30)) { cmp_quiesce_deferrals() != deferralsBefore }
+        let startedFirst = started.load(ordering: .acquiring)
+        release.signal()
+        while !started.load(ordering: .acquiring) { sched_yield() }
+        #expect(deferred)
+        #expect(!startedFirst, "the fork did not wait for the initializer")
+        let code = try process.join(timeout: .seconds(10))
+        if code == nil { try process.kill(); _ = try process.join() }
+        #expect(code == 0)
         let after = ForkSafety.statistics
-        #expect(after.forks - before.forks >= 5)
-        // The initializer's thread is parked, not waited for (swift_once's
-        // frames do not count). Rarely a fork of another suite's, made in the
-        // same moment, goes ahead without the world stopped: see `stress`.
-        withKnownIssue("a rare fork goes ahead without the world stopped", isIntermittent: true) {
-            #expect(after.quiesced - before.quiesced == after.forks - before.forks)
-        }
+        // (The thread that lets the initializer finish is parked too while a
+        // round of the stop lasts: the stop lets every thread go after 20 ms
+        // and starts again, and so makes way for it.)
+        #expect(after.forks > before.forks)
+        #expect(after.busy == before.busy, "the fork waited for the initializer, not for the budget")
     }
 
     @Test("a fork while other threads print: every child finishes and prints whole lines")

@@ -40,13 +40,13 @@ pid_t cmp_fork(int death_signal);
 
 /// Outcomes of `cmp_fork_quiesced`.
 enum {
-    /// Every other thread was parked outside the Swift runtime at the fork.
+    /// Every other thread was parked holding no lock at the fork.
     CMP_QUIESCE_STOPPED = 0,
     /// A thread did not answer the park signal (it blocks it, or is stuck in
     /// the kernel): forked without stopping the others.
     CMP_QUIESCE_UNSTOPPABLE = 1,
-    /// Some thread was inside the runtime at every look until the budget
-    /// ran out: forked without stopping the others.
+    /// Some thread held a lock (or ran a lazy global's initializer) until the
+    /// budget ran out: forked without stopping the others.
     CMP_QUIESCE_BUSY = 2,
     /// The fork waited past the watchdog for a lock a parked thread held
     /// (the C library's), so the threads were let go before it completed.
@@ -55,9 +55,6 @@ enum {
     CMP_QUIESCE_FAILED = 4,
 };
 
-/// Verdicts on a parked thread (counts in the report).
-enum { CMP_QUIESCE_IN_RUNTIME = 1, CMP_QUIESCE_IN_SYSTEM = 2, CMP_QUIESCE_UNKNOWN = 3 };
-
 typedef struct {
     int outcome;
     /// Threads parked at the fork.
@@ -65,27 +62,33 @@ typedef struct {
     /// Threads blocked in one of the library's own waits at the fork,
     /// counted as parked without a signal (cmp_word_event_wait, cmp_safe_cond_wait).
     int waiting;
-    /// Looks that found some thread inside the runtime or the C library.
+    /// Threads asked again: found in the C library's code, or still
+    /// holding a lock a while after they were first asked.
     int retries;
-    /// Threads let run to the return from their outermost runtime call.
-    int hijacks;
-    int seen_in_runtime;
-    int seen_in_system;
-    /// The longest frame-pointer chain walked.
-    int deepest_stack;
+    /// Threads that held a lock when asked and parked as they let go of it.
+    int deferred;
+    /// Rounds given up (every thread let go a moment) before the last.
+    int restarts;
+    /// At a round given up: threads still holding a lock.
+    int deferred_at_end;
     /// With CMP_QUIESCE_UNSTOPPABLE: a thread that did not answer.
     pid_t unstoppable_thread;
-    /// Whether the runtime's symbol table was read (else all of its code counts).
-    int runtime_symbols;
+    /// Whether this process's locks are counted (lock_tracking.c): not under
+    /// ThreadSanitizer, nor with a static C library or Swift runtime.
+    int lock_tracking;
     /// Time spent stopping the others, in nanoseconds.
     long long elapsed_ns;
 } cmp_quiesce_report_t;
 
-/// `cmp_fork`, with every other thread of the process parked outside the
-/// Swift runtime's code (see quiesce.c), so that the child inherits none of
-/// the runtime's locks held. Gives up after `budget_ns` and forks anyway
-/// (the report says why). Returns like `fork`.
+/// `cmp_fork`, with every other thread of the process parked at an instant
+/// when it holds no lock (see quiesce.c and lock_tracking.c), so that the
+/// child inherits none of the runtime's locks held. Gives up after
+/// `budget_ns` and forks anyway (the report says why). Returns like `fork`.
 pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdog_ns, cmp_quiesce_report_t *report);
+
+/// How many times, so far in this process, a thread asked to park answered
+/// that it held a lock (and parked later, as it let go). For tests.
+uint32_t cmp_quiesce_deferrals(void);
 
 /// Forks and executes `path` with `argv` and `envp`. In the child, the
 /// descriptors in `fds` become 3, 4, … (all others close on exec), the signal

@@ -14,59 +14,71 @@ import Synchronization
 ///
 /// Every fork the library makes — ``ChildProcess`` closures, the fork start
 /// method, the workers of closure pool calls, ``OSProcess/fork()`` — first
-/// stops the world: each other thread of the process is sent `SIGSYS`,
+/// stops the world, each thread at an instant when it holds no lock. The
+/// library counts, per thread, the pthread mutexes held (every lock the
+/// Swift runtime takes is one) and the lazy-global initializers running
+/// (`swift_once`): it defines `pthread_mutex_lock`, `pthread_mutex_unlock`,
+/// the condition waits and `swift_once` in the program, so the dynamic
+/// linker binds every library's calls to them, and each goes on to the C
+/// library's or the runtime's own. Each other thread is sent `SIGSYS`,
 /// marked as the library's (the one asynchronous signal Dispatch's threads,
-/// and so Swift concurrency's, leave open), whose handler only waits. The
-/// forking thread reads where each one stopped and walks its frame-pointer
-/// chain against `libswiftCore`'s symbol table. A thread inside the
-/// runtime's C++ code is let run until its outermost runtime call returns —
-/// that return address is pointed at a trampoline that parks it — while the
-/// others stay parked; one running the C library's own locked code (malloc,
-/// whose locks `fork` itself takes) is looked at again a moment later. The
-/// fork happens when no thread is inside; then the parent lets every thread
-/// go. A process with no other thread pays only for listing its threads,
-/// and threads blocked in the library's own waits (a pool result, a join,
-/// the wait for a fork) are not signalled at all: they hold nothing, and on
+/// and so Swift concurrency's, leave open), whose handler parks it if it
+/// holds nothing; a thread that holds a lock runs on and parks itself as it
+/// lets go of its last one, and one running the C library's own code
+/// (malloc, whose locks `fork` itself takes) is asked again a moment later.
+/// The fork happens when every thread is parked; then every thread goes on.
+/// A process with no other thread pays only for listing its threads, and
+/// threads blocked in the library's own waits (a pool result, a join, the
+/// wait for a fork) are not signalled at all: they hold nothing, and on
 /// their way out of the wait they wait for the fork to be done.
 ///
 /// What it cannot cover, and what happens then (each counted in
 /// ``statistics`` and logged as a warning through ``logger``):
-/// - A thread that blocks `SIGSYS` does not answer: after 20 ms the fork goes
-///   ahead without stopping the others. So does one that answers nothing for
+/// - A thread that blocks `SIGSYS` does not answer: the fork goes ahead
+///   without stopping the others. So does one that answers nothing for
 ///   200 ms (stuck in the kernel).
-/// - Some thread inside the runtime for 200 ms on end: the fork goes ahead.
+/// - A thread that holds a lock, or runs a lazy global's initializer, for
+///   200 ms on end (one that waits for something while holding it): the
+///   fork goes ahead.
 /// - A parked thread that was blocked in the kernel while holding a lock
 ///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
 ///   watchdog lets the threads go, and the fork completes without them parked.
-/// - A lazy global whose initializer runs on another thread at the fork
-///   cannot be used in the child (its initializer cannot finish there).
-/// - Locks of other libraries (Foundation's caches, a C library's own) are
-///   not judged: a child that needs one a parked thread held can still wait.
-///   The start methods spawn and forkserver have no such hazard.
+/// - Locks that are not pthread mutexes — Dispatch's and stdlib `Mutex`
+///   (futexes), read-write locks — are not counted: a child that needs one
+///   a parked thread held can still wait. Nothing is counted in a program
+///   linked with a static Swift runtime or C library, which keep their own
+///   definitions (``Statistics/untracked`` counts those forks). The start
+///   methods spawn and forkserver have no such hazard.
 ///
 /// Threads of the program see `EINTR` from system calls that a signal
 /// handler interrupts and the kernel does not restart (`poll`, `epoll_wait`,
 /// `select`, `nanosleep`); code that retries `EINTR` is unaffected. A
 /// debugger stops on `SIGSYS` by default: in gdb, `handle SIGSYS nostop
-/// noprint pass`. Setting `SWIFT_MULTIPROCESSING_NO_HIJACK` in the
-/// environment keeps return addresses untouched (threads inside the runtime
-/// are then only looked at again, which under heavy runtime use can run out
-/// the budget).
+/// noprint pass`.
 public enum ForkSafety {
     /// Counts of forks made by the library in this process, by how the stop went.
     public struct Statistics: Sendable, Equatable {
         /// Forks made.
         public var forks = 0
-        /// Forks made with every other thread parked outside the runtime.
+        /// Forks made with every other thread parked holding no lock.
         public var quiesced = 0
         /// Forks with some thread that did not answer the signal.
         public var unstoppable = 0
-        /// Forks with some thread inside the runtime at every look.
+        /// Forks with some thread holding a lock (or running a lazy global's
+        /// initializer) for the whole budget.
         public var busy = 0
         /// Forks during which the watchdog let the threads go.
         public var releasedEarly = 0
-        /// Looks that found a thread inside the runtime or the C library.
+        /// Threads asked again: found in the C library's own code, or still
+        /// holding a lock a while after they were first asked.
         public var retries = 0
+        /// Threads that held a lock when asked and parked as they let go of
+        /// their last one, all forks together.
+        public var deferred = 0
+        /// Forks that stopped the world in a process whose locks are not
+        /// counted (a static Swift runtime or C library): the threads were
+        /// parked wherever the signal found them.
+        public var untracked = 0
         /// Threads found blocked in one of the library's own waits (a pool's
         /// result, a queue, a join), all forks together: these are counted as
         /// parked without a signal, and wait on their way out until the fork
@@ -107,6 +119,7 @@ public enum ForkSafety {
     static let watchdogNanoseconds: Int64 = 100_000_000
 
     private static let counters = Locked(Statistics())
+    private static let untrackedWarned = Atomic<Bool>(false)
     private static let loggerBox = Locked(Logger(label: "swift-multiprocessing.fork", factory: { _ in SwiftLogNoOpLogHandler() }))
 
     /// In the parent, after a plain fork (the world not stopped on purpose).
@@ -119,6 +132,8 @@ public enum ForkSafety {
         counters.withLock { statistics in
             statistics.forks += 1
             statistics.retries += Int(report.retries)
+            statistics.deferred += Int(report.deferred)
+            if report.lock_tracking == 0 && report.outcome != CMP_QUIESCE_FAILED { statistics.untracked += 1 }
             statistics.waiting += Int(report.waiting)
             statistics.stopping += .nanoseconds(report.elapsed_ns)
             switch Int(report.outcome) {
@@ -131,15 +146,20 @@ public enum ForkSafety {
         }
         let reason: String
         switch Int(report.outcome) {
-        case Int(CMP_QUIESCE_STOPPED): return
+        case Int(CMP_QUIESCE_STOPPED):
+            if report.lock_tracking == 0, !untrackedWarned.exchange(true, ordering: .relaxed) {
+                logger.warning("forks stop the world without knowing which threads hold locks: this program keeps its own pthread_mutex_lock or swift_once (a static C library or Swift runtime)")
+            }
+            return
         case Int(CMP_QUIESCE_UNSTOPPABLE): reason = "a thread did not answer the park signal (it blocks SIGSYS, or is stuck in the kernel)"
-        case Int(CMP_QUIESCE_BUSY): reason = "a thread stayed inside the Swift runtime for the whole budget"
+        case Int(CMP_QUIESCE_BUSY): reason = "a thread held a lock, or ran a lazy global's initializer, for the whole budget"
         case Int(CMP_QUIESCE_RELEASED_EARLY): reason = "the fork waited on a lock a parked thread held; the threads were let go"
         default: reason = "the park signal's handler could not be installed"
         }
         var metadata: Logger.Metadata = [
             "fork.reason": "\(reason)",
-            "fork.looks": "\(report.retries)",
+            "fork.asked_again": "\(report.retries)",
+            "fork.rounds_given_up": "\(report.restarts)",
             "fork.stop_ns": "\(report.elapsed_ns)",
         ]
         if report.unstoppable_thread != 0 { metadata["thread.id"] = "\(report.unstoppable_thread)" }
