@@ -4,12 +4,13 @@
 # stacks of the test process and its children are taken with gdb into
 # loop-logs/, then it is killed. Prints how many runs passed, failed, hung.
 #   swift build --build-tests && scripts/loop-suite.sh [runs] [seconds]
-# Do not rebuild while it runs: the runs exec the binary it names.
+# Do not rebuild while it runs: the runs exec the binary it names (or copy
+# it and name the copy in LOOP_BINARY, then build on).
 set -u
 cd "$(dirname "$0")/.."
 runs=${1:-20}
 limit=${2:-120}
-binary=.build/debug/swift-multiprocessingPackageTests.xctest
+binary=${LOOP_BINARY:-.build/debug/swift-multiprocessingPackageTests.xctest}
 logs=loop-logs
 mkdir -p "$logs"
 pass=0 fail=0 hung=0
