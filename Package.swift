@@ -51,6 +51,8 @@ let package = Package(
                 "MultiprocessingMPI",
                 "CBenchmarkFloor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             exclude: ["python_benchmarks.py", "mpi4py_benchmarks.py"]
         ),

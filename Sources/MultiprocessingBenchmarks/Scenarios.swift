@@ -74,4 +74,4 @@ let allScenarios: [Scenario] = [
     Scenario(name: "fork.stop-the-world", unit: "start+join", count: 1000, quickCount: 20, baseline: .swift("plain fork", plainForkStartJoin), run: startJoin(.fork)),
     Scenario(name: "process.forkserver", unit: "start+join", count: 1000, quickCount: 20, baseline: .python("process.forkserver"), run: startJoin(.forkserver)),
     Scenario(name: "process.spawn", unit: "start+join", count: 100, quickCount: 5, baseline: .python("process.spawn"), run: startJoin(.spawn)),
-] + wireScenarios + sharedStateScenarios + poolScenarios + managerScenarios + largeMemoryScenarios
+] + wireScenarios + sharedStateScenarios + poolScenarios + observedScenarios + managerScenarios + largeMemoryScenarios

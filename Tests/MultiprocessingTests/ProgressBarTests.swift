@@ -104,6 +104,8 @@ struct OutputRelayTests {
         // end until its child closes what it does not keep: EOF may come late.
         #expect(eventually(within: .seconds(30)) { relay.drain(); return relay.ended })
         #expect(relay.runtimeMessage == "Swift/Array.swift:1: Fatal error: Index out of range")
+        // The stack after it, to 64 frames; the lines after the stack are not frames.
+        #expect(relay.runtimeBacktrace == (0..<40).map { "\($0) libswiftCore.so 0x0 frame" })
         relay.close()
         Syscall.close(output.writeEnd)
         var bytes = [UInt8](repeating: 0, count: 1 << 16)

@@ -55,6 +55,8 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
         var taken = false
         /// The errors of the attempts that failed and were retried.
         var failedAttempts: [ProcessError] = []
+        /// What its worker wrote while it ran, when the pool captures output.
+        var output: CapturedOutput?
     }
 
     /// What a consumer takes next.
@@ -352,6 +354,21 @@ package final class PoolCall: @unchecked Sendable {  // mutable state is in `sta
 
     package func deliver(_ unit: Int, _ outcome: Result<UnitOutcome, ProcessError>) {
         deliver([(unit, outcome)])
+    }
+
+    /// Keeps what the worker wrote while it ran `unit` (before its outcome
+    /// is delivered, so that whoever wakes for the outcome sees it).
+    func record(_ output: CapturedOutput, of unit: Int) {
+        state.withLock { state in
+            let index = unit - state.base
+            guard index >= 0, index < state.units.count, state.units[index].outcome == nil else { return }
+            state.units[index].output = output
+        }
+    }
+
+    /// What the worker wrote while it ran `unit`, if the pool captured it.
+    func output(of unit: Int) -> CapturedOutput? {
+        state.withLock { $0.unit(unit)?.output }
     }
 
     /// Records outcomes of several units at once. Progress and callbacks

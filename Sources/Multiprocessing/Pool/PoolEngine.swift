@@ -533,6 +533,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                     var setup = setup
                     setup.standardOutput = ends.standardOutput
                     setup.standardError = ends.standardError
+                    setup.capturedStreams = CapturedOutput.streams(of: configuration.output)
                     return try launch(kind, name: name, call: call, setup: setup, connection: connection)
                 })
             }
@@ -622,9 +623,9 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
         #endif
         while !worker.connectionEnded, (try? worker.connection.poll(timeout: .zero)) == true {
-            let reply: (id: UInt64, outcome: UnitOutcome)
+            let reply: (id: UInt64, outcome: UnitOutcome, captured: CapturedOutput?)
             do {
-                reply = try UnitReply.decode(try worker.connection.receiveBytes())
+                reply = try UnitReply.decodeCapturing(try worker.connection.receiveBytes())
             } catch let error as WireError where error == .endOfFile {
                 locked { worker.connectionEnded = true }
                 return
@@ -639,7 +640,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         }
     }
 
-    private func handle(_ reply: (id: UInt64, outcome: UnitOutcome), from worker: PoolWorker) {
+    private func handle(_ reply: (id: UInt64, outcome: UnitOutcome, captured: CapturedOutput?), from worker: PoolWorker) {
         if reply.id == 0 {
             if case let .failed(error) = reply.outcome {
                 initializerFailed(error, in: worker)
@@ -685,6 +686,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             if failedItems > 0 { metrics.failed.increment(by: Int64(failedItems)) }
             if failedItems < assignment.items { metrics.completed.increment(by: Int64(assignment.items - failedItems)) }
         }
+        if let captured = reply.captured { assignment.call.record(captured, of: assignment.unit) }
         assignment.call.deliver(assignment.unit, .success(reply.outcome))
     }
 
@@ -719,13 +721,21 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             relay.drain()
             relay.close()
         }
+        // What it wrote while it ran the unit it ended in, if captured.
+        let captured = worker.captures.isEmpty ? nil : worker.captures.read()
+        worker.captures.close()
+        let head = state.withLock { _ in worker.outstanding.first }
+        if let captured, let head { head.call.record(captured, of: head.unit) }
         var crash: CrashReport?
         if code < 0 {
             // A trap's message is the runtime's last words; no other death has them.
             let trapped = [SIGILL, SIGTRAP, SIGABRT].contains(-code)
-            let message = trapped ? worker.errorRelay?.runtimeMessage : nil
-            let head = state.withLock { _ in worker.outstanding.first }
+            var (message, backtrace) = (worker.errorRelay?.runtimeMessage, worker.errorRelay?.runtimeBacktrace ?? [])
+            if worker.captures.standardError != nil, let captured { (message, backtrace) = captured.runtimeMessage() }
+            if !trapped { (message, backtrace) = (nil, []) }
             crash = head.map { $0.call.crashReport(unit: $0.unit, message: message) } ?? CrashReport(message: message)
+            if !backtrace.isEmpty { crash?.backtrace = backtrace }
+            crash?.output = captured
         }
         let oomKilled = worker.memoryGroup?.oomKilled ?? false
         worker.memoryGroup?.remove()

@@ -60,6 +60,12 @@ public final class AsyncResult<Output: Decodable & Sendable>: Sendable {
         self.decoder = decoder
     }
 
+    /// What the task wrote to its standard output and error, once it has
+    /// ended — returned, thrown or crashed — if the pool captures its
+    /// workers' output (``WorkerOutput/Mode/captured``); nil otherwise, and
+    /// for a task that never ran.
+    public var output: CapturedOutput? { call.output(of: 0) }
+
     /// Waits for the output, at most `timeout` (nil: as long as it takes).
     ///
     /// - Throws: ``PoolError/resultNotReady`` if the time passed first, or

@@ -56,10 +56,14 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
     let relays: [OutputRelay]
     /// The one of them that is its standard error, where a trap's message is.
     let errorRelay: OutputRelay?
+    /// The memory files its captured streams go to (only the dispatcher
+    /// touches them; closed when it has ended).
+    let captures: OutputCaptures
 
     init(kind: Kind, process: ChildProcess, connection: Connection, exitDescriptor: FileDescriptor, memoryGroup: MemoryGroup?,
-         relays: [OutputRelay] = [], errorRelay: OutputRelay? = nil) {
+         relays: [OutputRelay] = [], errorRelay: OutputRelay? = nil, captures: OutputCaptures = OutputCaptures()) {
         self.kind = kind
+        self.captures = captures
         self.relays = relays
         self.errorRelay = errorRelay
         self.memoryGroup = memoryGroup
@@ -90,10 +94,27 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         try? process.kill()
     }
 
-    /// The worker's ends of the pipes of its forwarded output.
+    /// The worker's ends of the pipes of its forwarded output, or of the
+    /// memory files of its captured output.
     struct OutputEnds {
         var standardOutput: PassedDescriptor?
         var standardError: PassedDescriptor?
+    }
+
+    /// The pool's own descriptors of a worker's captured streams.
+    struct OutputCaptures {
+        var standardOutput: FileDescriptor?
+        var standardError: FileDescriptor?
+
+        var isEmpty: Bool { standardOutput == nil && standardError == nil }
+
+        /// What the worker wrote since its last unit began.
+        func read() -> CapturedOutput { CapturedOutput.read(standardOutput: standardOutput, standardError: standardError) }
+
+        func close() {
+            standardOutput.map(Syscall.close)
+            standardError.map(Syscall.close)
+        }
     }
 
     /// Starts a worker of `kind` named `name` in `memoryGroup` (removed if
@@ -105,12 +126,25 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
         var relays: [OutputRelay] = []
         var errorRelay: OutputRelay?
         var ends = OutputEnds()
+        var captures = OutputCaptures()
         // The worker's ends, closed here once it has them (or could not start).
         var theirs: [FileDescriptor] = []
         defer { theirs.forEach(Syscall.close) }
         let (here, there): (Connection, Connection)
         do {
             for (mode, destination) in [(output.standardOutput, STDOUT_FILENO), (output.standardError, STDERR_FILENO)] where mode != .inherited {
+                if mode == .captured {
+                    // One open file, shared: the worker writes it, the pool reads it.
+                    let file = try Syscall.memfdCreate(destination == STDOUT_FILENO ? "\(name)-stdout" : "\(name)-stderr")
+                    if destination == STDOUT_FILENO {
+                        captures.standardOutput = file
+                        ends.standardOutput = PassedDescriptor(file)
+                    } else {
+                        captures.standardError = file
+                        ends.standardError = PassedDescriptor(file)
+                    }
+                    continue
+                }
                 let pipe = try Syscall.pipe()
                 theirs.append(pipe.writeEnd)
                 let relay = OutputRelay(source: pipe.readEnd, destination: destination, prefix: mode == .prefixed ? name : nil)
@@ -123,6 +157,7 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
             (here, there) = try Connection.pipe(duplex: true)
         } catch {
             relays.forEach { $0.close() }
+            captures.close()
             memoryGroup?.remove()
             throw error
         }
@@ -133,6 +168,7 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
             here.close()
             there.close()
             relays.forEach { $0.close() }
+            captures.close()
             memoryGroup?.remove()
             throw error
         }
@@ -154,10 +190,11 @@ internal final class PoolWorker: @unchecked Sendable {  // fields are guarded by
             _ = try? process.join()
             here.close()
             relays.forEach { $0.close() }
+            captures.close()
             memoryGroup?.remove()
             throw error
         }
         return PoolWorker(kind: kind, process: process, connection: here, exitDescriptor: exit, memoryGroup: memoryGroup,
-                          relays: relays, errorRelay: errorRelay)
+                          relays: relays, errorRelay: errorRelay, captures: captures)
     }
 }

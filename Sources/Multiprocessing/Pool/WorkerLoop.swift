@@ -100,21 +100,41 @@ package enum UnitOutcome: Sendable {
 
 /// A worker's answer to a request: the unit's id (8 bytes, little-endian;
 /// 0 reports how the worker's setup and initializer went: `.values` when it
-/// is ready, `.failed` when not), the outcome's tag (1 byte), its body.
+/// is ready, `.failed` when not), the outcome's tag (1 byte; with
+/// ``capturedFlag`` set, the output the unit wrote follows, as
+/// ``CapturedOutput/wire()`` lays it out), the outcome's body.
 package enum UnitReply {
-    package static func head(id: UInt64, tag: UInt8) -> [UInt8] {
-        withUnsafeBytes(of: id.littleEndian) { Array($0) } + [tag]
+    static let capturedFlag: UInt8 = 0x80
+
+    package static func head(id: UInt64, tag: UInt8, captured: CapturedOutput? = nil) -> [UInt8] {
+        var head = withUnsafeBytes(of: id.littleEndian) { Array($0) }
+        guard let captured else { return head + [tag] }
+        head.append(tag | capturedFlag)
+        return head + captured.wire()
     }
 
     /// Reads a reply; a `.values` outcome keeps pointing into `bytes`.
     package static func decode(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome) {
+        let reply = try decodeCapturing(bytes)
+        return (reply.id, reply.outcome)
+    }
+
+    /// Reads a reply and the output its unit wrote, if it carries it.
+    package static func decodeCapturing(_ bytes: [UInt8]) throws(WireError) -> (id: UInt64, outcome: UnitOutcome, captured: CapturedOutput?) {
         guard bytes.count >= 9 else { throw .corrupt("a reply of \(bytes.count) bytes") }
         var id: UInt64 = 0
         for index in (0..<8).reversed() { id = id << 8 | UInt64(bytes[index]) }
-        switch bytes[8] {
-        case UnitOutcome.valuesTag: return (id, .values(bytes, offset: 9))
-        case UnitOutcome.mixedTag: return (id, .mixed(try ValueCodec.decode([ItemOutcome].self, from: bytes, startingAt: 9)))
-        case UnitOutcome.failedTag: return (id, .failed(try ValueCodec.decode(ProcessError.self, from: bytes, startingAt: 9)))
+        var tag = bytes[8]
+        var offset = 9
+        var captured: CapturedOutput?
+        if tag & capturedFlag != 0 {
+            tag &= ~capturedFlag
+            (captured, offset) = try CapturedOutput.decode(bytes, at: 9)
+        }
+        switch tag {
+        case UnitOutcome.valuesTag: return (id, .values(bytes, offset: offset), captured)
+        case UnitOutcome.mixedTag: return (id, .mixed(try ValueCodec.decode([ItemOutcome].self, from: bytes, startingAt: offset)), captured)
+        case UnitOutcome.failedTag: return (id, .failed(try ValueCodec.decode(ProcessError.self, from: bytes, startingAt: offset)), captured)
         case let tag: throw .corrupt("a reply with tag \(tag)")
         }
     }
@@ -142,10 +162,12 @@ internal enum WorkerLoop {
                   request.kind != .stop
             else { return }
             if let seconds = request.cpuLimit { WorkerSetup.limitCPU(seconds: seconds) }
+            CapturedOutput.begin(setup.capturedStreams)
             let (tag, body) = execute(request)
             // Asked to stop, the task's time is over: the pool fails it, and the worker leaves.
             if setup.handlesStopRequests && Syscall.stopRequested { return }
-            guard (try? connection.sendBytes(head: UnitReply.head(id: request.id, tag: tag), body: body)) != nil else { return }
+            let captured = setup.capturedStreams == 0 ? nil : CapturedOutput.collect(setup.capturedStreams)
+            guard (try? connection.sendBytes(head: UnitReply.head(id: request.id, tag: tag, captured: captured), body: body)) != nil else { return }
         }
     }
 }

@@ -25,6 +25,16 @@ public struct WorkerOutput: Sendable, Hashable {
         /// As ``forwarded``, with the worker's name before each line
         /// (`"[PoolWorker-3] "`).
         case prefixed
+        /// The pool keeps what the worker writes while it runs each unit of
+        /// work (a task, or a chunk of a map) and hands it back with that
+        /// unit's outcome, never to the parent's stream: in
+        /// ``AsyncResult/output`` for `apply` and `applyAsync`, whether the
+        /// task returned, threw or crashed, and in ``CrashReport/output`` for
+        /// a unit whose worker crashed in any call. At most the last
+        /// ``CapturedOutput/limit`` bytes of each stream are kept. The
+        /// worker writes into a memory file (`memfd_create`) that the pool
+        /// reads; the runtime's message of a trap is still read from it.
+        case captured
     }
 
     /// The workers' standard output.
@@ -36,6 +46,132 @@ public struct WorkerOutput: Sendable, Hashable {
     public init(standardOutput: Mode = .inherited, standardError: Mode = .forwarded) {
         self.standardOutput = standardOutput
         self.standardError = standardError
+    }
+}
+
+/// What a worker wrote while it ran one unit of work, when its pool
+/// captures its output (``WorkerOutput/Mode/captured``).
+public struct CapturedOutput: Sendable, Equatable, Codable {
+    /// The most of each stream kept: its last mebibyte.
+    public static let limit = 1 << 20
+
+    /// What it wrote to standard output (empty unless captured).
+    public var standardOutput: [UInt8]
+    /// What it wrote to standard error (empty unless captured).
+    public var standardError: [UInt8]
+    /// Whether a stream was longer than ``limit`` and only its end is kept.
+    public var truncated: Bool
+
+    public init(standardOutput: [UInt8] = [], standardError: [UInt8] = [], truncated: Bool = false) {
+        self.standardOutput = standardOutput
+        self.standardError = standardError
+        self.truncated = truncated
+    }
+
+    /// Standard output as text (invalid UTF-8 repaired).
+    public var standardOutputText: String { String(decoding: standardOutput, as: UTF8.self) }
+    /// Standard error as text (invalid UTF-8 repaired).
+    public var standardErrorText: String { String(decoding: standardError, as: UTF8.self) }
+
+    /// Which of the worker's streams are captured: bit 0 stdout, bit 1 stderr.
+    static func streams(of output: WorkerOutput) -> UInt8 {
+        (output.standardOutput == .captured ? 1 : 0) | (output.standardError == .captured ? 2 : 0)
+    }
+
+    /// In the worker, before a unit runs: empties the captured streams.
+    static func begin(_ streams: UInt8) {
+        guard streams != 0 else { return }
+        Syscall.flushStandardStreams()
+        for (bit, fd) in [(UInt8(1), STDOUT_FILENO), (2, STDERR_FILENO)] where streams & bit != 0 {
+            let descriptor = FileDescriptor(rawValue: fd)
+            try? Syscall.resize(descriptor, to: 0)
+            _ = try? descriptor.seek(offset: 0, from: .start)
+        }
+    }
+
+    /// In the worker, after a unit ran: what it wrote.
+    static func collect(_ streams: UInt8) -> CapturedOutput {
+        Syscall.flushStandardStreams()
+        return read(standardOutput: streams & 1 != 0 ? FileDescriptor(rawValue: STDOUT_FILENO) : nil,
+                    standardError: streams & 2 != 0 ? FileDescriptor(rawValue: STDERR_FILENO) : nil)
+    }
+
+    /// Reads the memory files a worker writes its captured streams into.
+    static func read(standardOutput: FileDescriptor?, standardError: FileDescriptor?) -> CapturedOutput {
+        var output = CapturedOutput()
+        if let standardOutput { output.standardOutput = tail(of: standardOutput, truncated: &output.truncated) }
+        if let standardError { output.standardError = tail(of: standardError, truncated: &output.truncated) }
+        return output
+    }
+
+    private static func tail(of descriptor: FileDescriptor, truncated: inout Bool) -> [UInt8] {
+        guard let size = try? Syscall.descriptorSize(descriptor), size > 0 else { return [] }
+        let start = max(0, size - limit)
+        if start > 0 { truncated = true }
+        var bytes = [UInt8](repeating: 0, count: size - start)
+        let count = (try? bytes.withUnsafeMutableBytes { try descriptor.read(fromAbsoluteOffset: Int64(start), into: $0) }) ?? 0
+        bytes.removeSubrange(count...)
+        return bytes
+    }
+
+    /// The reply's section that carries it: each stream's length (4 bytes,
+    /// little-endian), its bytes, and a byte that is 1 if truncated.
+    func wire() -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(standardOutput.count + standardError.count + 9)
+        for stream in [standardOutput, standardError] {
+            withUnsafeBytes(of: UInt32(stream.count).littleEndian) { bytes += $0 }
+            bytes += stream
+        }
+        bytes.append(truncated ? 1 : 0)
+        return bytes
+    }
+
+    /// Reads the section at `offset` in `bytes`; returns it and the offset after it.
+    static func decode(_ bytes: [UInt8], at offset: Int) throws(WireError) -> (CapturedOutput, Int) {
+        var at = offset
+        var streams: [[UInt8]] = []
+        for _ in 0..<2 {
+            guard bytes.count - at >= 4 else { throw .corrupt("a captured output cut short") }
+            let length = Int(bytes[at]) | Int(bytes[at + 1]) << 8 | Int(bytes[at + 2]) << 16 | Int(bytes[at + 3]) << 24
+            at += 4
+            guard length <= bytes.count - at else { throw .corrupt("a captured output of \(length) bytes in \(bytes.count - at)") }
+            streams.append(Array(bytes[at..<(at + length)]))
+            at += length
+        }
+        guard at < bytes.count else { throw .corrupt("a captured output cut short") }
+        let truncated = bytes[at] != 0
+        return (CapturedOutput(standardOutput: streams[0], standardError: streams[1], truncated: truncated), at + 1)
+    }
+
+    /// The runtime's fatal message and the stack after it, in `standardError`.
+    func runtimeMessage() -> (message: String?, backtrace: [String]) {
+        var scanner = RuntimeMessageScanner()
+        for line in standardErrorText.split(separator: "\n", omittingEmptySubsequences: false) { scanner.take(String(line)) }
+        return (scanner.message, scanner.backtrace)
+    }
+}
+
+/// Finds the Swift runtime's last fatal message in lines of a worker's
+/// standard error, and the stack it printed after it.
+struct RuntimeMessageScanner {
+    private(set) var message: String?
+    private(set) var backtrace: [String] = []
+    /// Whether the lines since the message are still its stack.
+    private var inBacktrace = false
+
+    mutating func take(_ line: String) {
+        if CrashReport.isRuntimeMessage(line) {
+            message = line
+            backtrace = []
+            inBacktrace = true
+        } else if inBacktrace {
+            if CrashReport.isBacktraceFrame(line) {
+                if backtrace.count < 64 { backtrace.append(line) }
+            } else if !line.hasPrefix("Current stack trace") {
+                inBacktrace = false
+            }
+        }
     }
 }
 
@@ -60,7 +196,8 @@ internal struct PassedDescriptor: Codable, @unchecked Sendable {  // a descripto
 
 /// The pool's end of one worker output stream it forwards: it reads what
 /// the worker wrote, writes whole lines to `destination` and keeps the last
-/// line that was the runtime's fatal message. Used by the dispatcher thread only.
+/// line that was the runtime's fatal message, with the stack it printed
+/// after it. Used by the dispatcher thread only.
 internal final class OutputRelay: @unchecked Sendable {  // one thread uses it
     let source: FileDescriptor
     private let destination: Int32
@@ -69,7 +206,10 @@ internal final class OutputRelay: @unchecked Sendable {  // one thread uses it
     private var partial: [UInt8] = []
     /// The last line read that is the Swift runtime's fatal message (it may
     /// be followed by a stack trace of any length).
-    private(set) var runtimeMessage: String?
+    var runtimeMessage: String? { scanner.message }
+    /// The frames of the stack the runtime printed after that message.
+    var runtimeBacktrace: [String] { scanner.backtrace }
+    private var scanner = RuntimeMessageScanner()
     /// The worker's end closed (or the pipe failed): nothing more to read.
     private(set) var ended = false
 
@@ -133,8 +273,7 @@ internal final class OutputRelay: @unchecked Sendable {  // one thread uses it
         lines += prefix
         lines += partial
         lines.append(UInt8(ascii: "\n"))
-        let line = String(decoding: partial, as: UTF8.self)
-        if CrashReport.isRuntimeMessage(line) { runtimeMessage = line }
+        scanner.take(String(decoding: partial, as: UTF8.self))
         partial.removeAll(keepingCapacity: true)
     }
 

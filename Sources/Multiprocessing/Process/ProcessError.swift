@@ -181,11 +181,24 @@ public struct CrashReport: Sendable, Equatable, Codable {
     public var items: Range<Int>?
     /// The type of the work, demangled (`"MyApp.Resize"`); nil for a closure.
     public var work: String?
+    /// The stack the Swift runtime printed after ``message`` (its `Current
+    /// stack trace:` frames, innermost first, as it wrote them: image,
+    /// address, symbol or offset — `addr2line -e EXECUTABLE` turns an
+    /// offset into a file and line), at most 64 frames; nil when it printed
+    /// none or the worker's standard error was not read. The runtime prints
+    /// this stack only when its backtracer is off (`SWIFT_BACKTRACE=enable=no`
+    /// in the environment the worker started with).
+    public var backtrace: [String]?
+    /// What the worker wrote while it ran the unit that crashed, when its
+    /// pool captures output (``WorkerOutput/Mode/captured``).
+    public var output: CapturedOutput?
 
-    public init(message: String? = nil, items: Range<Int>? = nil, work: String? = nil) {
+    public init(message: String? = nil, items: Range<Int>? = nil, work: String? = nil, backtrace: [String]? = nil, output: CapturedOutput? = nil) {
         self.message = message
         self.items = items
         self.work = work
+        self.backtrace = backtrace
+        self.output = output
     }
 
     func describe(signal: Int32) -> String {
@@ -203,6 +216,13 @@ public struct CrashReport: Sendable, Equatable, Codable {
 
     private static func describe(_ items: Range<Int>) -> String {
         items.count == 1 ? "item \(items.lowerBound)" : "items \(items.lowerBound)..<\(items.upperBound)"
+    }
+
+    /// Whether `line` is a frame of the stack the Swift runtime prints after
+    /// its message: `"3    libswiftCore.so    0x00007f… symbol + 221"`.
+    static func isBacktraceFrame(_ line: String) -> Bool {
+        let fields = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: true)
+        return fields.count >= 3 && fields[0].allSatisfy(\.isNumber) && fields[2].hasPrefix("0x")
     }
 
     /// Whether `line` is the Swift runtime's fatal-error line.

@@ -178,9 +178,12 @@ internal struct WorkerSetup: Codable, Sendable {
     var sandbox: WorkerSandbox? = nil
     /// A lone child's CPU seconds, all told (a pool worker's are per unit).
     var cpuSeconds: Int? = nil
-    /// Pipes to the pool, taken as standard output and error (forwarded output).
+    /// Pipes to the pool, or memory files it reads, taken as standard
+    /// output and error (forwarded or captured output).
     var standardOutput: PassedDescriptor? = nil
     var standardError: PassedDescriptor? = nil
+    /// Which of them capture each unit's output (``CapturedOutput/streams(of:)``).
+    var capturedStreams: UInt8 = 0
 
     /// What a worker under `limits` and `environment` sets up, and the
     /// memory control group it joins (made here; the caller removes it).

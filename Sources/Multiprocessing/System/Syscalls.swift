@@ -88,6 +88,11 @@ internal enum Syscall {
     /// Makes `fd` standard output: what C's `stdout` holds is written
     /// first, and from here on it writes each line as it ends (a pipe is
     /// otherwise written only when its buffer fills).
+    /// Writes out what stdio holds for standard output and error.
+    static func flushStandardStreams() {
+        cmp_flush_stdio()
+    }
+
     static func redirectStandardOutput(to fd: FileDescriptor) throws(Errno) {
         cmp_flush_stdio()
         try redirect(fd, onto: STDOUT_FILENO)

@@ -1,0 +1,135 @@
+import Foundation
+import Testing
+
+@testable import Multiprocessing
+
+/// Writes `text` to descriptor `fd` as it is (no stdio buffer).
+func writeRaw(_ fd: Int32, _ text: String) {
+    var bytes = Array(text.utf8)
+    _ = write(fd, &bytes, bytes.count)
+}
+
+/// Writes "out N" to standard output and "err N" to standard error, then
+/// returns N, throws, or traps (a worker's captured standard output is
+/// line-buffered: the line is written before the trap).
+struct Chatty: ProcessJob {
+    enum Fate: Int, Codable { case returns, throwsError, traps }
+    var number: Int
+    var fate: Fate = .returns
+
+    func run() throws -> Int {
+        print("out \(number)")
+        writeRaw(STDERR_FILENO, "err \(number)\n")
+        switch fate {
+        case .returns: return number
+        case .throwsError: throw LedgerError(account: "chatty", shortfall: number)
+        case .traps:
+            fatalError("chatty \(number) gives up")
+        }
+    }
+}
+
+/// Prints its item and, for item 5, traps.
+struct ChattyItems: ProcessFunction {
+    func callAsFunction(_ x: Int) -> Int {
+        writeRaw(STDERR_FILENO, "item \(x)\n")
+        if x == 5 { fatalError("item five") }
+        return x
+    }
+}
+
+/// Prints more than a captured stream keeps.
+struct Flood: ProcessJob {
+    var bytes: Int
+    func run() -> Int {
+        let line = String(repeating: "x", count: 1023) + "\n"
+        for _ in 0..<(bytes / 1024) { print(line, terminator: "") }
+        print("the end")
+        return bytes
+    }
+}
+
+@Suite("Captured output: what each task wrote comes back with it")
+struct CapturedOutputTests {
+    static let capturing = WorkerOutput(standardOutput: .captured, standardError: .captured)
+
+    @Test("each task's output comes back with its result, its thrown error or its crash, by every start method", arguments: jobStartMethods)
+    func perTask(startMethod: StartMethod) throws {
+        try withProcessPool(processes: 2, startMethod: startMethod, output: Self.capturing) { (pool: ProcessPool) throws in
+            // Sent ahead, several to a worker: each keeps its own output.
+            let results = try (0..<20).map { try pool.applyAsync(Chatty(number: $0)) }
+            for (number, result) in results.enumerated() {
+                #expect(try result.get(timeout: .seconds(30)) == number)
+                #expect(result.output?.standardOutputText == "out \(number)\n")
+                #expect(result.output?.standardErrorText == "err \(number)\n")
+                #expect(result.output?.truncated == false)
+            }
+
+            let thrown = try pool.applyAsync(Chatty(number: 7, fate: .throwsError))
+            #expect(throws: LedgerError(account: "chatty", shortfall: 7)) { try thrown.get(timeout: .seconds(30)) }
+            #expect(thrown.output?.standardOutputText == "out 7\n")
+
+            let trapped = try pool.applyAsync(Chatty(number: 9, fate: .traps))
+            let failure = Result { try trapped.get(timeout: .seconds(30)) }
+            guard case let .failure(error as ProcessError) = failure, case let .crashed(_, report) = error else {
+                Issue.record("not a crash: \(failure)")
+                return
+            }
+            let output = try #require(report.output)
+            #expect(output.standardOutputText == "out 9\n")
+            #expect(output.standardErrorText.hasPrefix("err 9\n"))
+            // The runtime's message is read from the captured stream.
+            #expect(report.message?.hasSuffix("Fatal error: chatty 9 gives up") == true, "\(String(describing: report.message))")
+            #expect(trapped.output == output)
+
+            // The pool goes on, and the next task's output is its own.
+            let after = try pool.applyAsync(Chatty(number: 11))
+            #expect(try after.get(timeout: .seconds(30)) == 11)
+            #expect(after.output?.standardOutputText == "out 11\n")
+        }
+    }
+
+    @Test("a map's crash carries the output of the chunk it ended in")
+    func mapCrash() throws {
+        try withProcessPool(processes: 2, output: Self.capturing) { (pool: ProcessPool) throws in
+            #expect {
+                try pool.map(ChattyItems(), over: 0..<12, chunkSize: 3)
+            } throws: { error in
+                guard case let .crashed(_, report) = error as? ProcessError, let output = report.output else { return false }
+                return report.items == 3..<6 && output.standardErrorText.hasPrefix("item 3\nitem 4\nitem 5\n")
+                    && report.message?.hasSuffix("Fatal error: item five") == true
+            }
+            #expect(try pool.map(ChattyItems(), over: 6..<9) == [6, 7, 8])
+        }
+    }
+
+    @Test("a stream longer than the limit keeps its end and says it was cut; without capture there is no output")
+    func limitAndNone() throws {
+        try withProcessPool(processes: 1, output: Self.capturing) { (pool: ProcessPool) throws in
+            let result = try pool.applyAsync(Flood(bytes: CapturedOutput.limit + 64 * 1024))
+            #expect(try result.get(timeout: .seconds(30)) == CapturedOutput.limit + 64 * 1024)
+            let output = try #require(result.output)
+            #expect(output.truncated)
+            #expect(output.standardOutput.count == CapturedOutput.limit)
+            #expect(output.standardOutputText.hasSuffix("x\nthe end\n"))
+        }
+        try withProcessPool(processes: 1, output: WorkerOutput(standardOutput: .forwarded)) { (pool: ProcessPool) throws in
+            let result = try pool.applyAsync(Chatty(number: 1))
+            #expect(try result.get(timeout: .seconds(30)) == 1)
+            #expect(result.output == nil)
+        }
+    }
+
+    @Test("a reply's captured section that is cut short or too long is a typed error")
+    func corruptSection() throws {
+        let whole = UnitReply.head(id: 3, tag: UnitOutcome.valuesTag, captured: CapturedOutput(standardOutput: Array("hi".utf8)))
+        let reply = try UnitReply.decodeCapturing(whole)
+        #expect(reply.id == 3 && reply.captured?.standardOutputText == "hi")
+        for cut in 9..<whole.count {
+            #expect(throws: WireError.self) { try UnitReply.decodeCapturing(Array(whole[..<cut])) }
+        }
+        var lying = whole
+        lying[9] = 0xFF
+        #expect(throws: WireError.self) { try UnitReply.decodeCapturing(lying) }
+    }
+}
