@@ -1,4 +1,4 @@
-/* Which threads hold a lock, so that a fork can wait until none does.
+/* Which threads hold a lock, so that a fork can happen when none does.
 
    The Swift runtime (metadata and conformance caches, type names, the
    wait queues of metadata being made) takes `pthread_mutex_lock` and
@@ -7,21 +7,27 @@
    functions in the program itself: the dynamic linker binds every library's
    calls (the runtime's, Foundation's, the C++ library's) to a definition in
    the executable before the C library's, so each lock and unlock passes
-   through here, counts in a thread-local word, and goes on to the C
-   library's own function (found with dlsym's RTLD_NEXT). The definitions are weak: a program linked with
-   a static Swift runtime or C library keeps theirs, and then nothing is
-   counted (`cmp_lock_tracking_active` says so).
+   through here, counts in a word of the thread's own, and goes on to the C
+   library's own function (found with dlsym's RTLD_NEXT). The definitions
+   are weak: a program linked with a static Swift runtime or C library
+   keeps theirs, and then nothing is counted (`cmp_lock_tracking_active`
+   says so).
 
-   A thread that the stop-the-world signal finds holding a lock, or
-   running a lazy global's initializer, is not parked: it runs on, and parks
-   itself right after it lets go of its last one (quiesce.c). So the world
-   stops only at instants when no thread holds any such lock, whatever the
-   threads were doing, and without reading their stacks.
-
-   What is read from a signal handler on the same thread is only written by
-   that thread: compiler barriers order it, no atomics are needed. */
+   Every thread that passes through here is in a registry, so the forking
+   thread can read what each one holds. During a stop of the world:
+   - a thread that holds nothing, takes nothing and runs no initializer is
+     not signalled at all: if it comes to take a lock or run an
+     initializer before the stop is over, it waits at the door until the
+     stop ends (the thread announces what it takes, then reads whether a
+     stop is under way; the forking thread announces the stop, then reads
+     what each thread takes: one of the two sees the other);
+   - a thread that holds one, or is taking one, is signalled: if it holds
+     one it runs on and parks itself as it lets go of its last one
+     (quiesce.c), and while it holds one it is never held at the door. */
 #define _GNU_SOURCE
 #include "lock_tracking.h"
+#include "safe_waits.h"
+#include "CMultiprocessing.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -39,21 +45,112 @@
 
 __thread cmp_lock_state_t cmp_lock_state __attribute__((tls_model("initial-exec")));
 
-#define BARRIER() atomic_signal_fence(memory_order_seq_cst)
+/* ---- The registry of threads ---- */
 
-/* What a parked-later thread does when it lets go of its last lock. */
+#define MAX_TRACKED 1024
+
+typedef struct {
+    _Atomic pid_t tid;   /* 0: free */
+    cmp_lock_state_t *_Atomic state;
+} tracked_thread_t;
+
+static tracked_thread_t registry[MAX_TRACKED];
+static pthread_key_t exit_key;
+static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
+
+/* A thread that ends leaves the registry (its id may be reused), and never
+   joins it again on its way out. */
+static void thread_exit(void *entry) {
+    tracked_thread_t *thread = &registry[(intptr_t)entry - 1];
+    atomic_store_explicit(&thread->state, NULL, memory_order_seq_cst);
+    atomic_store_explicit(&thread->tid, 0, memory_order_release);
+    cmp_lock_state.registered_in = -1;
+}
+
+static void make_exit_key(void) { pthread_key_create(&exit_key, thread_exit); }
+
+static void join_registry(cmp_lock_state_t *state) {
+    pid_t process = cmp_current_pid();
+    if (state->registered_in == process || state->registered_in == -1) return;
+    state->registered_in = process;
+    pthread_once(&exit_key_once, make_exit_key);
+    pid_t tid = (pid_t)syscall(SYS_gettid);
+    for (int i = 0; i < MAX_TRACKED; i++) {
+        pid_t expected = 0;
+        if (atomic_compare_exchange_strong_explicit(&registry[i].tid, &expected, tid, memory_order_acq_rel, memory_order_relaxed)) {
+            atomic_store_explicit(&registry[i].state, state, memory_order_seq_cst);
+            pthread_setspecific(exit_key, (void *)(intptr_t)(i + 1));
+            return;
+        }
+    }
+    /* No room: this thread is not seen, so it is always signalled. */
+}
+
+int cmp_lock_thread_is_quiet(pid_t tid) {
+    for (int i = 0; i < MAX_TRACKED; i++) {
+        if (atomic_load_explicit(&registry[i].tid, memory_order_acquire) != tid) continue;
+        cmp_lock_state_t *state = atomic_load_explicit(&registry[i].state, memory_order_seq_cst);
+        if (state == NULL) return 0;
+        /* What it is taking first: it counts what it took before it says it is done taking. */
+        if (atomic_load_explicit(&state->acquiring, memory_order_seq_cst) != NULL) return 0;
+        if (atomic_load_explicit(&state->held, memory_order_seq_cst) != 0) return 0;
+        return atomic_load_explicit(&state->onces, memory_order_seq_cst) == 0;
+    }
+    /* Not registered (never took a lock, or no room): signalled. */
+    return 0;
+}
+
+void cmp_lock_tracking_forked_child(void) {
+    /* One thread is left, whose entry is found again on its next lock.
+       Only entries in use are written: a write copies a shared page. */
+    for (int i = 0; i < MAX_TRACKED; i++) {
+        if (atomic_load_explicit(&registry[i].tid, memory_order_relaxed) != 0) {
+            atomic_store_explicit(&registry[i].state, NULL, memory_order_relaxed);
+            atomic_store_explicit(&registry[i].tid, 0, memory_order_relaxed);
+        }
+    }
+    cmp_lock_state.registered_in = 0;
+    cmp_lock_state.deferred_slot = 0;
+    cmp_lock_state.stopper = 0;
+}
+
+/* ---- Parking later ---- */
+
+/* What a thread whose park was deferred does as it lets go of its last lock. */
 static void (*deferred_park)(int slot);
 
 void cmp_lock_tracking_set_park(void (*park)(int slot)) { deferred_park = park; }
 
 static inline void after_release(cmp_lock_state_t *state) {
-    BARRIER();
-    if (state->held == 0 && state->onces == 0 && state->deferred_slot != 0 && deferred_park != NULL) {
+    if (state->deferred_slot == 0) return;
+    if (atomic_load_explicit(&state->held, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&state->onces, memory_order_relaxed) == 0 && deferred_park != NULL) {
         int slot = state->deferred_slot - 1;
         state->deferred_slot = 0;
-        BARRIER();
+        atomic_signal_fence(memory_order_seq_cst);
         deferred_park(slot);
     }
+}
+
+/* Before taking `mutex` (announced in `acquiring`): a thread that holds
+   nothing waits at the door while a stop is under way. */
+static inline void enter(cmp_lock_state_t *state, pthread_mutex_t *mutex) {
+    join_registry(state);
+    atomic_store_explicit(&state->acquiring, mutex, memory_order_seq_cst);
+    while (atomic_load_explicit(&cmp_world_stopping, memory_order_seq_cst) != 0 && !state->stopper &&
+           atomic_load_explicit(&state->held, memory_order_relaxed) == 0 &&
+           atomic_load_explicit(&state->onces, memory_order_relaxed) == 0) {
+        atomic_store_explicit(&state->acquiring, NULL, memory_order_seq_cst);
+        cmp_wait_while_world_stops();
+        atomic_store_explicit(&state->acquiring, mutex, memory_order_seq_cst);
+    }
+}
+
+/* After the attempt: counted if taken, then no longer taking. */
+static inline int leave(cmp_lock_state_t *state, int result) {
+    if (result == 0 || result == EOWNERDEAD) atomic_fetch_add_explicit(&state->held, 1, memory_order_seq_cst);
+    atomic_store_explicit(&state->acquiring, NULL, memory_order_seq_cst);
+    return result;
 }
 
 #ifndef CMP_NO_LOCK_TRACKING
@@ -84,62 +181,40 @@ static void *next_symbol(_Atomic(void *) *cache, const char *name, const char *v
     return found;
 }
 
-static inline int acquired(int result) { return result == 0 || result == EOWNERDEAD; }
-
 __attribute__((weak)) int pthread_mutex_lock(pthread_mutex_t *mutex) {
-    cmp_lock_state_t *state = &cmp_lock_state;
-    state->acquiring = mutex;
-    BARRIER();
     mutex_fn next = (mutex_fn)next_symbol(&next_mutex_lock, "pthread_mutex_lock", NULL);
-    int result = next(mutex);
-    if (acquired(result)) state->held++;
-    BARRIER();
-    state->acquiring = NULL;
-    return result;
+    cmp_lock_state_t *state = &cmp_lock_state;
+    enter(state, mutex);
+    return leave(state, next(mutex));
 }
 
 __attribute__((weak)) int pthread_mutex_trylock(pthread_mutex_t *mutex) {
-    cmp_lock_state_t *state = &cmp_lock_state;
-    state->acquiring = mutex;
-    BARRIER();
     mutex_fn next = (mutex_fn)next_symbol(&next_mutex_trylock, "pthread_mutex_trylock", NULL);
-    int result = next(mutex);
-    if (acquired(result)) state->held++;
-    BARRIER();
-    state->acquiring = NULL;
-    return result;
+    cmp_lock_state_t *state = &cmp_lock_state;
+    enter(state, mutex);
+    return leave(state, next(mutex));
 }
 
 __attribute__((weak)) int pthread_mutex_timedlock(pthread_mutex_t *mutex, const struct timespec *deadline) {
     mutex_timedlock_fn next = (mutex_timedlock_fn)next_symbol(&next_mutex_timedlock, "pthread_mutex_timedlock", "GLIBC_2.2.5");
     cmp_lock_state_t *state = &cmp_lock_state;
-    state->acquiring = mutex;
-    BARRIER();
-    int result = next(mutex, deadline);
-    if (acquired(result)) state->held++;
-    BARRIER();
-    state->acquiring = NULL;
-    return result;
+    enter(state, mutex);
+    return leave(state, next(mutex, deadline));
 }
 
 __attribute__((weak)) int pthread_mutex_clocklock(pthread_mutex_t *mutex, clockid_t clock, const struct timespec *deadline) {
     mutex_clocklock_fn next = (mutex_clocklock_fn)next_symbol(&next_mutex_clocklock, "pthread_mutex_clocklock", "GLIBC_2.30");
     cmp_lock_state_t *state = &cmp_lock_state;
-    state->acquiring = mutex;
-    BARRIER();
-    int result = next(mutex, clock, deadline);
-    if (acquired(result)) state->held++;
-    BARRIER();
-    state->acquiring = NULL;
-    return result;
+    enter(state, mutex);
+    return leave(state, next(mutex, clock, deadline));
 }
 
 __attribute__((weak)) int pthread_mutex_unlock(pthread_mutex_t *mutex) {
-    cmp_lock_state_t *state = &cmp_lock_state;
     mutex_fn next = (mutex_fn)next_symbol(&next_mutex_unlock, "pthread_mutex_unlock", NULL);
+    cmp_lock_state_t *state = &cmp_lock_state;
     int result = next(mutex);
-    if (result == 0 && state->held > 0) {
-        state->held--;
+    if (result == 0 && atomic_load_explicit(&state->held, memory_order_relaxed) > 0) {
+        atomic_fetch_sub_explicit(&state->held, 1, memory_order_seq_cst);
         after_release(state);
     }
     return result;
@@ -147,45 +222,61 @@ __attribute__((weak)) int pthread_mutex_unlock(pthread_mutex_t *mutex) {
 
 /* A condition wait lets go of the mutex and takes it again inside the C
    library, past the functions above: while it waits the thread holds it
-   not, and `acquiring` tells a signal handler to look whether it has it
-   back yet. */
-#define CONDITION_WAIT(call)                      \
-    cmp_lock_state_t *state = &cmp_lock_state;    \
-    if (state->held > 0) state->held--;           \
-    state->acquiring = mutex;                     \
-    BARRIER();                                    \
-    int result = call;                            \
-    state->held++;                                \
-    BARRIER();                                    \
-    state->acquiring = NULL;                      \
+   not, and `acquiring` says it will take it back (so a stop signals it,
+   and its handler looks whether it has it back yet). */
+/* Before a condition wait: it will take `mutex` back; it holds it not meanwhile. */
+static inline void begin_condition_wait(cmp_lock_state_t *state, pthread_mutex_t *mutex) {
+    join_registry(state);
+    atomic_store_explicit(&state->acquiring, mutex, memory_order_seq_cst);
+    if (atomic_load_explicit(&state->held, memory_order_relaxed) > 0) atomic_fetch_sub_explicit(&state->held, 1, memory_order_seq_cst);
+}
+
+/* After it: woken, timed out or interrupted, it has the mutex back. */
+static inline int end_condition_wait(cmp_lock_state_t *state, int result) {
+    atomic_fetch_add_explicit(&state->held, 1, memory_order_seq_cst);
+    atomic_store_explicit(&state->acquiring, NULL, memory_order_seq_cst);
     return result;
+}
 
 __attribute__((weak)) int pthread_cond_wait(pthread_cond_t *condition, pthread_mutex_t *mutex) {
     cond_wait_fn next = (cond_wait_fn)next_symbol(&next_cond_wait, "pthread_cond_wait", "GLIBC_2.3.2");
-    CONDITION_WAIT(next(condition, mutex))
+    cmp_lock_state_t *state = &cmp_lock_state;
+    begin_condition_wait(state, mutex);
+    return end_condition_wait(state, next(condition, mutex));
 }
 
 __attribute__((weak)) int pthread_cond_timedwait(pthread_cond_t *condition, pthread_mutex_t *mutex, const struct timespec *deadline) {
     cond_timedwait_fn next = (cond_timedwait_fn)next_symbol(&next_cond_timedwait, "pthread_cond_timedwait", "GLIBC_2.3.2");
-    CONDITION_WAIT(next(condition, mutex, deadline))
+    cmp_lock_state_t *state = &cmp_lock_state;
+    begin_condition_wait(state, mutex);
+    return end_condition_wait(state, next(condition, mutex, deadline));
 }
 
 __attribute__((weak)) int pthread_cond_clockwait(pthread_cond_t *condition, pthread_mutex_t *mutex, clockid_t clock, const struct timespec *deadline) {
     cond_clockwait_fn next = (cond_clockwait_fn)next_symbol(&next_cond_clockwait, "pthread_cond_clockwait", "GLIBC_2.30");
-    CONDITION_WAIT(next(condition, mutex, clock, deadline))
+    cmp_lock_state_t *state = &cmp_lock_state;
+    begin_condition_wait(state, mutex);
+    return end_condition_wait(state, next(condition, mutex, clock, deadline));
 }
 
 /* A lazy global's initializer runs with its once-flag locked: a child that
-   touched that global would wait for ever. Counted like a lock. */
+   touched that global would wait for ever. Counted like a lock, and held
+   at the door like one. */
 __attribute__((weak)) void swift_once(void *predicate, void (*initializer)(void *), void *context) {
     if (once_fast_path && atomic_load_explicit((_Atomic int32_t *)predicate, memory_order_acquire) < 0) return;
     once_fn next = (once_fn)next_symbol(&next_swift_once, "swift_once", NULL);
     cmp_lock_state_t *state = &cmp_lock_state;
-    state->onces++;
-    BARRIER();
+    join_registry(state);
+    atomic_fetch_add_explicit(&state->onces, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&cmp_world_stopping, memory_order_seq_cst) != 0 && !state->stopper &&
+           atomic_load_explicit(&state->held, memory_order_relaxed) == 0 &&
+           atomic_load_explicit(&state->onces, memory_order_relaxed) == 1) {
+        atomic_fetch_sub_explicit(&state->onces, 1, memory_order_seq_cst);
+        cmp_wait_while_world_stops();
+        atomic_fetch_add_explicit(&state->onces, 1, memory_order_seq_cst);
+    }
     next(predicate, initializer, context);
-    BARRIER();
-    state->onces--;
+    atomic_fetch_sub_explicit(&state->onces, 1, memory_order_seq_cst);
     after_release(state);
 }
 
@@ -210,9 +301,9 @@ int cmp_lock_tracking_active(void) {
     /* One lock and unlock of a mutex of our own through the public names:
        counted if these definitions are the ones bound. */
     static pthread_mutex_t probe = PTHREAD_MUTEX_INITIALIZER;
-    int before = cmp_lock_state.held;
+    int before = atomic_load_explicit(&cmp_lock_state.held, memory_order_relaxed);
     pthread_mutex_lock(&probe);
-    int counted = cmp_lock_state.held == before + 1;
+    int counted = atomic_load_explicit(&cmp_lock_state.held, memory_order_relaxed) == before + 1;
     pthread_mutex_unlock(&probe);
     return counted;
 }
@@ -225,10 +316,11 @@ int cmp_lock_tracking_active(void) { return 0; }
 
 int cmp_lock_verdict(void) {
     cmp_lock_state_t *state = &cmp_lock_state;
-    if (state->held > 0 || state->onces > 0) return 1;
-    pthread_mutex_t *mutex = state->acquiring;
+    if (atomic_load_explicit(&state->held, memory_order_relaxed) > 0 ||
+        atomic_load_explicit(&state->onces, memory_order_relaxed) > 0) return 1;
+    pthread_mutex_t *mutex = atomic_load_explicit(&state->acquiring, memory_order_relaxed);
     if (mutex == NULL) return 0;
-    /* Acquiring, or taking it back after a condition wait: already its own
+    /* Taking it, or taking it back after a condition wait: already its own
        (the owner is this thread), or at the instant between taking the lock
        word and writing the owner (either thread's): not yet. Waiting for
        another thread to let go: it holds nothing. */

@@ -4,15 +4,23 @@
 
 #include <pthread.h>
 
+#include <stdatomic.h>
+#include <sys/types.h>
+
+/* A thread's own; the forking thread reads the three atomics. */
 typedef struct {
     /* pthread mutexes held (taken and not yet let go). */
-    int held;
+    _Atomic int held;
     /* swift_once initializers running. */
-    int onces;
+    _Atomic int onces;
     /* A mutex being taken, or taken back at the end of a condition wait. */
-    pthread_mutex_t *acquiring;
+    pthread_mutex_t *_Atomic acquiring;
     /* 1 + the park slot to park in when the last lock is let go; 0: none. */
     int deferred_slot;
+    /* The process this thread is in the registry of (-1: ending, never again). */
+    pid_t registered_in;
+    /* This thread stops the world now: never held at the door. */
+    int stopper;
 } cmp_lock_state_t;
 
 extern __thread cmp_lock_state_t cmp_lock_state __attribute__((tls_model("initial-exec")));
@@ -23,6 +31,14 @@ int cmp_lock_verdict(void);
 
 /* What a thread whose park was deferred calls as it lets go of its last lock. */
 void cmp_lock_tracking_set_park(void (*park)(int slot));
+
+/* Whether thread `tid` holds nothing, takes nothing and runs no
+   initializer now: during a stop it need not be signalled (it waits at the
+   door if it comes to take something). Read after cmp_world_stop_begin. */
+int cmp_lock_thread_is_quiet(pid_t tid);
+
+/* In a forked child: none of the registered threads but this one exists. */
+void cmp_lock_tracking_forked_child(void);
 
 /* Whether this process's locks go through the tracking (not if a static C
    library or Swift runtime kept their own definitions, or under TSan). */

@@ -62,8 +62,11 @@
    lets go of the last one. RESAMPLE: it was running the C library's code;
    to be asked again. WAITING: blocked in one of the library's own waits
    (safe_waits.c), counted as parked without a signal; it waits on its way
-   out until the stop is over. */
-enum { SLOT_IDLE = 0, SLOT_REQUESTED = 1, SLOT_PARKED = 2, SLOT_DEFERRED = 3, SLOT_RESAMPLE = 4, SLOT_WAITING = 5 };
+   out until the stop is over. QUIET: it held nothing, took nothing and ran
+   no initializer when looked at (lock_tracking.c), and is not signalled:
+   should it come to take a lock before the stop is over, it waits at the
+   door. */
+enum { SLOT_IDLE = 0, SLOT_REQUESTED = 1, SLOT_PARKED = 2, SLOT_DEFERRED = 3, SLOT_RESAMPLE = 4, SLOT_WAITING = 5, SLOT_QUIET = 6 };
 
 typedef struct {
     _Atomic pid_t tid;
@@ -318,6 +321,10 @@ static int enlist_new_threads(pid_t self) {
                 atomic_store_explicit(&slots[count].state, SLOT_WAITING, memory_order_relaxed);
                 continue;
             }
+            if (cmp_lock_thread_is_quiet(tid)) {
+                atomic_store_explicit(&slots[count].state, SLOT_QUIET, memory_order_relaxed);
+                continue;
+            }
             if (request_park(count) == 0) added++;
         }
     }
@@ -491,10 +498,12 @@ static int stop_world(long long budget_ns, cmp_quiesce_report_t *report) {
             int count = atomic_load_explicit(&slot_count, memory_order_acquire);
             report->threads = 0;
             report->waiting = 0;
+            report->quiet = 0;
             for (int i = 0; i < count; i++) {
                 uint32_t state = atomic_load_explicit(&slots[i].state, memory_order_acquire);
                 if (state == SLOT_PARKED) report->threads++;
                 else if (state == SLOT_WAITING) report->waiting++;
+                else if (state == SLOT_QUIET) report->quiet++;
             }
             report->deferred = (int)(atomic_load_explicit(&deferred_parks, memory_order_relaxed) - deferred_before);
             return outcome;
@@ -570,6 +579,9 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
        ever. Other streams' unwritten output may be written by both
        processes, as in Python, which flushes sys.stdout and sys.stderr only. */
     long long start = now_ns();
+    /* This thread is never held at the door of a lock (the fork's own
+       handlers take some). */
+    cmp_lock_state.stopper = 1;
     report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
     /* A watchdog only when some thread is parked (one in a library wait holds
@@ -607,6 +619,7 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     /* A child bound to its parent starts with no signal blocked (cmp_fork);
        otherwise it keeps the caller's mask, as the parent does. */
     if (unblocked && (pid != 0 || death_signal == 0)) pthread_sigmask(SIG_SETMASK, &saved_mask, NULL);
+    cmp_lock_state.stopper = 0;
     pthread_mutex_unlock(&stopping);
     errno = saved_errno;
     return pid;

@@ -34,7 +34,8 @@ typedef struct {
 } waiter_t;
 
 static waiter_t waiters[MAX_WAITERS];
-static _Atomic uint32_t world_stopping;
+_Atomic uint32_t cmp_world_stopping;
+#define world_stopping cmp_world_stopping
 static _Atomic int held_waiters;
 
 /* This thread's entry: -1 not registered yet, -2 none free. */
@@ -86,6 +87,16 @@ static void leave(waiter_t *waiter) {
     int saved_errno = errno;
     atomic_store_explicit(&waiter->blocked, 0, memory_order_seq_cst);
     if (atomic_load_explicit(&world_stopping, memory_order_seq_cst) == 0) { errno = saved_errno; return; }
+    atomic_fetch_add_explicit(&held_waiters, 1, memory_order_seq_cst);
+    while (atomic_load_explicit(&world_stopping, memory_order_seq_cst) != 0) {
+        futex(&world_stopping, FUTEX_WAIT_PRIVATE, 1);
+    }
+    atomic_fetch_sub_explicit(&held_waiters, 1, memory_order_seq_cst);
+    errno = saved_errno;
+}
+
+void cmp_wait_while_world_stops(void) {
+    int saved_errno = errno;
     atomic_fetch_add_explicit(&held_waiters, 1, memory_order_seq_cst);
     while (atomic_load_explicit(&world_stopping, memory_order_seq_cst) != 0) {
         futex(&world_stopping, FUTEX_WAIT_PRIVATE, 1);

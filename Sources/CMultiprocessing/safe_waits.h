@@ -3,7 +3,16 @@
 #ifndef CMP_SAFE_WAITS_H
 #define CMP_SAFE_WAITS_H
 
+#include <stdatomic.h>
+#include <stdint.h>
 #include <sys/types.h>
+
+/* Non-zero while a stop of the world is under way (between
+   cmp_world_stop_begin and cmp_world_stop_end). */
+extern _Atomic uint32_t cmp_world_stopping;
+
+/* Waits until the stop under way, if any, is over. */
+void cmp_wait_while_world_stops(void);
 
 /* A stop begins: from here on, a thread leaving a safe wait waits until it
    ends. Sequentially consistent, before any cmp_in_safe_wait. */

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CMultiprocessing.h"
 #include "safe_waits.h"
+#include "lock_tracking.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -101,6 +102,7 @@ pid_t cmp_fork(int death_signal) {
     if (pid == 0) {
         /* None of the parent's threads, in a library wait or not, exists here. */
         cmp_safe_waits_forked_child();
+        cmp_lock_tracking_forked_child();
         __atomic_store_n(&_swift_willThrow, NULL, __ATOMIC_RELAXED);
         __atomic_store_n(&_swift_willThrowTypedImpl, NULL, __ATOMIC_RELAXED);
     }

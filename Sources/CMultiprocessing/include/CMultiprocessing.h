@@ -62,6 +62,9 @@ typedef struct {
     /// Threads blocked in one of the library's own waits at the fork,
     /// counted as parked without a signal (cmp_word_event_wait, cmp_safe_cond_wait).
     int waiting;
+    /// Threads that held, took and ran nothing when looked at: not
+    /// signalled (one that came to take a lock waited until the fork was done).
+    int quiet;
     /// Threads asked again: found in the C library's code, or still
     /// holding a lock a while after they were first asked.
     int retries;

@@ -75,6 +75,10 @@ public enum ForkSafety {
         /// Threads that held a lock when asked and parked as they let go of
         /// their last one, all forks together.
         public var deferred = 0
+        /// Threads found holding no lock, taking none and running no
+        /// initializer, all forks together: these are not signalled (one that
+        /// comes to take a lock while the fork is under way waits for it).
+        public var quiet = 0
         /// Forks that stopped the world in a process whose locks are not
         /// counted (a static Swift runtime or C library): the threads were
         /// parked wherever the signal found them.
@@ -133,6 +137,7 @@ public enum ForkSafety {
             statistics.forks += 1
             statistics.retries += Int(report.retries)
             statistics.deferred += Int(report.deferred)
+            statistics.quiet += Int(report.quiet)
             if report.lock_tracking == 0 && report.outcome != CMP_QUIESCE_FAILED { statistics.untracked += 1 }
             statistics.waiting += Int(report.waiting)
             statistics.stopping += .nanoseconds(report.elapsed_ns)
