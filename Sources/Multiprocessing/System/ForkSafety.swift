@@ -20,12 +20,15 @@ import Synchronization
 /// (`swift_once`): it defines `pthread_mutex_lock`, `pthread_mutex_unlock`,
 /// the condition waits and `swift_once` in the program, so the dynamic
 /// linker binds every library's calls to them, and each goes on to the C
-/// library's or the runtime's own. Each other thread is sent `SIGSYS`,
-/// marked as the library's (the one asynchronous signal Dispatch's threads,
-/// and so Swift concurrency's, leave open), whose handler parks it if it
-/// holds nothing; a thread that holds a lock runs on and parks itself as it
-/// lets go of its last one, and one running the C library's own code
-/// (malloc, whose locks `fork` itself takes) is asked again a moment later.
+/// library's or the runtime's own. A thread that holds nothing, takes
+/// nothing and runs no initializer is left alone: should it come to take a
+/// lock before the fork is done, it waits at the door. Each other thread is
+/// sent `SIGSYS`, marked as the library's (the one asynchronous signal
+/// Dispatch's threads, and so Swift concurrency's, leave open): one that
+/// holds a lock runs on and parks itself as it lets go of its last one, one
+/// taking a lock parks in the handler, and one running the C library's own
+/// code (malloc, whose locks `fork` itself takes) is asked again a moment
+/// later.
 /// The fork happens when every thread is parked; then every thread goes on.
 /// A process with no other thread pays only for listing its threads, and
 /// threads blocked in the library's own waits (a pool result, a join, the
@@ -47,8 +50,11 @@ import Synchronization
 ///   (futexes), read-write locks — are not counted: a child that needs one
 ///   a parked thread held can still wait. Nothing is counted in a program
 ///   linked with a static Swift runtime or C library, which keep their own
-///   definitions (``Statistics/untracked`` counts those forks). The start
-///   methods spawn and forkserver have no such hazard.
+///   definitions (``Statistics/untracked`` counts those forks).
+/// - A thread left alone may be inside the C library under one of its own
+///   internal locks (time zones, locale) at the instant of the fork.
+///
+/// The start methods spawn and forkserver have none of these hazards.
 ///
 /// Threads of the program see `EINTR` from system calls that a signal
 /// handler interrupts and the kernel does not restart (`poll`, `epoll_wait`,
