@@ -247,6 +247,71 @@ struct RecordingLogHandler: LogHandler {
 
 @Suite("Logging: a pool's workers' lives through swift-log")
 struct LoggingTests {
+    @Test("a manager logs its start, each client process served, gone and refused, and its shutdown; a client its failed connection")
+    func managerLifecycle() throws {
+        let store = RecordingLogHandler.Store()
+        let logger = Logger(label: "test.manager") { _ in RecordingLogHandler(store: store) }
+        let key = Array("the key".utf8)
+        let manager = try Manager(address: .tcp(host: "127.0.0.1", port: 0), authenticationKey: key, logger: logger)
+        let shared = try manager.dictionary([String: String]())
+        let other = try ChildProcess(job: RemoteUser(address: manager.address, key: key, shared: shared), startMethod: .forkserver)
+        try other.start()
+        #expect(try other.join() == 0)
+        let otherPID = try #require(other.pid)
+
+        let clientStore = RecordingLogHandler.Store()
+        let clientLogger = Logger(label: "test.client") { _ in RecordingLogHandler(store: clientStore) }
+        #expect(throws: ManagerError.authenticationFailed) {
+            try Manager.connect(to: manager.address, authenticationKey: Array("wrong".utf8), logger: clientLogger)
+        }
+        #expect(clientStore.all.map(\.message) == ["could not connect to a manager"])
+        #expect(clientStore.all.first?.level == .warning)
+
+        // The server's reports arrive on a thread of their own.
+        func messages(_ text: String) -> [RecordingLogHandler.Record] { store.all.filter { $0.message == text } }
+        #expect(eventually(within: .seconds(30)) {
+            !messages("manager refused a connection").isEmpty
+                && messages("manager client left").contains { $0.metadata["manager.client"]?.description.contains("\(otherPID)") == true }
+        }, "\(store.all.map { "\($0.message) \($0.metadata)" })")
+        manager.shutdown()
+
+        let started = messages("manager started")
+        #expect(started.count == 1 && started.first?.level == .debug)
+        #expect(started.first?.metadata["manager.pid"] == "\(manager.serverPID ?? -1)")
+        #expect(started.first?.metadata["manager.address"] != nil)
+        // This process and the other one.
+        let connected = messages("manager client connected")
+        #expect(connected.count >= 2 && connected.allSatisfy { $0.level == .debug })
+        #expect(connected.contains { $0.metadata["manager.client"]?.description.contains("\(otherPID)") == true })
+        #expect(messages("manager refused a connection").allSatisfy { $0.level == .warning && $0.metadata["manager.reason"] != nil })
+        #expect(messages("manager shut down").count == 1)
+    }
+
+    @Test("a child process logs its start, and how it ended: at debug when it exited 0, at info otherwise")
+    func childLifecycle() throws {
+        let store = RecordingLogHandler.Store()
+        let logger = Logger(label: "test.child") { _ in RecordingLogHandler(store: store) }
+        let fine = ChildProcess {}
+        let failing = ChildProcess { exit(3) }
+        let crashing = try ChildProcess(job: FailFatally(code: 5), startMethod: .forkserver)
+        for child in [fine, failing, crashing] {
+            child.logger = logger
+            try child.start()
+            _ = try child.join()
+        }
+        let records = store.all
+        let started = records.filter { $0.message == "child process started" }
+        #expect(started.count == 3 && started.allSatisfy { $0.level == .debug && $0.metadata["process.pid"] != nil })
+        #expect(Set(started.compactMap { $0.metadata["process.start_method"]?.description }) == ["fork", "forkserver"])
+        let exited = records.filter { $0.message == "child process exited" }
+        #expect(exited.count == 1 && exited.first?.level == .debug && exited.first?.metadata["process.status"] == "0")
+        let failed = records.filter { $0.message == "child process exited with a failure" }
+        #expect(failed.count == 1 && failed.first?.level == .info && failed.first?.metadata["process.status"] == "3")
+        let killed = records.filter { $0.message == "child process killed by a signal" }
+        #expect(killed.count == 1 && killed.first?.level == .info)
+        #expect(killed.first?.metadata["error"]?.description.contains("MultiprocessingTests.FailFatally") == true, "\(killed)")
+    }
+
     @Test("started, crashed, killed past their time, recycled and left: each logged once, with its worker's name and pid")
     func lifecycle() throws {
         let store = RecordingLogHandler.Store()

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 
 /// A server process that owns shared objects, and the factory of proxies
 /// to them: Python's `multiprocessing.Manager()` and `BaseManager`.
@@ -11,13 +12,13 @@ import Glibc
 /// them encoded and never needs their types.
 ///
 /// The server listens on a fresh abstract Unix socket, or at `address` (a
-/// TCP address for use from other hosts with ``connect(to:authenticationKey:)``);
+/// TCP address for use from other hosts with ``connect(to:authenticationKey:logger:)``);
 /// every connection proves it knows the authentication key. On a Unix
 /// address, each connection then moves its calls onto two rings of shared
 /// memory (no system call per call; the socket stays open so that each side
 /// sees the other die). The server dies
 /// with this process, and ``shutdown()`` (or dropping the manager, or the end
-/// of ``withManager(address:authenticationKey:startMethod:_:)``) ends it. A
+/// of ``withManager(address:authenticationKey:startMethod:logger:_:)``) ends it. A
 /// proxy whose server is gone throws ``ManagerError/managerUnreachable(_:)``
 /// at once; it never hangs.
 public final class Manager: Sendable {
@@ -26,6 +27,8 @@ public final class Manager: Sendable {
     let client: ManagerClient
     /// The server process, when this manager started it.
     private let server: ChildProcess?
+    /// Where the manager's life and its server's clients are logged; nil: nowhere.
+    private let logger: Logger?
 
     /// Starts a manager's server process.
     ///
@@ -37,46 +40,88 @@ public final class Manager: Sendable {
     ///     forkserver, gives it a clean single-threaded parent: a server forked
     ///     from a busy multi-threaded process can inherit a lock another
     ///     thread held.
+    ///   - logger: where the manager logs, through swift-log: its server
+    ///     started (`debug`, with `manager.address` and `manager.pid`) and shut
+    ///     down (`debug`), each client process its server served and left
+    ///     (`debug`, `manager.client`), and each connection it refused
+    ///     (`warning`, `manager.reason`: a wrong key, say). Nil, the default:
+    ///     nothing is logged and the server tells nothing.
     /// - Throws: ``ManagerError/managerUnreachable(_:)`` if it cannot listen.
-    public init(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver) throws {
+    public init(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver, logger: Logger? = nil) throws {
         let key = authenticationKey ?? (0..<32).map { _ in UInt8.random(in: 0...255) }
         let (here, there) = try Connection.pipe()
-        let server = try ChildProcess(job: ManagerServerJob(address: address, authenticationKey: key, ready: there), startMethod: startMethod, name: "Manager", daemon: true)
+        let job = ManagerServerJob(address: address, authenticationKey: key, ready: there, reportsClients: logger != nil)
+        let server = try ChildProcess(job: job, startMethod: startMethod, name: "Manager", daemon: true)
         try server.start()
         there.close()
         let start: ServerStart
         do {
             start = try here.receive(ServerStart.self)
         } catch {
+            here.close()
             try? server.kill()
             _ = try? server.join()
+            logger?.warning("a manager's server did not start", metadata: ["error": "\(error)"])
             throw ManagerError.managerUnreachable("the server did not start: \(error)")
         }
-        here.close()
         guard case let .listening(address) = start else {
+            here.close()
             _ = try? server.join()
-            if case let .failed(reason) = start { throw ManagerError.managerUnreachable(reason) }
-            throw ManagerError.managerUnreachable("the server did not start")
+            let reason: String
+            if case let .failed(why) = start { reason = why } else { reason = "the server did not start" }
+            logger?.warning("a manager's server did not start", metadata: ["error": "\(reason)"])
+            throw ManagerError.managerUnreachable(reason)
         }
         self.address = address
         self.client = ManagerClient(address: address, authenticationKey: key)
         self.server = server
+        self.logger = logger
+        if let logger {
+            var metadata: Logger.Metadata = ["manager.address": "\(address)"]
+            if let pid = server.pid { metadata["manager.pid"] = "\(pid)" }
+            logger.debug("manager started", metadata: metadata)
+            // The server's reports, logged as they come, until it ends.
+            _ = SystemThread.start {
+                while let event = try? here.receive(ServerEvent.self) {
+                    switch event {
+                    case let .clientConnected(process):
+                        logger.debug("manager client connected", metadata: metadata.merging(["manager.client": "\(process)"]) { $1 })
+                    case let .clientLeft(process):
+                        logger.debug("manager client left", metadata: metadata.merging(["manager.client": "\(process)"]) { $1 })
+                    case let .clientRefused(reason):
+                        logger.warning("manager refused a connection", metadata: metadata.merging(["manager.reason": "\(reason)"]) { $1 })
+                    }
+                }
+                here.close()
+            }
+        } else {
+            here.close()
+        }
     }
 
-    private init(address: ConnectionAddress, client: ManagerClient) {
+    private init(address: ConnectionAddress, client: ManagerClient, logger: Logger?) {
         self.address = address
         self.client = client
         self.server = nil
+        self.logger = logger
     }
 
     /// Connects to a manager started elsewhere (another process or host).
     ///
+    /// - Parameter logger: where the connection is logged (`debug`) or its
+    ///   failure (`warning`, with `error`); nil: nowhere.
     /// - Throws: ``ManagerError/authenticationFailed`` if it refuses the
     ///   key, ``ManagerError/managerUnreachable(_:)`` if it cannot be reached.
-    public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8]) throws(ManagerError) -> Manager {
+    public static func connect(to address: ConnectionAddress, authenticationKey: [UInt8], logger: Logger? = nil) throws(ManagerError) -> Manager {
         let client = ManagerClient.shared(address: address, authenticationKey: authenticationKey)
-        _ = try client.call(0, "ping")
-        return Manager(address: address, client: client)
+        do {
+            _ = try client.call(0, "ping")
+        } catch {
+            logger?.warning("could not connect to a manager", metadata: ["manager.address": "\(address)", "error": "\(error)"])
+            throw error
+        }
+        logger?.debug("connected to a manager", metadata: ["manager.address": "\(address)"])
+        return Manager(address: address, client: client, logger: logger)
     }
 
     deinit { shutdown() }
@@ -93,6 +138,7 @@ public final class Manager: Sendable {
         // Connections to a server that is gone: closed now, not at exit.
         client.closeIdleConnections()
         ManagerClients.shared.forget(address: address)
+        logger?.debug("manager shut down", metadata: ["manager.address": "\(address)", "manager.status": "\(server.exitCode.map(String.init) ?? "?")"])
     }
 
     /// The server's process identifier, when this manager started it.
@@ -166,8 +212,8 @@ public final class Manager: Sendable {
 }
 
 /// Runs `body` with a new manager and shuts it down after, whatever happens.
-public func withManager<Result>(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver, _ body: (Manager) throws -> Result) throws -> Result {
-    let manager = try Manager(address: address, authenticationKey: authenticationKey, startMethod: startMethod)
+public func withManager<Result>(address: ConnectionAddress? = nil, authenticationKey: [UInt8]? = nil, startMethod: StartMethod = .forkserver, logger: Logger? = nil, _ body: (Manager) throws -> Result) throws -> Result {
+    let manager = try Manager(address: address, authenticationKey: authenticationKey, startMethod: startMethod, logger: logger)
     defer { manager.shutdown() }
     return try body(manager)
 }

@@ -9,6 +9,9 @@ internal struct ManagerServerJob: ProcessJob {
     var authenticationKey: [UInt8]
     /// Where the server reports the address it listens at (or why it cannot).
     var ready: Connection
+    /// Whether it goes on telling its parent, there, of the clients it
+    /// serves and refuses (the parent logs them).
+    var reportsClients = false
 
     func run() throws -> Bool {
         let listener: Listener
@@ -21,8 +24,9 @@ internal struct ManagerServerJob: ProcessJob {
             throw error
         }
         try ready.send(ServerStart.listening(listener.address))
-        ready.close()
-        ManagerServer(listener: listener, authenticationKey: authenticationKey).serve()
+        let reporter = reportsClients ? Locked(ready) : nil
+        if reporter == nil { ready.close() }
+        ManagerServer(listener: listener, authenticationKey: authenticationKey, reporter: reporter).serve()
         return true
     }
 }
@@ -31,6 +35,17 @@ internal struct ManagerServerJob: ProcessJob {
 internal enum ServerStart: Codable {
     case listening(ConnectionAddress)
     case failed(String)
+}
+
+/// What the server goes on telling its parent, when asked to: the parent
+/// logs each (``Manager/init(address:authenticationKey:startMethod:logger:)``).
+internal enum ServerEvent: Codable, Equatable {
+    /// A client proved it knows the key; `process` is what it calls itself.
+    case clientConnected(process: String)
+    /// A connection was refused: why.
+    case clientRefused(reason: String)
+    /// A client process's last connection closed.
+    case clientLeft(process: String)
 }
 
 internal final class ManagerServer: @unchecked Sendable {  // mutable state is behind `state`
@@ -46,10 +61,17 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
     private let listener: Listener?
     private let authenticationKey: [UInt8]
     private let state = Locked(State())
+    /// Where clients served and refused are told, if anywhere.
+    private let reporter: Locked<Connection>?
 
-    init(listener: Listener?, authenticationKey: [UInt8]) {
+    init(listener: Listener?, authenticationKey: [UInt8], reporter: Locked<Connection>? = nil) {
         self.listener = listener
         self.authenticationKey = authenticationKey
+        self.reporter = reporter
+    }
+
+    private func report(_ event: ServerEvent) {
+        reporter?.withLock { try? $0.send(event) }
     }
 
     /// Accepts clients until the process is asked to shut down (it then exits).
@@ -59,8 +81,11 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             guard let connection = try? listener.accept() else { return }
             _ = SystemThread.start { [self] in
                 // A client without the key is refused; the others go on.
-                guard (try? Authentication.serve(connection, key: authenticationKey)) != nil else {
+                do {
+                    try Authentication.serve(connection, key: authenticationKey)
+                } catch {
                     connection.close()
+                    report(.clientRefused(reason: "\(error)"))
                     return
                 }
                 serve(connection)
@@ -84,7 +109,11 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
                 let request = try ManagerRequest(decoding: bytes)
                 if client == nil {
                     client = String(request.process)
-                    state.withLock { $0.connections[client!, default: 0] += 1 }
+                    let first = state.withLock { state in
+                        state.connections[client!, default: 0] += 1
+                        return state.connections[client!] == 1
+                    }
+                    if first { report(.clientConnected(process: client!)) }
                 }
                 if request.object == 0 && request.method == ManagerRequest.openRings && !channel.isShared {
                     openRings = true
@@ -124,7 +153,10 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         }
         // A client keeps its connections until it ends: when the last one
         // closes, the process is gone (done, or killed) and holds no locks.
-        if last { objects.forEach { $0.release(ownersOf: client) } }
+        if last {
+            objects.forEach { $0.release(ownersOf: client) }
+            report(.clientLeft(process: client))
+        }
     }
 
     /// Answers one request for an object, or for the manager (object 0).

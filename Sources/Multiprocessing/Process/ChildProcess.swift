@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -40,6 +41,24 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         var attachmentsReleased = false
         /// The child's memory control group, removed once it is reaped.
         var memoryGroup: MemoryGroup?
+        var logger: Logger?
+    }
+
+    /// Where the child's life is logged, through swift-log: started
+    /// (`debug`, with `process.name`, `process.pid` and
+    /// `process.start_method`), exited with status 0 (`debug`), and
+    /// otherwise ended — a status, a signal, a limit — at `info`, with
+    /// `process.status` and `error`. Nil, the default: nothing is logged.
+    /// Set it before ``start()``.
+    public var logger: Logger? {
+        get { state.withLock { $0.logger } }
+        set { state.withLock { $0.logger = newValue } }
+    }
+
+    private var logMetadata: Logger.Metadata {
+        var metadata: Logger.Metadata = ["process.name": "\(name)", "process.start_method": "\(startMethod)"]
+        if let pid { metadata["process.pid"] = "\(pid)" }
+        return metadata
     }
 
     /// The name, for messages and ``currentProcess()`` in the child.
@@ -212,6 +231,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
             attachments.forEach(Syscall.close)
         }
         ChildRegistry.shared.add(self)
+        logger?.debug("child process started", metadata: logMetadata)
     }
 
     /// The setup a job child runs before its job (nil: none), and the
@@ -356,7 +376,19 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 return (true, code)
             }
         }
-        if finished { ChildRegistry.shared.remove(self) }
+        if finished {
+            ChildRegistry.shared.remove(self)
+            if let logger, let code {
+                var metadata = logMetadata
+                metadata["process.status"] = "\(code)"
+                if case let .failure(error)? = state.withLock({ $0.result }) { metadata["error"] = "\(error)" }
+                if code == 0 {
+                    logger.debug("child process exited", metadata: metadata)
+                } else {
+                    logger.info(code < 0 ? "child process killed by a signal" : "child process exited with a failure", metadata: metadata)
+                }
+            }
+        }
         return code
     }
 
