@@ -1,12 +1,14 @@
-/* Private to the C target: the C library's code ranges, which the
-   stop-the-world fork does not park a thread in (code_ranges.c). */
+/* Private to the C target: code ranges the stop-the-world fork judges
+   threads by (code_ranges.c). */
 #ifndef CMP_CODE_RANGES_H
 #define CMP_CODE_RANGES_H
 
 #include <stdint.h>
 
-/* Finds the ranges once (later calls return at once). */
-void cmp_load_code_ranges(void);
+/* Whether `pc` is in the Swift runtime's code (libswiftCore,
+   libswift_Concurrency); 1 as well when the runtime is linked statically or
+   before the ranges are found. */
+int cmp_in_swift_runtime(uintptr_t pc);
 
 /* Whether `pc` is in the C or C++ library's code. */
 int cmp_in_system_code(uintptr_t pc);

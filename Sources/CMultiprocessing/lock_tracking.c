@@ -22,10 +22,14 @@
      stop is under way; the forking thread announces the stop, then reads
      what each thread takes: one of the two sees the other);
    - a thread that holds one, or is taking one, is signalled: if it holds
-     one it runs on and parks itself as it lets go of its last one
-     (quiesce.c), and while it holds one it is never held at the door. */
+     one of the Swift runtime's (taken by the runtime's own code) it runs on
+     and parks itself as it lets go of its last one (quiesce.c); one that
+     holds only other libraries' parks at once, as a thread blocked on
+     something the forking thread holds (stdout, say) could otherwise never
+     let go; and while a thread holds any, it is never held at the door. */
 #define _GNU_SOURCE
 #include "lock_tracking.h"
+#include "code_ranges.h"
 #include "safe_waits.h"
 #include "CMultiprocessing.h"
 
@@ -123,7 +127,7 @@ void cmp_lock_tracking_set_park(void (*park)(int slot)) { deferred_park = park; 
 
 static inline void after_release(cmp_lock_state_t *state) {
     if (state->deferred_slot == 0) return;
-    if (atomic_load_explicit(&state->held, memory_order_relaxed) == 0 &&
+    if (atomic_load_explicit(&state->runtime_held, memory_order_relaxed) == 0 &&
         atomic_load_explicit(&state->onces, memory_order_relaxed) == 0 && deferred_park != NULL) {
         int slot = state->deferred_slot - 1;
         state->deferred_slot = 0;
@@ -132,10 +136,11 @@ static inline void after_release(cmp_lock_state_t *state) {
     }
 }
 
-/* Before taking `mutex` (announced in `acquiring`): a thread that holds
-   nothing waits at the door while a stop is under way. */
-static inline void enter(cmp_lock_state_t *state, pthread_mutex_t *mutex) {
+/* Before taking `mutex` (announced in `acquiring`) for code at `caller`:
+   a thread that holds nothing waits at the door while a stop is under way. */
+static inline void enter(cmp_lock_state_t *state, pthread_mutex_t *mutex, void *caller) {
     join_registry(state);
+    state->acquiring_runtime = cmp_in_swift_runtime((uintptr_t)caller);
     atomic_store_explicit(&state->acquiring, mutex, memory_order_seq_cst);
     while (atomic_load_explicit(&cmp_world_stopping, memory_order_seq_cst) != 0 && !state->stopper &&
            atomic_load_explicit(&state->held, memory_order_relaxed) == 0 &&
@@ -148,7 +153,10 @@ static inline void enter(cmp_lock_state_t *state, pthread_mutex_t *mutex) {
 
 /* After the attempt: counted if taken, then no longer taking. */
 static inline int leave(cmp_lock_state_t *state, int result) {
-    if (result == 0 || result == EOWNERDEAD) atomic_fetch_add_explicit(&state->held, 1, memory_order_seq_cst);
+    if (result == 0 || result == EOWNERDEAD) {
+        if (state->acquiring_runtime) atomic_fetch_add_explicit(&state->runtime_held, 1, memory_order_seq_cst);
+        atomic_fetch_add_explicit(&state->held, 1, memory_order_seq_cst);
+    }
     atomic_store_explicit(&state->acquiring, NULL, memory_order_seq_cst);
     return result;
 }
@@ -184,28 +192,28 @@ static void *next_symbol(_Atomic(void *) *cache, const char *name, const char *v
 __attribute__((weak)) int pthread_mutex_lock(pthread_mutex_t *mutex) {
     mutex_fn next = (mutex_fn)next_symbol(&next_mutex_lock, "pthread_mutex_lock", NULL);
     cmp_lock_state_t *state = &cmp_lock_state;
-    enter(state, mutex);
+    enter(state, mutex, __builtin_return_address(0));
     return leave(state, next(mutex));
 }
 
 __attribute__((weak)) int pthread_mutex_trylock(pthread_mutex_t *mutex) {
     mutex_fn next = (mutex_fn)next_symbol(&next_mutex_trylock, "pthread_mutex_trylock", NULL);
     cmp_lock_state_t *state = &cmp_lock_state;
-    enter(state, mutex);
+    enter(state, mutex, __builtin_return_address(0));
     return leave(state, next(mutex));
 }
 
 __attribute__((weak)) int pthread_mutex_timedlock(pthread_mutex_t *mutex, const struct timespec *deadline) {
     mutex_timedlock_fn next = (mutex_timedlock_fn)next_symbol(&next_mutex_timedlock, "pthread_mutex_timedlock", "GLIBC_2.2.5");
     cmp_lock_state_t *state = &cmp_lock_state;
-    enter(state, mutex);
+    enter(state, mutex, __builtin_return_address(0));
     return leave(state, next(mutex, deadline));
 }
 
 __attribute__((weak)) int pthread_mutex_clocklock(pthread_mutex_t *mutex, clockid_t clock, const struct timespec *deadline) {
     mutex_clocklock_fn next = (mutex_clocklock_fn)next_symbol(&next_mutex_clocklock, "pthread_mutex_clocklock", "GLIBC_2.30");
     cmp_lock_state_t *state = &cmp_lock_state;
-    enter(state, mutex);
+    enter(state, mutex, __builtin_return_address(0));
     return leave(state, next(mutex, clock, deadline));
 }
 
@@ -214,7 +222,14 @@ __attribute__((weak)) int pthread_mutex_unlock(pthread_mutex_t *mutex) {
     cmp_lock_state_t *state = &cmp_lock_state;
     int result = next(mutex);
     if (result == 0 && atomic_load_explicit(&state->held, memory_order_relaxed) > 0) {
-        atomic_fetch_sub_explicit(&state->held, 1, memory_order_seq_cst);
+        if (atomic_load_explicit(&state->runtime_held, memory_order_relaxed) > 0 && cmp_in_swift_runtime((uintptr_t)__builtin_return_address(0))) {
+            atomic_fetch_sub_explicit(&state->runtime_held, 1, memory_order_seq_cst);
+        }
+        /* Holding none at all, it holds none of the runtime's (should a
+           lock and its unlock have been told apart differently). */
+        if (atomic_fetch_sub_explicit(&state->held, 1, memory_order_seq_cst) == 1) {
+            atomic_store_explicit(&state->runtime_held, 0, memory_order_seq_cst);
+        }
         after_release(state);
     }
     return result;
@@ -227,6 +242,7 @@ __attribute__((weak)) int pthread_mutex_unlock(pthread_mutex_t *mutex) {
 /* Before a condition wait: it will take `mutex` back; it holds it not meanwhile. */
 static inline void begin_condition_wait(cmp_lock_state_t *state, pthread_mutex_t *mutex) {
     join_registry(state);
+    state->acquiring_runtime = 0;  /* the runtime waits on no condition */
     atomic_store_explicit(&state->acquiring, mutex, memory_order_seq_cst);
     if (atomic_load_explicit(&state->held, memory_order_relaxed) > 0) atomic_fetch_sub_explicit(&state->held, 1, memory_order_seq_cst);
 }
@@ -316,10 +332,10 @@ int cmp_lock_tracking_active(void) { return 0; }
 
 int cmp_lock_verdict(void) {
     cmp_lock_state_t *state = &cmp_lock_state;
-    if (atomic_load_explicit(&state->held, memory_order_relaxed) > 0 ||
+    if (atomic_load_explicit(&state->runtime_held, memory_order_relaxed) > 0 ||
         atomic_load_explicit(&state->onces, memory_order_relaxed) > 0) return 1;
     pthread_mutex_t *mutex = atomic_load_explicit(&state->acquiring, memory_order_relaxed);
-    if (mutex == NULL) return 0;
+    if (mutex == NULL || !state->acquiring_runtime) return 0;
     /* Taking it, or taking it back after a condition wait: already its own
        (the owner is this thread), or at the instant between taking the lock
        word and writing the owner (either thread's): not yet. Waiting for

@@ -11,6 +11,10 @@
 typedef struct {
     /* pthread mutexes held (taken and not yet let go). */
     _Atomic int held;
+    /* Those of them the Swift runtime took (its code called the lock). */
+    _Atomic int runtime_held;
+    /* Whether the mutex being taken is taken by the runtime's code. */
+    int acquiring_runtime;
     /* swift_once initializers running. */
     _Atomic int onces;
     /* A mutex being taken, or taken back at the end of a condition wait. */
@@ -26,7 +30,9 @@ typedef struct {
 extern __thread cmp_lock_state_t cmp_lock_state __attribute__((tls_model("initial-exec")));
 
 /* Called on the thread itself (from the park signal's handler): 0 if it
-   holds no lock and runs no initializer, so it may park; 1 if not yet. */
+   holds none of the Swift runtime's locks and runs no initializer, so it
+   may park; 1 if not yet. (A lock of another library's that a parked thread
+   holds is what the fork's watchdog is for, as before.) */
 int cmp_lock_verdict(void);
 
 /* What a thread whose park was deferred calls as it lets go of its last lock. */

@@ -559,7 +559,6 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     report->outcome = CMP_QUIESCE_FAILED;
     return cmp_fork(death_signal);
 #endif
-    cmp_load_code_ranges();
     cmp_safe_waits_prepare();
     pthread_mutex_lock(&stopping);
     static int tracking = -1;
@@ -584,15 +583,18 @@ pid_t cmp_fork_quiesced(int death_signal, long long budget_ns, long long watchdo
     cmp_lock_state.stopper = 1;
     report->outcome = stop_world(budget_ns, report);
     report->elapsed_ns = now_ns() - start;
-    /* A watchdog only when some thread is parked (one in a library wait holds
-       nothing fork needs); its signal must reach this thread. */
+    /* A watchdog only when some thread is parked or left alone (one in a
+       library wait holds nothing fork needs); its signal must reach this
+       thread. */
     int timer = -1, unblocked = 0;
     sigset_t park, saved_mask;
     atomic_store_explicit(&watchdog_fired, 0, memory_order_relaxed);
     /* A new generation at every fork, armed or not: a watchdog signal still
        pending from an earlier fork is then never taken for this one's. */
     atomic_store_explicit(&watchdog_generation, (atomic_load_explicit(&watchdog_generation, memory_order_relaxed) + 1) & 0x7fffffffu, memory_order_relaxed);
-    if (report->outcome == CMP_QUIESCE_STOPPED && report->threads > 0) {
+    /* Also when threads were only left alone: one waiting at the door of a
+       lock may hold something the fork's own handlers take. */
+    if (report->outcome == CMP_QUIESCE_STOPPED && (report->threads > 0 || report->quiet > 0)) {
         sigemptyset(&park);
         sigaddset(&park, PARK_SIGNAL);
         pthread_sigmask(SIG_UNBLOCK, &park, &saved_mask);
