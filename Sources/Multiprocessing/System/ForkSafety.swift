@@ -25,10 +25,11 @@ import Synchronization
 /// lock before the fork is done, it waits at the door. Each other thread is
 /// sent `SIGSYS`, marked as the library's (the one asynchronous signal
 /// Dispatch's threads, and so Swift concurrency's, leave open): one that
-/// holds a lock runs on and parks itself as it lets go of its last one, one
-/// taking a lock parks in the handler, and one running the C library's own
-/// code (malloc, whose locks `fork` itself takes) is asked again a moment
-/// later.
+/// holds one of the Swift runtime's locks (taken by the runtime's own code)
+/// runs on and parks itself as it lets go of its last one, one that holds
+/// only other libraries' locks or is waiting to take one parks in the
+/// handler, and one running the C library's own code (malloc, whose locks
+/// `fork` itself takes) is asked again a moment later.
 /// The fork happens when every thread is parked; then every thread goes on.
 /// A process with no other thread pays only for listing its threads, and
 /// threads blocked in the library's own waits (a pool result, a join, the
@@ -40,15 +41,16 @@ import Synchronization
 /// - A thread that blocks `SIGSYS` does not answer: the fork goes ahead
 ///   without stopping the others. So does one that answers nothing for
 ///   200 ms (stuck in the kernel).
-/// - A thread that holds a lock, or runs a lazy global's initializer, for
-///   200 ms on end (one that waits for something while holding it): the
-///   fork goes ahead.
+/// - A thread that holds a runtime lock, or runs a lazy global's
+///   initializer, for 200 ms on end (one that waits for something while
+///   holding it): the fork goes ahead.
 /// - A parked thread that was blocked in the kernel while holding a lock
 ///   `fork` needs (writing out all of stdio's buffers, say): after 100 ms a
 ///   watchdog lets the threads go, and the fork completes without them parked.
-/// - Locks that are not pthread mutexes — Dispatch's and stdlib `Mutex`
-///   (futexes), read-write locks — are not counted: a child that needs one
-///   a parked thread held can still wait. Nothing is counted in a program
+/// - Other libraries' locks are seen but not waited for, and locks that are
+///   not pthread mutexes — Dispatch's and stdlib `Mutex` (futexes),
+///   read-write locks — are not seen: a child that needs one a parked
+///   thread held can still wait. Nothing is counted in a program
 ///   linked with a static Swift runtime or C library, which keep their own
 ///   definitions (``Statistics/untracked`` counts those forks).
 /// - A thread left alone may be inside the C library under one of its own
