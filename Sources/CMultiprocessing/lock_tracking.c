@@ -35,6 +35,9 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -118,6 +121,15 @@ void cmp_lock_tracking_forked_child(void) {
     cmp_lock_state.stopper = 0;
 }
 
+/* A fork made by anyone, not only the library (whose cmp_fork does the same):
+   the child has one thread and no stop under way. */
+static void forked_child(void) {
+    cmp_safe_waits_forked_child();
+    cmp_lock_tracking_forked_child();
+}
+
+__attribute__((constructor)) static void reset_in_every_child(void) { pthread_atfork(NULL, NULL, forked_child); }
+
 /* ---- Parking later ---- */
 
 /* What a thread whose park was deferred does as it lets go of its last lock. */
@@ -180,13 +192,54 @@ static _Atomic(void *) next_mutex_timedlock, next_mutex_clocklock, next_swift_on
    as the runtime's own fast path assumes: checked at start-up. */
 static int once_fast_path;
 
+/* In a statically linked program dlsym finds nothing; the C library's own
+   names for its functions are there instead (weak: a dynamic link leaves
+   them out). */
+extern int __pthread_mutex_lock(pthread_mutex_t *) __attribute__((weak));
+extern int __pthread_mutex_trylock(pthread_mutex_t *) __attribute__((weak));
+extern int __pthread_mutex_unlock(pthread_mutex_t *) __attribute__((weak));
+extern int __pthread_cond_wait(pthread_cond_t *, pthread_mutex_t *) __attribute__((weak));
+extern int __pthread_cond_timedwait(pthread_cond_t *, pthread_mutex_t *, const struct timespec *) __attribute__((weak));
+extern int __pthread_mutex_timedlock(pthread_mutex_t *, const struct timespec *) __attribute__((weak));
+
 static void *next_symbol(_Atomic(void *) *cache, const char *name, const char *version) {
     void *found = atomic_load_explicit(cache, memory_order_acquire);
     if (found) return found;
     found = version ? dlvsym(RTLD_NEXT, name, version) : NULL;
     if (found == NULL) found = dlsym(RTLD_NEXT, name);
+    if (found == NULL) {
+        if (strcmp(name, "pthread_mutex_lock") == 0) found = (void *)__pthread_mutex_lock;
+        else if (strcmp(name, "pthread_mutex_trylock") == 0) found = (void *)__pthread_mutex_trylock;
+        else if (strcmp(name, "pthread_mutex_unlock") == 0) found = (void *)__pthread_mutex_unlock;
+        else if (strcmp(name, "pthread_cond_wait") == 0) found = (void *)__pthread_cond_wait;
+        else if (strcmp(name, "pthread_cond_timedwait") == 0) found = (void *)__pthread_cond_timedwait;
+        else if (strcmp(name, "pthread_mutex_timedlock") == 0) found = (void *)__pthread_mutex_timedlock;
+    }
+    if (found == NULL && strcmp(name, "swift_once") != 0) {
+        /* Nothing to go on to: the program cannot take a lock. */
+        static const char message[] = "swift-multiprocessing: the C library's pthread functions cannot be found (a static link?)\n";
+        (void)!write(2, message, sizeof message - 1);
+        abort();
+    }
     atomic_store_explicit(cache, found, memory_order_release);
     return found;
+}
+
+/* swift_once with no runtime's to go on to: a program linked with a static
+   Swift runtime whose own swift_once this one displaced. The same token:
+   0 not run, 1 running (waiters sleep on it), negative done. */
+static void private_once(void *predicate, void (*initializer)(void *), void *context) {
+    _Atomic int32_t *flag = predicate;
+    int32_t expected = 0;
+    if (atomic_compare_exchange_strong_explicit(flag, &expected, 1, memory_order_acq_rel, memory_order_acquire)) {
+        initializer(context);
+        atomic_store_explicit(flag, -1, memory_order_release);
+        syscall(SYS_futex, (int32_t *)flag, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+        return;
+    }
+    while ((expected = atomic_load_explicit(flag, memory_order_acquire)) >= 0) {
+        syscall(SYS_futex, (int32_t *)flag, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+    }
 }
 
 __attribute__((weak)) int pthread_mutex_lock(pthread_mutex_t *mutex) {
@@ -291,7 +344,7 @@ __attribute__((weak)) void swift_once(void *predicate, void (*initializer)(void 
         cmp_wait_while_world_stops();
         atomic_fetch_add_explicit(&state->onces, 1, memory_order_seq_cst);
     }
-    next(predicate, initializer, context);
+    if (next != NULL) next(predicate, initializer, context); else private_once(predicate, initializer, context);
     atomic_fetch_sub_explicit(&state->onces, 1, memory_order_seq_cst);
     after_release(state);
 }
@@ -306,7 +359,10 @@ __attribute__((constructor(101))) static void find_next_symbols(void) {
 
 __attribute__((constructor)) static void check_once_layout(void) {
     once_fn next = (once_fn)next_symbol(&next_swift_once, "swift_once", NULL);
-    if (next == NULL) return;
+    if (next == NULL) {
+        once_fast_path = 1;  /* private_once's own token */
+        return;
+    }
     _Alignas(8) int64_t token = 0;
     int ran = 0;
     next(&token, note_ran, &ran);

@@ -82,6 +82,10 @@ static _Atomic uint32_t arrivals;
    wait, not one per answer. */
 static _Atomic uint32_t wake_at;
 static _Atomic uint32_t deferred_parks;
+/* Counted up each time the stopper lets every thread go: a thread parked in
+   a slot that a later attempt gave to another thread still goes, whatever
+   that slot's state says now. */
+static _Atomic uint32_t release_epoch;
 static _Atomic uint32_t deferrals;
 static uint32_t cookie;
 static pid_t owner_pid;
@@ -109,11 +113,13 @@ static void announce_arrival(void) {
    until the stopper lets it go; `count` (if any) is counted up first.
    Returns whether it parked. */
 static int park_if(park_slot_t *slot, uint32_t expected, _Atomic uint32_t *count) {
+    uint32_t epoch = atomic_load_explicit(&release_epoch, memory_order_acquire);
     if (!atomic_compare_exchange_strong_explicit(&slot->state, &expected, SLOT_PARKED,
                                                  memory_order_acq_rel, memory_order_acquire)) return 0;
     if (count) atomic_fetch_add_explicit(count, 1, memory_order_relaxed);
     announce_arrival();
-    while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED) {
+    while (atomic_load_explicit(&slot->state, memory_order_acquire) == SLOT_PARKED &&
+           atomic_load_explicit(&release_epoch, memory_order_acquire) == epoch) {
         futex(&slot->state, FUTEX_WAIT_PRIVATE, SLOT_PARKED, NULL);
     }
     return 1;
@@ -244,7 +250,14 @@ static void park_handler(int sig, siginfo_t *info, void *context) {
 }
 
 static int install_handler(void) {
-    if (atomic_load_explicit(&handler_installed, memory_order_acquire)) return 0;
+    if (atomic_load_explicit(&handler_installed, memory_order_acquire)) {
+        /* Still ours? A sandbox set up since (in a worker forked from this
+           process, say) may have put its own in place: ours goes back,
+           chaining to it. */
+        struct sigaction current;
+        if (sigaction(PARK_SIGNAL, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == park_handler) return 0;
+        atomic_store_explicit(&handler_installed, 0, memory_order_release);
+    }
     uint32_t random_cookie = 0;
     if (syscall(SYS_getrandom, &random_cookie, sizeof random_cookie, 0) != sizeof random_cookie) {
         random_cookie = (uint32_t)getpid() * 2654435761u ^ (uint32_t)time(NULL);
@@ -279,8 +292,11 @@ static int request_park(int index) {
     info.si_uid = getuid();
     info.si_value.sival_ptr = (void *)(uintptr_t)(((uint64_t)cookie << 32) | (uint32_t)index);
     if (syscall(SYS_rt_tgsigqueueinfo, owner_pid, slot->tid, PARK_SIGNAL, &info) == -1) {
+        /* ESRCH: the thread has ended. Anything else (EAGAIN: too many
+           signals queued): it stays asked, and the round looks again. */
+        if (errno != ESRCH) return 0;
         atomic_store_explicit(&slot->state, SLOT_IDLE, memory_order_release);
-        return -1;   /* ESRCH: the thread has ended */
+        return -1;
     }
     return 0;
 }
@@ -288,7 +304,8 @@ static int request_park(int index) {
 static void release_slot(int index) {
     park_slot_t *slot = &slots[index];
     uint32_t state = atomic_exchange_explicit(&slot->state, SLOT_IDLE, memory_order_acq_rel);
-    if (state == SLOT_PARKED) futex(&slot->state, FUTEX_WAKE_PRIVATE, 1, NULL);
+    /* Every waiter: two threads may wait on one slot (see release_epoch). */
+    if (state == SLOT_PARKED) futex(&slot->state, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL);
     /* DEFERRED: it finds the slot idle as it lets go, and goes on. */
 }
 
@@ -357,7 +374,7 @@ static ssize_t read_task_file(pid_t tid, const char *name, char *buffer, size_t 
    never answers. */
 static int thread_ended(pid_t tid) {
     static char buffer[1024];
-    if (read_task_file(tid, "stat", buffer, sizeof buffer) <= 0) return 1;
+    if (read_task_file(tid, "stat", buffer, sizeof buffer) <= 0) return errno == ENOENT || errno == ESRCH;
     const char *close_paren = strrchr(buffer, ')');
     if (close_paren == NULL || close_paren[1] == 0) return 0;
     char state = close_paren[2];
@@ -383,6 +400,7 @@ static int blocks_park_signal(pid_t tid) {
 /* ---- The stop ---- */
 
 static void release_all(void) {
+    atomic_fetch_add_explicit(&release_epoch, 1, memory_order_acq_rel);
     int count = atomic_load_explicit(&slot_count, memory_order_acquire);
     for (int i = 0; i < count; i++) release_slot(i);
     cmp_world_stop_end();
