@@ -120,7 +120,7 @@ struct Benchmarks: ParsableCommand {
         let forks = ForkSafety.statistics
         if forks.forks > 0 {
             let perFork = forks.stopping / forks.forks
-            print("\nforks: \(forks.forks), \(forks.quiesced) with the world stopped, \(forks.retries) looks again; stopping took \(perFork) per fork")
+            print("\nforks: \(forks.forks), \(forks.quiesced) with the world stopped, \(forks.retries) threads asked again, \(forks.quiet) left alone; stopping took \(perFork) per fork")
         }
         if let json {
             let encoder = JSONEncoder()
