@@ -79,6 +79,8 @@ internal final class PoolObservations: Sendable {
     /// Whether insights are kept (events are sent either way, to whoever listens).
     let keepsInsights: Bool
     private let state = Mutex(State())
+    /// Whether anyone subscribed to the events: no lock per event otherwise.
+    private let hasSubscribers = Atomic<Bool>(false)
 
     init(keepsInsights: Bool) { self.keepsInsights = keepsInsights }
 
@@ -89,6 +91,7 @@ internal final class PoolObservations: Sendable {
             guard !state.finished else { return nil }
             defer { state.nextSubscriber += 1 }
             state.subscribers[state.nextSubscriber] = continuation
+            hasSubscribers.store(true, ordering: .releasing)
             return state.nextSubscriber
         }
         guard let id else {
@@ -110,6 +113,7 @@ internal final class PoolObservations: Sendable {
     }
 
     private func send(_ event: @autoclosure () -> PoolEvent) {
+        guard hasSubscribers.load(ordering: .acquiring) else { return }
         let subscribers = state.withLock { Array($0.subscribers.values) }
         guard !subscribers.isEmpty else { return }
         let event = event()
