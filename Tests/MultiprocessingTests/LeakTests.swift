@@ -22,7 +22,7 @@ struct LeakTests {
         }
     }
 
-    @Test("30 pools with crashes, timeouts, cancellations and terminations leave descriptors and children where they were")
+    @Test("30 pools with crashes, timeouts, cancellations and terminations, half of them capturing output, leave descriptors and children where they were")
     func poolCycles() async {
         await #expect(processExitsWith: .success) {
             exit(LeakScenarios.poolCycles())
@@ -53,7 +53,9 @@ enum LeakScenarios {
             let descriptors = openDescriptorCount()
             let children = childPIDs()
             for round in 0..<30 {
-                let pool = try ProcessPool(processes: 2, startMethod: jobStartMethods[round % 3], maxTasksPerChild: round % 2 == 0 ? 3 : nil)
+                // Every other round captures the workers' output: each worker's memory files are closed with it.
+                let output = round % 2 == 1 ? WorkerOutput(standardOutput: .captured, standardError: .captured) : WorkerOutput()
+                let pool = try ProcessPool(processes: 2, startMethod: jobStartMethods[round % 3], maxTasksPerChild: round % 2 == 0 ? 3 : nil, output: output)
                 guard try pool.map(SquareFunction(), over: 0..<20, chunkSize: 2) == (0..<20).map({ $0 * $0 }) else { return 2 }
                 let crash = try pool.applyAsync { () -> Int in if round >= 0 { cmp_segfault() }; return 0 }
                 guard case .failure(.crashed(signal: SIGSEGV, _)) = Result(catching: { () throws(ProcessError) in
