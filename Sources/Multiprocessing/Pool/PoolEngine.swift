@@ -721,10 +721,11 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             relay.drain()
             relay.close()
         }
-        // What it wrote while it ran the unit it ended in, if captured.
-        let captured = worker.captures.isEmpty ? nil : worker.captures.read()
-        worker.captures.close()
+        // What it wrote while it ran the unit it ended in, if captured (a
+        // worker that ended between units wrote nothing anyone waits for).
         let head = state.withLock { _ in worker.outstanding.first }
+        let captured = worker.captures.isEmpty || head == nil ? nil : worker.captures.read()
+        worker.captures.close()
         if let captured, let head { head.call.record(captured, of: head.unit) }
         var crash: CrashReport?
         if code < 0 {

@@ -85,7 +85,7 @@ public struct CapturedOutput: Sendable, Equatable, Codable {
         for (bit, fd) in [(UInt8(1), STDOUT_FILENO), (2, STDERR_FILENO)] where streams & bit != 0 {
             let descriptor = FileDescriptor(rawValue: fd)
             try? Syscall.resize(descriptor, to: 0)
-            _ = try? descriptor.seek(offset: 0, from: .start)
+            try? Syscall.rewind(descriptor)
         }
     }
 
@@ -109,7 +109,7 @@ public struct CapturedOutput: Sendable, Equatable, Codable {
         let start = max(0, size - limit)
         if start > 0 { truncated = true }
         var bytes = [UInt8](repeating: 0, count: size - start)
-        let count = (try? bytes.withUnsafeMutableBytes { try descriptor.read(fromAbsoluteOffset: Int64(start), into: $0) }) ?? 0
+        let count = (try? bytes.withUnsafeMutableBytes { try Syscall.read(descriptor, at: start, into: $0) }) ?? 0
         bytes.removeSubrange(count...)
         return bytes
     }

@@ -307,6 +307,17 @@ extension Syscall {
         Int(try valueOrErrno { cmp_descriptor_size(fd.rawValue) })
     }
 
+    /// Moves `fd`'s offset back to its start (`lseek(fd, 0, SEEK_SET)`).
+    static func rewind(_ fd: FileDescriptor) throws(Errno) {
+        do { _ = try fd.seek(offset: 0, from: .start) } catch let error as Errno { throw error } catch { throw .ioError }
+    }
+
+    /// `pread`: reads into `buffer` from `offset`, leaving `fd`'s own offset
+    /// where it is; EINTR retried. Returns how many bytes were read.
+    static func read(_ fd: FileDescriptor, at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+        do { return try fd.read(fromAbsoluteOffset: Int64(offset), into: buffer) } catch let error as Errno { throw error } catch { throw .ioError }
+    }
+
     /// `mmap(MAP_SHARED, PROT_READ | PROT_WRITE)` of the whole object.
     static func mapShared(_ fd: FileDescriptor, size: Int) throws(Errno) -> UnsafeMutableRawPointer {
         guard let address = cmp_map_shared(fd.rawValue, size) else { throw Errno(rawValue: errno) }
