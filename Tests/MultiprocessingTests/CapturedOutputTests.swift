@@ -133,3 +133,81 @@ struct CapturedOutputTests {
         #expect(throws: WireError.self) { try UnitReply.decodeCapturing(lying) }
     }
 }
+
+@Suite("Captured output of a lone child")
+struct ChildCapturedOutputTests {
+    /// This process's descriptors open on a memory file whose name has `name` in it.
+    func memoryFiles(named name: String) -> Int {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return entries.filter { entry in
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(entry)")) ?? ""
+            return target.hasPrefix("/memfd:") && target.contains(name)
+        }.count
+    }
+
+    /// Starts `process` capturing, waits for it and checks its memory files are closed here.
+    func run(_ process: ChildProcess) throws -> Int32 {
+        process.capturesOutput = true
+        try process.start()
+        #expect(memoryFiles(named: process.name + "-std") == 2)
+        let code = try process.join()
+        #expect(memoryFiles(named: process.name + "-std") == 0, "the memory files were closed")
+        return code
+    }
+
+    @Test("a job child that traps fails with the runtime's message and what it wrote, by every start method", arguments: jobStartMethods)
+    func jobTraps(startMethod: StartMethod) throws {
+        let process = try ChildProcess(job: Chatty(number: 4, fate: .traps), startMethod: startMethod)
+        #expect(try run(process) < 0)
+        guard case let .crashed(_, report) = process.failure else {
+            Issue.record("not a crash: \(String(describing: process.failure))")
+            return
+        }
+        #expect(report.message?.hasSuffix("Fatal error: chatty 4 gives up") == true, "\(String(describing: report.message))")
+        #expect(report.work?.hasSuffix("Chatty") == true)
+        #expect(report.output?.standardOutputText == "out 4\n")
+        #expect(report.output?.standardErrorText.hasPrefix("err 4\n") == true)
+        #expect(process.capturedOutput == report.output)
+    }
+
+    @Test("a job child that returns keeps its output beside its result", arguments: jobStartMethods)
+    func jobReturns(startMethod: StartMethod) throws {
+        let process = try ChildProcess(job: Chatty(number: 8), startMethod: startMethod)
+        #expect(try run(process) == 0)
+        #expect(try process.output(as: Int.self) == 8)
+        #expect(process.capturedOutput?.standardOutputText == "out 8\n")
+        #expect(process.capturedOutput?.standardErrorText == "err 8\n")
+    }
+
+    @Test("a closure child's trap carries the runtime's message; without capture there is neither output nor message")
+    func closureChild() throws {
+        let process = ChildProcess {
+            print("about to fail")
+            let numbers = [1, 2, 3]
+            let index = numbers.count + Int(getpid() % 1)
+            _ = numbers[index]
+        }
+        #expect(try run(process) == -SIGILL || process.exitCode == -SIGTRAP)
+        guard case let .crashed(_, report) = process.failure else {
+            Issue.record("not a crash: \(String(describing: process.failure))")
+            return
+        }
+        #expect(report.message?.contains("Index out of range") == true, "\(String(describing: report.message))")
+        #expect(report.output?.standardOutputText == "about to fail\n")
+        #expect("\(ProcessError.crashed(signal: SIGILL, report: report))".contains("Index out of range"))
+
+        let plain = ChildProcess { _exit(3) }
+        try plain.start()
+        #expect(try plain.join() == 3)
+        #expect(plain.capturedOutput == nil)
+    }
+
+    @Test("a child that writes more than the limit keeps the end of its output")
+    func flood() throws {
+        let process = try ChildProcess(job: Flood(bytes: CapturedOutput.limit + 4096), startMethod: .fork)
+        #expect(try run(process) == 0)
+        let output = try #require(process.capturedOutput)
+        #expect(output.truncated)
+        #expect(output.standardOutputText.hasSuffix("x\nthe end\n"))
+    }
+}

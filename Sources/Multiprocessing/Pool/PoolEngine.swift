@@ -313,6 +313,12 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     }
 
     private func serve() {
+        // Kept across rounds: a round allocates nothing for its poll.
+        var pollfds: [pollfd] = []
+        var relays: [OutputRelay] = []
+        func watch(_ descriptor: FileDescriptor) {
+            pollfds.append(pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0))
+        }
         while true {
             var plan = state.withLock { makePlan(&$0) }
             deliverFailures(plan.failures)
@@ -330,28 +336,30 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                 plan.starts.forEach(startWorker)
                 continue
             }
-            var descriptors = [wake.readEnd]
+            pollfds.removeAll(keepingCapacity: true)
+            relays.removeAll(keepingCapacity: true)
+            watch(wake.readEnd)
             for worker in plan.watched {
-                descriptors.append(worker.exitDescriptor)
-                descriptors.append(worker.connectionEnded ? worker.exitDescriptor : worker.connection.fileDescriptor)
+                watch(worker.exitDescriptor)
+                watch(worker.connectionEnded ? worker.exitDescriptor : worker.connection.fileDescriptor)
             }
             // Forwarded output, after the pairs above.
-            var relays: [OutputRelay] = []
             for worker in plan.watched {
                 for relay in worker.relays where !relay.ended {
                     relays.append(relay)
-                    descriptors.append(relay.source)
+                    watch(relay.source)
                 }
             }
-            guard let events = try? Syscall.poll(descriptors, timeout: plan.timeout) else { continue }
-            if events[0] != 0 { drainWake() }
+            guard (try? Syscall.poll(&pollfds, timeout: plan.timeout)) != nil else { continue }
+            if pollfds[0].revents != 0 { drainWake() }
             // Output first: a worker writes what it prints before it answers or dies.
-            for (index, relay) in relays.enumerated() where events[1 + 2 * plan.watched.count + index] != 0 {
+            let relaysStart = 1 + 2 * plan.watched.count
+            for (index, relay) in relays.enumerated() where pollfds[relaysStart + index].revents != 0 {
                 relay.drain()
             }
             for (index, worker) in plan.watched.enumerated() {
-                let exited = events[1 + 2 * index] != 0
-                let readable = events[2 + 2 * index] != 0 && !worker.connectionEnded
+                let exited = pollfds[1 + 2 * index].revents != 0
+                let readable = pollfds[2 + 2 * index].revents != 0 && !worker.connectionEnded
                 if readable || exited { receiveReplies(from: worker) }
                 if exited { reap(worker) }
             }

@@ -42,6 +42,11 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         /// The child's memory control group, removed once it is reaped.
         var memoryGroup: MemoryGroup?
         var logger: Logger?
+        var capturesOutput = false
+        /// The memory files the child writes its output into, while it runs.
+        var captures: ChildCaptures?
+        /// What it wrote, once it has ended (captured output only).
+        var capturedOutput: CapturedOutput?
     }
 
     /// Where the child's life is logged, through swift-log: started
@@ -53,6 +58,27 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
     public var logger: Logger? {
         get { state.withLock { $0.logger } }
         set { state.withLock { $0.logger = newValue } }
+    }
+
+    /// Whether the child's standard output and standard error go to memory
+    /// files that this process reads once the child has ended
+    /// (``capturedOutput``), instead of this process's own streams. A child
+    /// that traps then fails with the Swift runtime's message in
+    /// ``CrashReport/message`` (and its stack in ``CrashReport/backtrace``
+    /// when the runtime printed one), and the report carries the output.
+    /// The last ``CapturedOutput/limit`` bytes of each stream are kept.
+    /// False, the default: the child writes to this process's streams, as
+    /// in Python. Set it before ``start()``; every start method honours it.
+    public var capturesOutput: Bool {
+        get { state.withLock { $0.capturesOutput } }
+        set { state.withLock { $0.capturesOutput = newValue } }
+    }
+
+    /// What the child wrote to its standard output and error, once it has
+    /// ended, when it ran with ``capturesOutput``; nil otherwise.
+    public var capturedOutput: CapturedOutput? {
+        _ = try? poll()
+        return state.withLock { $0.capturedOutput }
     }
 
     private var logMetadata: Logger.Metadata {
@@ -192,6 +218,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
             handle.release()
             Syscall.close(report)
         }
+        state.withLock { $0.captures }?.close()
         if state.withLock({ !$0.attachmentsReleased }), case let .job(_, _, attachments, _) = work {
             attachments.forEach(Syscall.close)
         }
@@ -260,10 +287,16 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         let (here, there) = try Syscall.socketPair()
         defer { Syscall.close(there) }
         let setup: WorkerSetup?
+        let captures: ChildCaptures?
         do {
             setup = try childSetup()
+            captures = state.withLock(\.capturesOutput) ? try ChildCaptures.make(name: name) : nil
         } catch {
             Syscall.close(here)
+            state.withLock { state in
+                state.memoryGroup?.remove()
+                state.memoryGroup = nil
+            }
             throw error
         }
         do {
@@ -273,24 +306,30 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 // A job forked holds only what it was given, as by the other
                 // start methods; a closure inherits everything, as in Python.
                 var keep: [FileDescriptor]? = nil
-                if case let .job(_, _, _, originals) = work { keep = originals + [there] }
+                if case let .job(_, _, _, originals) = work { keep = originals + [there] + (captures?.descriptors ?? []) }
                 handle = try Spawner.fork(name: name, report: (here, there), keeping: keep) { [self] in
+                    if let captures, let error = ChildCaptures.redirect(captures.descriptors) { return .failure(error) }
                     let work = forkedJob ?? runTarget
                     return setup.map { $0.run(work) } ?? work()
                 }
             case let (.spawn, .job(typeName, payload, attachments, _)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count, setup: setup)
-                handle = try Spawner.spawn(request, payload: payload, attachments: attachments, report: (here, there))
+                // The memory files follow the job's own descriptors.
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count,
+                                          setup: setup, capturesOutput: captures != nil)
+                handle = try Spawner.spawn(request, payload: payload, attachments: attachments + (captures?.descriptors ?? []), report: (here, there))
             case let (.forkserver, .job(typeName, payload, attachments, _)):
-                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count, setup: setup)
-                handle = try ForkServerClient.shared.start(request, payload: payload, attachments: attachments, report: there)
+                let request = BootRequest(kind: .job, typeName: typeName, name: name, parent: ProcessContext.current, descriptorCount: attachments.count,
+                                          setup: setup, capturesOutput: captures != nil)
+                handle = try ForkServerClient.shared.start(request, payload: payload, attachments: attachments + (captures?.descriptors ?? []), report: there)
             case (.spawn, .closure), (.forkserver, .closure):
                 throw ProcessError.unsupportedStartMethod(startMethod)
             }
             try Syscall.setNonBlocking(here, true)
+            state.withLock { $0.captures = captures }
             return (handle, here)
         } catch {
             Syscall.close(here)
+            captures?.close()
             state.withLock { state in
                 state.memoryGroup?.remove()
                 state.memoryGroup = nil
@@ -366,7 +405,11 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
                 Syscall.close(report)
                 state.phase = .exited(code)
                 state.exitCode = code
-                state.result = Self.outcome(code: code, report: &state.reportBuffer, work: crashReportWork)
+                // Everything it wrote is in its memory files now.
+                state.capturedOutput = state.captures?.read()
+                state.captures?.close()
+                state.captures = nil
+                state.result = Self.outcome(code: code, report: &state.reportBuffer, work: crashReportWork, captured: state.capturedOutput)
                 let oomKilled = state.memoryGroup?.oomKilled ?? false
                 state.memoryGroup?.remove()
                 state.memoryGroup = nil
@@ -397,12 +440,21 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         if case let .job(typeName, _, _, _) = work { TypeNames.readable(typeName) } else { nil }
     }
 
-    private static func outcome(code: Int32, report: inout FrameBuffer, work: String?) -> Result<[UInt8], ProcessError> {
+    private static func outcome(code: Int32, report: inout FrameBuffer, work: String?, captured: CapturedOutput?) -> Result<[UInt8], ProcessError> {
         let reported: Result<[UInt8], ProcessError>? = {
             guard let frame = try? report.nextFrame() else { return nil }
             return try? ChildReport.decode(frame)
         }()
-        if code < 0 { return .failure(.crashed(signal: -code, report: CrashReport(work: work))) }
+        if code < 0 {
+            var crash = CrashReport(work: work, output: captured)
+            // A trap's message is the runtime's last words; no other death has them.
+            if let captured, [SIGILL, SIGTRAP, SIGABRT].contains(-code) {
+                let (message, backtrace) = captured.runtimeMessage()
+                crash.message = message
+                if !backtrace.isEmpty { crash.backtrace = backtrace }
+            }
+            return .failure(.crashed(signal: -code, report: crash))
+        }
         if let reported { return reported }
         return code == 0 ? .success([]) : .failure(.exited(status: code))
     }

@@ -1,3 +1,4 @@
+import Glibc
 import SystemPackage
 
 /// What a child tells its parent before it exits: the encoded output of its
@@ -39,6 +40,9 @@ internal struct BootRequest: Codable, Sendable {
     var descriptorCount: Int = 0
     /// Limits and environment the child sets up before its job.
     var setup: WorkerSetup? = nil
+    /// Whether two more descriptors follow the job's: memory files the
+    /// child takes as its standard output and error (``ChildCaptures``).
+    var capturesOutput = false
 
     static func send(_ request: BootRequest, payload: [UInt8], to fd: FileDescriptor) throws {
         try Frame.writeAll(Frame.encode(try ValueCodec.encode(request)) + Frame.encode(payload), to: fd)
@@ -48,5 +52,46 @@ internal struct BootRequest: Codable, Sendable {
         let header = try ValueCodec.decode(BootRequest.self, from: try Frame.read(from: fd))
         let payload = try Frame.read(from: fd)
         return (header, payload)
+    }
+}
+
+/// The memory files a lone child writes its standard output and error into
+/// (``ChildProcess/capturesOutput``): the parent keeps them and reads them
+/// once the child has ended.
+internal struct ChildCaptures: Sendable {
+    let standardOutput: FileDescriptor
+    let standardError: FileDescriptor
+
+    var descriptors: [FileDescriptor] { [standardOutput, standardError] }
+
+    static func make(name: String) throws -> ChildCaptures {
+        let output = try Syscall.memfdCreate("\(name)-stdout")
+        do {
+            return ChildCaptures(standardOutput: output, standardError: try Syscall.memfdCreate("\(name)-stderr"))
+        } catch {
+            Syscall.close(output)
+            throw error
+        }
+    }
+
+    /// What the child wrote (the tail of each stream).
+    func read() -> CapturedOutput { CapturedOutput.read(standardOutput: standardOutput, standardError: standardError) }
+
+    func close() {
+        Syscall.close(standardOutput)
+        Syscall.close(standardError)
+    }
+
+    /// In the child: takes `descriptors` (standard output's, then standard
+    /// error's) as its streams; an error says what failed.
+    static func redirect(_ descriptors: [FileDescriptor]) -> ProcessError? {
+        guard descriptors.count == 2 else { return ProcessError.corruptRequest("\(descriptors.count) captured streams") }
+        do {
+            try Syscall.redirectStandardOutput(to: descriptors[0])
+            try Syscall.redirect(descriptors[1], onto: STDERR_FILENO)
+            return nil
+        } catch {
+            return ProcessError("dup2 (captured output)", error)
+        }
     }
 }

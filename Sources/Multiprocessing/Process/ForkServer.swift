@@ -53,10 +53,14 @@ internal enum ForkServer {
             // The child keeps its report channel as descriptor 3, what is
             // attached to its job as 4, 5, …, and nothing else.
             if (try? Syscall.isolateDescriptors(keeping: [report] + attached)) == nil { cmp_exit_now(4) }
-            let attachments = DescriptorAttachments(attached.indices.map { FileDescriptor(rawValue: 4 + Int32($0)) })
+            // The job's descriptors, then the memory files its output goes to, if captured.
+            let all = attached.indices.map { FileDescriptor(rawValue: 4 + Int32($0)) }
+            let attachments = DescriptorAttachments(Array(all.prefix(request.descriptorCount)))
+            let captures = request.capturesOutput ? Array(all.dropFirst(request.descriptorCount)) : []
             ProcessContext.runChild(name: request.name, parent: request.parent, report: 3) {
+                if request.capturesOutput, let error = ChildCaptures.redirect(captures) { return .failure(error) }
                 let run = { JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments) }
-            return request.setup.map { $0.run(run) } ?? run()
+                return request.setup.map { $0.run(run) } ?? run()
             }
         }
         Syscall.close(report)

@@ -65,7 +65,10 @@ public func _multiprocessingBootstrap(_ channel: Int32) {
     case .job:
         // Attached descriptors follow the channel: 4, 5, …
         let attachments = DescriptorAttachments((0..<request.descriptorCount).map { FileDescriptor(rawValue: channel + 1 + Int32($0)) })
+        // Then the memory files its output goes to, if captured.
+        let captures = request.capturesOutput ? (0..<2).map { FileDescriptor(rawValue: channel + 1 + Int32(request.descriptorCount + $0)) } : []
         ProcessContext.runChild(name: request.name, parent: request.parent, report: channel) {
+            if !captures.isEmpty, let error = ChildCaptures.redirect(captures) { return .failure(error) }
             let run = { JobRunner.run(typeName: request.typeName, payload: payload, attachments: attachments) }
             return request.setup.map { $0.run(run) } ?? run()
         }

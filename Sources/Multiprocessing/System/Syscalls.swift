@@ -144,6 +144,15 @@ internal enum Syscall {
         return pollfds.map { $0.revents }
     }
 
+    /// `poll(2)` over a set the caller keeps and reuses: its `revents` are
+    /// filled in; returns how many descriptors have events.
+    @discardableResult
+    static func poll(_ pollfds: inout [pollfd], timeout: Int32) throws(Errno) -> Int {
+        try pollfds.withUnsafeMutableBufferPointer { buffer throws(Errno) in
+            Int(try valueOrErrno { cmp_safe_poll(buffer.baseAddress, UInt(buffer.count), timeout) })
+        }
+    }
+
     /// `kill(2)`.
     static func kill(_ pid: pid_t, _ signal: Int32) throws(Errno) {
         _ = try valueOrErrno { Glibc.kill(pid, signal) }
