@@ -103,6 +103,26 @@ struct CapturedOutputTests {
         }
     }
 
+    @Test("a map's chunks each keep what their worker wrote, in input order, beside a crashed chunk's")
+    func mapChunks() throws {
+        try withProcessPool(processes: 2, output: Self.capturing) { (pool: ProcessPool) throws in
+            let result = try pool.mapAsync(ChattyItems(), over: 0..<12, chunkSize: 3)
+            #expect(result.wait(timeout: .seconds(60)))
+            let outputs = result.outputs
+            #expect(outputs.map(\.items) == [0..<3, 3..<6, 6..<9, 9..<12])
+            for chunk in outputs where chunk.items != 3..<6 {
+                #expect(chunk.output.standardErrorText == chunk.items.map { "item \($0)\n" }.joined())
+            }
+            #expect(outputs.first { $0.items == 3..<6 }?.output.standardErrorText.hasPrefix("item 3\nitem 4\nitem 5\n") == true)
+            #expect(result.results().filter { (try? $0.get()) == nil }.count == 3)
+        }
+        try withProcessPool(processes: 1) { (pool: ProcessPool) throws in
+            let result = try pool.mapAsync(ChattyItems(), over: 6..<9)
+            #expect(try result.get(timeout: .seconds(30)) == [6, 7, 8])
+            #expect(result.outputs.isEmpty)
+        }
+    }
+
     @Test("a stream longer than the limit keeps its end and says it was cut; without capture there is no output")
     func limitAndNone() throws {
         try withProcessPool(processes: 1, output: Self.capturing) { (pool: ProcessPool) throws in

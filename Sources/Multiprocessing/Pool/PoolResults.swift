@@ -190,6 +190,19 @@ public final class MapResult<Output: Decodable & Sendable>: Sendable {
         ended.units.flatMap { decoder.items($0.outcome, count: $0.items) } + (ended.inputError.map { [.failure($0)] } ?? [])
     }
 
+    /// What the workers wrote while they ran each chunk of the call, in
+    /// input order, when the pool captures its workers' output
+    /// (``WorkerOutput/Mode/captured``): one entry per chunk that has ended
+    /// (all of them once the call has finished), whether its items returned,
+    /// threw or crashed. Empty when output is not captured.
+    public var outputs: [ChunkOutput] {
+        call.state.withLock { state in
+            state.units.compactMap { unit in
+                unit.output.map { ChunkOutput(items: unit.lower..<(unit.lower + unit.items), output: $0) }
+            }
+        }
+    }
+
     /// Waits until every item has ended, at most `timeout`; returns whether they have.
     @available(*, noasync, message: "await value instead")
     @discardableResult
@@ -314,4 +327,13 @@ public final class PoolResults<Output: Decodable & Sendable>: Sequence, AsyncSeq
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(results: self) }
+}
+
+/// What a worker wrote while it ran one chunk of a map
+/// (``MapResult/outputs``).
+public struct ChunkOutput: Sendable, Equatable {
+    /// The indices, in the call's input, of the chunk's items.
+    public let items: Range<Int>
+    /// What the worker wrote while it ran them.
+    public let output: CapturedOutput
 }

@@ -29,8 +29,10 @@ public struct WorkerOutput: Sendable, Hashable {
         /// work (a task, or a chunk of a map) and hands it back with that
         /// unit's outcome, never to the parent's stream: in
         /// ``AsyncResult/output`` for `apply` and `applyAsync`, whether the
-        /// task returned, threw or crashed, and in ``CrashReport/output`` for
-        /// a unit whose worker crashed in any call. At most the last
+        /// task returned, threw or crashed, in ``MapResult/outputs`` chunk by
+        /// chunk for `mapAsync`, and in
+        /// ``CrashReport/output`` for a unit whose worker crashed in any call
+        /// (`imap`'s other chunks' output is not kept). At most the last
         /// ``CapturedOutput/limit`` bytes of each stream are kept. The
         /// worker writes into a memory file (`memfd_create`) that the pool
         /// reads; the runtime's message of a trap is still read from it.
