@@ -679,23 +679,30 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             return first
         }
         guard let assignment else { return }
+        if configuration.metrics != nil || observations.isObserving { observe(reply.outcome, of: assignment, by: worker, startedAt: started) }
+        if let captured = reply.captured { assignment.call.record(captured, of: assignment.unit) }
+        assignment.call.deliver(assignment.unit, .success(reply.outcome))
+    }
+
+    /// Tells the insights, the events' subscribers and the metrics that
+    /// `assignment` ended with `outcome` (only when one of them is on).
+    private func observe(_ outcome: UnitOutcome, of assignment: PoolWorker.Assignment, by worker: PoolWorker, startedAt started: ContinuousClock.Instant?) {
         let failedItems: Int
-        switch reply.outcome {
+        switch outcome {
         case .values: failedItems = 0
         case let .mixed(items): failedItems = items.filter { if case .failed = $0 { true } else { false } }.count
         case .failed: failedItems = assignment.items
         }
-        if let started {
-            observations.unitEnded(worker, items: assignment.items, duration: .now - started, failed: failedItems > 0,
+        let duration = started.map { ContinuousClock.now - $0 }
+        if let duration {
+            observations.unitEnded(worker, items: assignment.items, duration: duration, failed: failedItems > 0,
                                    report: assignment.call.crashReport(unit: assignment.unit, message: nil))
         }
         if let metrics = configuration.metrics {
-            if let started { metrics.unitDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds) }
+            if let duration { metrics.unitDuration.recordNanoseconds(duration.nanoseconds) }
             if failedItems > 0 { metrics.failed.increment(by: Int64(failedItems)) }
             if failedItems < assignment.items { metrics.completed.increment(by: Int64(assignment.items - failedItems)) }
         }
-        if let captured = reply.captured { assignment.call.record(captured, of: assignment.unit) }
-        assignment.call.deliver(assignment.unit, .success(reply.outcome))
     }
 
     private func initializerFailed(_ error: ProcessError, in worker: PoolWorker) {

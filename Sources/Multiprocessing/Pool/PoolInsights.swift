@@ -112,6 +112,9 @@ internal final class PoolObservations: Sendable {
         subscribers.forEach { $0.finish() }
     }
 
+    /// Whether anything watches the units' ends: insights or a subscriber.
+    var isObserving: Bool { keepsInsights || hasSubscribers.load(ordering: .relaxed) }
+
     private func send(_ event: @autoclosure () -> PoolEvent) {
         guard hasSubscribers.load(ordering: .acquiring) else { return }
         let subscribers = state.withLock { Array($0.subscribers.values) }

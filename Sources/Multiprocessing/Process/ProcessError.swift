@@ -174,7 +174,9 @@ public struct CrashReport: Sendable, Equatable, Codable {
     /// The last line the Swift runtime wrote before the process trapped
     /// (`Fatal error`, `Precondition failed`, `Assertion failed`), as it
     /// wrote it: file, line and message. Nil when it wrote none, or when
-    /// the worker's standard error was not read.
+    /// the worker's standard error was not read (a pool's workers' is read
+    /// unless ``WorkerOutput/Mode/inherited``; a lone child's only with
+    /// ``ChildProcess/capturesOutput``).
     public var message: String?
     /// The indices, in the call's input, of the items the worker was running
     /// (one index unless the call is chunked); nil for a single task.
@@ -190,7 +192,9 @@ public struct CrashReport: Sendable, Equatable, Codable {
     /// in the environment the worker started with).
     public var backtrace: [String]?
     /// What the worker wrote while it ran the unit that crashed, when its
-    /// pool captures output (``WorkerOutput/Mode/captured``).
+    /// pool captures output (``WorkerOutput/Mode/captured``); for a lone
+    /// child, everything it wrote, when it ran with
+    /// ``ChildProcess/capturesOutput``.
     public var output: CapturedOutput?
 
     public init(message: String? = nil, items: Range<Int>? = nil, work: String? = nil, backtrace: [String]? = nil, output: CapturedOutput? = nil) {
