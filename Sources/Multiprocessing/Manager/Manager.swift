@@ -141,6 +141,13 @@ public final class Manager: Sendable {
         logger?.debug("manager shut down", metadata: ["manager.address": "\(address)", "manager.status": "\(server.exitCode.map(String.init) ?? "?")"])
     }
 
+    /// How many objects the server holds now (Python's
+    /// `_number_of_objects()`): each lives while some process holds a proxy
+    /// to it (see ``ManagedReference``).
+    public func servedObjectCount() throws(ManagerError) -> Int {
+        try client.call(0, "objects", as: Int.self)
+    }
+
     /// The server's process identifier, when this manager started it.
     public var serverPID: Int32? { server?.pid }
 

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A process's way to a manager's server: a pool of authenticated
 /// connections, one per call in flight, so that a call that waits (a queue's
@@ -110,23 +111,41 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
 
 /// What a proxy holds: the server's address and key, and the object's id.
 /// It crosses to other processes by every start method.
+///
+/// The server frees an object once no process holds a proxy to it (Python's
+/// `incref`/`decref`). Each decoded or created reference is one hold, which
+/// every copy of the proxy in this process shares and which ends when the
+/// last copy is gone, when ``ManagedProxy/releaseReference()`` is called, or
+/// when this process ends (the server sees its connections close). An
+/// encoded proxy is held "in transit" by the process that encoded it until a
+/// process decodes it, or until the encoding process ends.
 public struct ManagedReference: Codable, Sendable {
-    let client: ManagerClient
-    let id: UInt64
+    let hold: ReferenceHold
 
+    var client: ManagerClient { hold.client }
+    var id: UInt64 { hold.id }
+
+    /// A reference to an object this process just made (its creation is its hold).
     init(client: ManagerClient, id: UInt64) {
-        self.client = client
-        self.id = id
+        hold = ReferenceHold(client: client, id: id, heldBy: Syscall.currentProcessID)
     }
 
     private enum CodingKeys: String, CodingKey {
-        case address, key, id
+        case address, key, id, transit
     }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        client = ManagerClient.shared(address: try container.decode(ConnectionAddress.self, forKey: .address), authenticationKey: try container.decode([UInt8].self, forKey: .key))
-        id = try container.decode(UInt64.self, forKey: .id)
+        let client = ManagerClient.shared(address: try container.decode(ConnectionAddress.self, forKey: .address), authenticationKey: try container.decode([UInt8].self, forKey: .key))
+        let id = try container.decode(UInt64.self, forKey: .id)
+        let transit = try container.decodeIfPresent(UInt64.self, forKey: .transit) ?? 0
+        hold = ReferenceHold(client: client, id: id, heldBy: 0)
+        // A decoding that only warms up the types (a pool's, before it
+        // forks) leaves the hold in transit to the real one.
+        if Self.warmingUp { return }
+        // Takes over the hold in transit (or makes one); if the server cannot
+        // be reached now, the first call tries again and fails as it must.
+        hold.take(transit: transit)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -134,15 +153,99 @@ public struct ManagedReference: Codable, Sendable {
         try container.encode(client.address, forKey: .address)
         try container.encode(client.authenticationKey, forKey: .key)
         try container.encode(id, forKey: .id)
+        let forked = (encoder.userInfo[DescriptorAttachments.userInfoKey] as? DescriptorAttachments)?.forForkedChild ?? false
+        if !forked, let transit = hold.transit() { try container.encode(transit, forKey: .transit) }
     }
 
+    /// Set while values are decoded only to warm their types up, and dropped.
+    @TaskLocal static var warmingUp = false
+
     func call(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil) throws(ManagerError) -> [UInt8] {
-        try client.call(id, method, arguments, timeout: timeout)
+        try hold.holdHere()
+        return try client.call(id, method, arguments, timeout: timeout)
     }
 
     func call<T: Decodable>(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, as type: T.Type) throws(ManagerError) -> T {
-        try client.call(id, method, arguments, timeout: timeout, as: T.self)
+        try hold.holdHere()
+        return try client.call(id, method, arguments, timeout: timeout, as: T.self)
     }
+}
+
+/// One hold of this process on a served object, shared by every copy of the
+/// proxies made from one reference; let go when the last is gone.
+internal final class ReferenceHold: Sendable {
+    let client: ManagerClient
+    let id: UInt64
+    /// The process that holds the object on the server through this (0:
+    /// none yet; -1: released). A forked child inherits its parent's and
+    /// holds the object itself at its first call.
+    private let heldBy: Atomic<Int32>
+
+    init(client: ManagerClient, id: UInt64, heldBy: Int32) {
+        self.client = client
+        self.id = id
+        self.heldBy = Atomic(heldBy)
+    }
+
+    deinit {
+        // Only the process that holds lets go; a forked child's copy of its
+        // parent's hold is the parent's.
+        if heldBy.load(ordering: .acquiring) == Syscall.currentProcessID {
+            _ = try? client.call(0, ManagerRequest.decref, [Self.argument(id)])
+        }
+    }
+
+    static func argument(_ value: UInt64) -> [UInt8] {
+        withUnsafeBytes(of: value.littleEndian) { Array($0) }
+    }
+
+    /// Makes sure this process holds the object before a call.
+    func holdHere() throws(ManagerError) {
+        let here = Syscall.currentProcessID
+        let holder = heldBy.load(ordering: .acquiring)
+        if holder == here { return }
+        if holder == -1 { throw .referenceReleased }
+        _ = try client.call(0, ManagerRequest.incref, [Self.argument(id)])
+        if !heldBy.compareExchange(expected: holder, desired: here, ordering: .acquiringAndReleasing).exchanged {
+            // Another thread took a hold first (or released): this one goes back.
+            _ = try? client.call(0, ManagerRequest.decref, [Self.argument(id)])
+            if heldBy.load(ordering: .acquiring) == -1 { throw .referenceReleased }
+        }
+    }
+
+    /// When decoded: takes over the hold in transit `token` (0: none, a new hold).
+    func take(transit token: UInt64) {
+        guard (try? client.call(0, ManagerRequest.adopt, [Self.argument(id), Self.argument(token)])) != nil else { return }
+        heldBy.store(Syscall.currentProcessID, ordering: .releasing)
+    }
+
+    /// When encoded: a hold in transit, in this process's name, that the
+    /// decoding process takes over; nil if the server cannot make one.
+    func transit() -> UInt64? {
+        guard (try? holdHere()) != nil else { return nil }
+        return try? client.call(0, ManagerRequest.transit, [Self.argument(id)], as: UInt64.self)
+    }
+
+    /// Lets go of the hold now (``ManagedProxy/releaseReference()``).
+    func release() throws(ManagerError) {
+        let here = Syscall.currentProcessID
+        let holder = heldBy.exchange(-1, ordering: .acquiringAndReleasing)
+        if holder == here { _ = try client.call(0, ManagerRequest.decref, [Self.argument(id)]) }
+    }
+}
+
+/// A proxy to an object in a ``Manager``'s server.
+public protocol ManagedProxy: Sendable {
+    /// The reference it holds.
+    var reference: ManagedReference { get }
+}
+
+extension ManagedProxy {
+    /// Lets go of this process's hold on the object now, rather than when
+    /// the last copy of the proxy is gone: once no process holds it, the
+    /// server frees it. Later calls through this proxy and its copies here
+    /// throw ``ManagerError/referenceReleased``. Idempotent.
+    public func releaseReference() throws(ManagerError) { try reference.hold.release() }
 }
 
 /// Encodes a proxy's argument.

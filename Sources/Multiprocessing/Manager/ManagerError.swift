@@ -7,8 +7,11 @@ public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConve
     /// The server refused the connection: this side does not know its
     /// authentication key (or did not answer its challenge in time).
     case authenticationFailed
-    /// The server does not know the object (it was never made there).
+    /// The server does not know the object: it was never made there, or it
+    /// was freed once no process held a proxy to it.
     case unknownObject(UInt64)
+    /// This proxy's reference was released (``ManagedProxy/releaseReference()``).
+    case referenceReleased
     /// The server could not read the request, or the object has no such method.
     case badRequest(String)
     /// An index, key or argument the object refused (an index out of range…).
@@ -26,7 +29,8 @@ public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConve
         switch self {
         case let .managerUnreachable(reason): "the manager cannot be reached: \(reason)"
         case .authenticationFailed: "the manager refused the connection: the authentication key is not its key"
-        case let .unknownObject(id): "the manager has no object \(id)"
+        case let .unknownObject(id): "the manager has no object \(id) (never made, or freed once no proxy held it)"
+        case .referenceReleased: "the proxy's reference to its object was released"
         case let .badRequest(reason): "the manager refused the request: \(reason)"
         case let .invalidArgument(reason): "invalid argument: \(reason)"
         case .timedOut: "the call timed out"
@@ -58,6 +62,12 @@ internal struct ManagerRequest: Sendable {
     /// The manager's method (object 0) that moves a connection onto rings of
     /// shared memory (see ``ManagerChannel``).
     static let openRings = "openRings"
+    // The manager's (object 0) reference counting; arguments are raw
+    // little-endian UInt64s, not the codec's.
+    static let incref = "incref"
+    static let decref = "decref"
+    static let transit = "transit"
+    static let adopt = "adopt"
 
     /// A request from the calling thread.
     static func fromHere(object: UInt64, method: String, arguments: [[UInt8]] = [], timeout: Double? = nil) -> ManagerRequest {

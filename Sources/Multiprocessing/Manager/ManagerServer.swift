@@ -54,6 +54,34 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         var nextID: UInt64 = 1
         /// Open connections per client process, to release its locks when the last closes.
         var connections: [String: Int] = [:]
+        /// Who holds each object: per client process, how many of its
+        /// references (holds in transit included). An object nobody holds is freed.
+        var holds: [UInt64: [String: Int]] = [:]
+        /// Holds in transit (a proxy encoded, not yet decoded): by token, the
+        /// object and the process that encoded it.
+        var transits: [UInt64: (object: UInt64, holder: String)] = [:]
+        var nextToken: UInt64 = 1
+
+        /// Adds `count` to `holder`'s holds on `object`; frees the object when nobody holds it.
+        mutating func adjust(_ object: UInt64, by count: Int, for holder: String) {
+            guard var holders = holds[object] else { return }
+            let now = holders[holder, default: 0] + count
+            holders[holder] = now > 0 ? now : nil
+            if holders.isEmpty {
+                holds[object] = nil
+                objects[object] = nil
+            } else {
+                holds[object] = holders
+            }
+        }
+
+        /// `holder` is gone: its holds and its holds in transit end.
+        mutating func dropHolds(of holder: String) {
+            transits = transits.filter { $0.value.holder != holder }
+            for object in holds.keys where holds[object]?[holder] != nil {
+                adjust(object, by: -holds[object]![holder]!, for: holder)
+            }
+        }
     }
 
     /// Nil for a server that only answers requests handed to ``handle(_:callerGone:)``
@@ -155,6 +183,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         // closes, the process is gone (done, or killed) and holds no locks.
         if last {
             objects.forEach { $0.release(ownersOf: client) }
+            // Its proxies are gone with it: what only it held is freed.
+            state.withLock { $0.dropHolds(of: client) }
             report(.clientLeft(process: client))
         }
     }
@@ -168,6 +198,13 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
     }
 
     private func handleManager(_ request: ManagerRequest) throws(ManagerError) -> [UInt8] {
+        let caller = String(request.process)
+        /// The raw little-endian UInt64 argument at `index`.
+        func raw(_ index: Int) throws(ManagerError) -> UInt64 {
+            let bytes = try Served.argument(request.arguments, index, request.method)
+            guard bytes.count == 8 else { throw .badRequest("\(request.method) needs an 8-byte argument, got \(bytes.count) bytes") }
+            return bytes.reversed().reduce(0) { $0 << 8 | UInt64($1) }
+        }
         switch request.method {
         case "ping":
             return Served.none
@@ -177,9 +214,49 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             let id = state.withLock { state -> UInt64 in
                 defer { state.nextID += 1 }
                 state.objects[state.nextID] = object
+                state.holds[state.nextID] = [caller: 1]
                 return state.nextID
             }
             return try Served.encode(id)
+        case ManagerRequest.incref:
+            let id = try raw(0)
+            try state.withLock { state throws(ManagerError) in
+                guard state.objects[id] != nil else { throw .unknownObject(id) }
+                state.adjust(id, by: 1, for: caller)
+            }
+            return Served.none
+        case ManagerRequest.decref:
+            let id = try raw(0)
+            // A process lets go only of what it holds.
+            state.withLock { state in
+                if state.holds[id]?[caller] != nil { state.adjust(id, by: -1, for: caller) }
+            }
+            return Served.none
+        case ManagerRequest.transit:
+            let id = try raw(0)
+            let token = try state.withLock { state throws(ManagerError) -> UInt64 in
+                guard state.objects[id] != nil else { throw .unknownObject(id) }
+                state.adjust(id, by: 1, for: caller)
+                defer { state.nextToken += 1 }
+                state.transits[state.nextToken] = (id, caller)
+                return state.nextToken
+            }
+            return try Served.encode(token)
+        case ManagerRequest.adopt:
+            let (id, token) = (try raw(0), try raw(1))
+            try state.withLock { state throws(ManagerError) in
+                guard state.objects[id] != nil else { throw .unknownObject(id) }
+                // Its hold in transit becomes the caller's; decoded twice (or
+                // never sent), the caller holds on its own.
+                state.adjust(id, by: 1, for: caller)
+                if let transit = state.transits[token], transit.object == id {
+                    state.transits[token] = nil
+                    state.adjust(id, by: -1, for: transit.holder)
+                }
+            }
+            return Served.none
+        case "objects":
+            return try Served.encode(state.withLock { $0.objects.count })
         default:
             throw Served.noSuchMethod(request.method, "manager")
         }

@@ -1,7 +1,8 @@
 /// A proxy to a dictionary in a ``Manager``'s server. Each call is one round
 /// trip; compound updates from several processes need a ``ManagedLock``.
-public struct ManagedDictionary<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedDictionary<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// The value for `key`, or nil.
     public func get(_ key: Key) throws(ManagerError) -> Value? {
@@ -60,8 +61,9 @@ public struct ManagedDictionary<Key: Codable & Hashable & Sendable, Value: Codab
 }
 
 /// A proxy to a list in a ``Manager``'s server.
-public struct ManagedList<Element: Codable & Sendable>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedList<Element: Codable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Appends `element`.
     public func append(_ element: Element) throws(ManagerError) {
@@ -107,8 +109,9 @@ public struct ManagedList<Element: Codable & Sendable>: Codable, Sendable {
 }
 
 /// A proxy to an array of fixed length in a ``Manager``'s server.
-public struct ManagedArray<Element: Codable & Sendable>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedArray<Element: Codable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// The element at `index`.
     public func get(_ index: Int) throws(ManagerError) -> Element {
@@ -130,8 +133,9 @@ public struct ManagedArray<Element: Codable & Sendable>: Codable, Sendable {
 }
 
 /// A proxy to one value in a ``Manager``'s server.
-public struct ManagedValue<Value: Codable & Sendable>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedValue<Value: Codable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// The value now.
     public func get() throws(ManagerError) -> Value { try managerResult(Value.self, try reference.call("get")) }
@@ -141,8 +145,9 @@ public struct ManagedValue<Value: Codable & Sendable>: Codable, Sendable {
 }
 
 /// A proxy to a namespace: values of any `Codable` type, by name.
-public struct ManagedNamespace: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedNamespace: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// The value named `name`, decoded as `type`; nil if there is none.
     public func get<Value: Decodable>(_ name: String, as type: Value.Type = Value.self) throws(ManagerError) -> Value? {
@@ -159,8 +164,9 @@ public struct ManagedNamespace: Codable, Sendable {
 /// A proxy to a queue in a ``Manager``'s server: it works between any
 /// processes, pool workers included (a ``Queue`` is passed to children; this
 /// one can be passed to workers that already run).
-public struct ManagedQueue<Element: Codable & Sendable>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedQueue<Element: Codable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Puts `element`, waiting while the queue is full, at most `timeout`.
     /// - Throws: ``ManagerError/timedOut`` if it stayed full.
@@ -197,8 +203,9 @@ public struct ManagedQueue<Element: Codable & Sendable>: Codable, Sendable {
 /// A proxy to a lock (or recursive lock) in a ``Manager``'s server, held by
 /// one thread of one process at a time. A process that dies holding it
 /// releases it.
-public struct ManagedLock: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedLock: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Takes the lock, waiting at most `timeout`; returns whether it was taken.
     @discardableResult
@@ -218,8 +225,9 @@ public struct ManagedLock: Codable, Sendable {
 }
 
 /// A proxy to a condition (with its own recursive lock) in a ``Manager``'s server.
-public struct ManagedCondition: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedCondition: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Takes the condition's lock, waiting at most `timeout`.
     @discardableResult
@@ -245,8 +253,9 @@ public struct ManagedCondition: Codable, Sendable {
 }
 
 /// A proxy to a semaphore in a ``Manager``'s server.
-public struct ManagedSemaphore: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedSemaphore: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Takes one unit, waiting at most `timeout`; returns whether it did.
     @discardableResult
@@ -263,8 +272,9 @@ public struct ManagedSemaphore: Codable, Sendable {
 }
 
 /// A proxy to an event in a ``Manager``'s server.
-public struct ManagedEvent: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedEvent: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Sets the flag and wakes every waiter.
     public func set() throws(ManagerError) { _ = try reference.call("set") }
@@ -283,8 +293,9 @@ public struct ManagedEvent: Codable, Sendable {
 }
 
 /// A proxy to a barrier in a ``Manager``'s server.
-public struct ManagedBarrier: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedBarrier: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Waits until every party has arrived; returns this caller's arrival
     /// index. - Throws: ``ManagerError/brokenBarrier`` if it was aborted,
@@ -305,8 +316,9 @@ public struct ManagedBarrier: Codable, Sendable {
 }
 
 /// A proxy to a ``ManagedObject`` of your own in a ``Manager``'s server.
-public struct ManagedObjectProxy<Object: ManagedObject>: Codable, Sendable {
-    let reference: ManagedReference
+public struct ManagedObjectProxy<Object: ManagedObject>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
 
     /// Sends `request` to the object and returns its response.
     ///

@@ -121,6 +121,12 @@ internal enum ChunkRunner {
     /// the fork).
     static func prepareInParent(_ request: UnitRequest) {
         guard let type = _typeByName(request.typeName) else { return }
+        // The values decoded here are dropped: a manager's proxy among them
+        // leaves its hold in transit to the worker that decodes it.
+        ManagedReference.$warmingUp.withValue(true) { prepareInParent(request, type: type) }
+    }
+
+    private static func prepareInParent(_ request: UnitRequest, type: Any.Type) {
         switch request.kind {
         case .job: (type as? any ProcessJob.Type)?.decodeOnly(single: request.payload)
         case .jobChunk: (type as? any ProcessJob.Type)?.decodeOnly(chunk: request.inputs, offset: request.inputsOffset)

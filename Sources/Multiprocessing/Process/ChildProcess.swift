@@ -191,6 +191,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         if startMethod == .fork { ValueCodec.prepare(Job.Output.self) }  // the forked child encodes it
         self.forkedJob = startMethod == .fork ? { job.runAndEncode() } : nil
         let attachments = DescriptorAttachments()
+        attachments.forForkedChild = startMethod == .fork
         let payload: [UInt8]
         do {
             payload = try ValueCodec.encode(job, attachments: attachments)

@@ -10,6 +10,10 @@ internal final class DescriptorAttachments: @unchecked Sendable {  // used by on
     /// Encoding: the descriptors that were attached, as the encoded value holds them.
     private(set) var originals: [FileDescriptor] = []
     private var taken: Set<Int> = []
+    /// Whether the value is encoded for a forked child that runs the value
+    /// itself, never decoding these bytes (a manager's proxy then makes no
+    /// hold in transit for them: the child shares this process's).
+    var forForkedChild = false
 
     init(_ descriptors: [FileDescriptor] = []) {
         self.descriptors = descriptors
