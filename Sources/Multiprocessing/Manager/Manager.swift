@@ -163,6 +163,24 @@ public final class Manager: Sendable {
         return dictionary
     }
 
+    /// A shared dictionary whose keys are `keys`, each with `value` (Python's
+    /// `dict.fromkeys(keys, value)`, served).
+    public func dictionary<Key: Codable & Hashable & Sendable, Value: Codable & Sendable>(fromKeys keys: some Sequence<Key>, value: Value) throws(ManagerError) -> ManagedDictionary<Key, Value> {
+        var initial: [Key: Value] = [:]
+        for key in keys { initial[key] = value }
+        return try dictionary(initial)
+    }
+
+    /// A shared set (Python 3.14's `manager.set()`).
+    ///
+    /// The server compares elements by their encodings: two values are the
+    /// same element when they encode alike, which holds for the standard
+    /// library's integers, strings (as written: not Unicode-normalised) and
+    /// types whose encoding follows their equality.
+    public func set<Element: Codable & Hashable & Sendable>(_ initial: Set<Element> = []) throws(ManagerError) -> ManagedSet<Element> {
+        ManagedSet(reference: try make("set", try initial.map { value throws(ManagerError) in try managerArgument(value) }))
+    }
+
     /// A shared list (Python's `manager.list()`).
     public func list<Element: Codable & Sendable>(_ initial: [Element] = []) throws(ManagerError) -> ManagedList<Element> {
         ManagedList(reference: try make("list", try initial.map { value throws(ManagerError) in try managerArgument(value) }))

@@ -270,6 +270,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         case "dict", "namespace": return ServedDictionary()
         case "list": return ServedList(arguments, fixedLength: false)
         case "array": return ServedList(arguments, fixedLength: true)
+        case "set": return ServedSet(arguments)
         case "value": return ServedValue(try Served.argument(arguments, 0, kind))
         case "queue": return ServedQueue(maxSize: try integer(kind))
         case "lock": return ServedLock(recursive: false, kind: kind)

@@ -56,8 +56,15 @@ public struct ManagedDictionary<Key: Codable & Hashable & Sendable, Value: Codab
         return try stride(from: 0, to: flat.count - 1, by: 2).map { pair throws(ManagerError) in try managerResult(Key.self, flat[pair]) }
     }
 
-    /// Removes every entry.
+    /// Removes every entry (Python's `clear()`).
     public func removeAll() throws(ManagerError) { _ = try reference.call("clear") }
+
+    /// A copy of every entry with `other`'s merged in, `other` winning
+    /// (Python's `d | other`); the served dictionary is unchanged. For
+    /// Python's `d |= other`, ``merge(_:)``.
+    public func merging(_ other: [Key: Value]) throws(ManagerError) -> [Key: Value] {
+        try snapshot().merging(other) { $1 }
+    }
 }
 
 /// A proxy to a list in a ``Manager``'s server.
@@ -104,8 +111,128 @@ public struct ManagedList<Element: Codable & Sendable>: Codable, Sendable, Manag
         try reference.call("all", as: [[UInt8]].self).map { bytes throws(ManagerError) in try managerResult(Element.self, bytes) }
     }
 
-    /// Removes every element.
+    /// Removes every element (Python's `clear()`).
     public func removeAll() throws(ManagerError) { _ = try reference.call("clear") }
+
+    /// Reverses the elements in place, in one call.
+    public func reverse() throws(ManagerError) { _ = try reference.call("reverse") }
+
+    /// Sorts the elements in place by `areInIncreasingOrder` (Python's
+    /// `sort(key=…)`): read, sorted here and written back in one call that
+    /// succeeds only if nobody changed the list in between — else read and
+    /// sorted again.
+    public func sort(by areInIncreasingOrder: (Element, Element) throws -> Bool) throws {
+        while true {
+            let versioned = try reference.call("versioned", as: [[UInt8]].self)
+            guard let version = versioned.first else { throw ManagerError.badRequest("a list's version is missing") }
+            let elements = try versioned.dropFirst().map { bytes throws(ManagerError) in (bytes, try managerResult(Element.self, bytes)) }
+            let sorted = try elements.sorted { try areInIncreasingOrder($0.1, $1.1) }
+            if try reference.call("replace", [version] + sorted.map(\.0), as: Bool.self) { return }
+        }
+    }
+}
+
+extension ManagedList where Element: Comparable {
+    /// Sorts the elements in place, ascending (Python's `sort()`).
+    public func sort() throws(ManagerError) {
+        do { try sort(by: <) } catch let error as ManagerError { throw error } catch { throw .badRequest("\(error)") }
+    }
+}
+
+extension ManagedList where Element: Equatable {
+    /// The index of the first element equal to `element`, or nil (Python's
+    /// `index`, which raises instead). Compared by encoding, in the server.
+    public func firstIndex(of element: Element) throws(ManagerError) -> Int? {
+        try reference.call("index", [managerArgument(element)], as: Int?.self)
+    }
+
+    /// How many elements equal `element` (Python's `count(x)`). Compared by
+    /// encoding, in the server.
+    public func count(of element: Element) throws(ManagerError) -> Int {
+        try reference.call("occurrences", [managerArgument(element)], as: Int.self)
+    }
+}
+
+/// A proxy to a set in a ``Manager``'s server (Python 3.14's `SetProxy`).
+/// Elements are the same when their encodings are (see ``Manager/set(_:)``).
+public struct ManagedSet<Element: Codable & Hashable & Sendable>: Codable, Sendable, ManagedProxy {
+    /// The reference it holds.
+    public let reference: ManagedReference
+
+    private func arguments(_ elements: some Sequence<Element>) throws(ManagerError) -> [[UInt8]] {
+        var arguments: [[UInt8]] = []
+        for element in elements { arguments.append(try managerArgument(element)) }
+        return arguments
+    }
+
+    /// Adds `element`; returns whether it was not there yet (Python's `add`).
+    @discardableResult
+    public func insert(_ element: Element) throws(ManagerError) -> Bool {
+        try reference.call("add", [managerArgument(element)], as: Bool.self)
+    }
+
+    /// Removes `element`; returns whether it was there (Python's `discard`).
+    @discardableResult
+    public func remove(_ element: Element) throws(ManagerError) -> Bool {
+        try reference.call("discard", [managerArgument(element)], as: Bool.self)
+    }
+
+    /// Whether `element` is in the set (Python's `in`).
+    public func contains(_ element: Element) throws(ManagerError) -> Bool {
+        try reference.call("contains", [managerArgument(element)], as: Bool.self)
+    }
+
+    /// The number of elements (Python's `len`).
+    public func count() throws(ManagerError) -> Int { try reference.call("count", as: Int.self) }
+
+    /// A copy of every element (Python's `copy()`).
+    public func snapshot() throws(ManagerError) -> Set<Element> {
+        Set(try reference.call("all", as: [[UInt8]].self).map { bytes throws(ManagerError) in try managerResult(Element.self, bytes) })
+    }
+
+    /// Removes and returns an element, or nil if the set is empty (Python's `pop`, which raises instead).
+    public func popFirst() throws(ManagerError) -> Element? {
+        guard let bytes = try reference.call("pop", as: [UInt8]?.self) else { return nil }
+        return try managerResult(Element.self, bytes)
+    }
+
+    /// Removes every element (Python's `clear()`).
+    public func removeAll() throws(ManagerError) { _ = try reference.call("clear") }
+
+    /// Adds every element of `other`, in one call (Python's `update` and `|=`).
+    public func formUnion(_ other: some Sequence<Element>) throws(ManagerError) {
+        _ = try reference.call("update", arguments(other))
+    }
+
+    /// Removes every element of `other` (Python's `difference_update` and `-=`).
+    public func subtract(_ other: some Sequence<Element>) throws(ManagerError) {
+        _ = try reference.call("differenceUpdate", arguments(other))
+    }
+
+    /// Keeps only the elements also in `other` (Python's `intersection_update` and `&=`).
+    public func formIntersection(_ other: some Sequence<Element>) throws(ManagerError) {
+        _ = try reference.call("intersectionUpdate", arguments(other))
+    }
+
+    /// Keeps the elements in either but not both (Python's `symmetric_difference_update` and `^=`).
+    public func formSymmetricDifference(_ other: some Sequence<Element>) throws(ManagerError) {
+        _ = try reference.call("symmetricDifferenceUpdate", arguments(other))
+    }
+
+    /// Whether every element is in `other` (Python's `issubset`, `<=`).
+    public func isSubset(of other: some Sequence<Element>) throws(ManagerError) -> Bool {
+        try reference.call("isSubset", arguments(other), as: Bool.self)
+    }
+
+    /// Whether every element of `other` is in the set (Python's `issuperset`, `>=`).
+    public func isSuperset(of other: some Sequence<Element>) throws(ManagerError) -> Bool {
+        try reference.call("isSuperset", arguments(other), as: Bool.self)
+    }
+
+    /// Whether no element is in `other` (Python's `isdisjoint`).
+    public func isDisjoint(with other: some Sequence<Element>) throws(ManagerError) -> Bool {
+        try reference.call("isDisjoint", arguments(other), as: Bool.self)
+    }
 }
 
 /// A proxy to an array of fixed length in a ``Manager``'s server.

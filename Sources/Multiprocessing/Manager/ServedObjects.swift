@@ -126,44 +126,122 @@ internal final class ServedDictionary: ServedObject, @unchecked Sendable {  // s
 
 /// A list of encoded values; fixed in length when it serves an array.
 internal final class ServedList: ServedObject, @unchecked Sendable {  // state behind its monitor
-    private let state: Monitor<[[UInt8]]>
+    private struct State {
+        var elements: [[UInt8]]
+        /// Counts the changes, so that a client's read-modify-write (a
+        /// sort) can tell whether the list changed in between.
+        var version = 0
+    }
+
+    private let state: Monitor<State>
     private let fixedLength: Bool
 
     init(_ elements: [[UInt8]], fixedLength: Bool) {
-        state = Monitor(elements)
+        state = Monitor(State(elements: elements))
         self.fixedLength = fixedLength
     }
 
     func call(_ method: String, _ arguments: [[UInt8]], _ context: CallContext) throws(ManagerError) -> [UInt8] {
-        try state.withLock { elements throws(ManagerError) -> [UInt8] in
-            if fixedLength, ["append", "extend", "insert", "remove", "clear"].contains(method) {
+        try state.withLock { state throws(ManagerError) -> [UInt8] in
+            if fixedLength, ["append", "extend", "insert", "remove", "clear", "reverse", "replace"].contains(method) {
                 throw .badRequest("an array's length is fixed: it has no method '\(method)'")
             }
+            if !["get", "count", "all", "versioned", "index", "occurrences"].contains(method) { state.version += 1 }
             switch method {
             case "get":
-                return elements[try Served.index(arguments, 0, method, count: elements.count)]
+                return state.elements[try Served.index(arguments, 0, method, count: state.elements.count)]
             case "set":
-                let index = try Served.index(arguments, 0, method, count: elements.count)
-                elements[index] = try Served.argument(arguments, 1, method)
+                let index = try Served.index(arguments, 0, method, count: state.elements.count)
+                state.elements[index] = try Served.argument(arguments, 1, method)
                 return Served.none
             case "append", "extend":
-                elements.append(contentsOf: arguments)
+                state.elements.append(contentsOf: arguments)
                 return Served.none
             case "insert":
-                let index = try Served.index(arguments, 0, method, count: elements.count, inserting: true)
-                elements.insert(try Served.argument(arguments, 1, method), at: index)
+                let index = try Served.index(arguments, 0, method, count: state.elements.count, inserting: true)
+                state.elements.insert(try Served.argument(arguments, 1, method), at: index)
                 return Served.none
             case "remove":
-                return elements.remove(at: try Served.index(arguments, 0, method, count: elements.count))
+                return state.elements.remove(at: try Served.index(arguments, 0, method, count: state.elements.count))
+            case "count":
+                return try Served.encode(state.elements.count)
+            case "all":
+                return try Served.encode(state.elements)
+            case "clear":
+                state.elements.removeAll()
+                return Served.none
+            case "reverse":
+                state.elements.reverse()
+                return Served.none
+            case "index":
+                let element = try Served.argument(arguments, 0, method)
+                return try Served.encode(state.elements.firstIndex(of: element))
+            case "occurrences":
+                let element = try Served.argument(arguments, 0, method)
+                return try Served.encode(state.elements.count { $0 == element })
+            case "versioned":
+                // The version first, then the elements.
+                return try Served.encode([try Served.encode(state.version)] + state.elements)
+            case "replace":
+                // The version the caller read, then the new elements: replaced only if unchanged since.
+                let read = try Served.decode(Int.self, Served.argument(arguments, 0, method))
+                guard read == state.version - 1 else {
+                    state.version -= 1  // nothing changed
+                    return try Served.encode(false)
+                }
+                state.elements = Array(arguments.dropFirst())
+                return try Served.encode(true)
+            default:
+                throw Served.noSuchMethod(method, fixedLength ? "array" : "list")
+            }
+        }
+    }
+}
+
+/// A set of encoded values (equal when their encodings are).
+internal final class ServedSet: ServedObject, @unchecked Sendable {  // state behind its monitor
+    private let state: Monitor<Set<[UInt8]>>
+
+    init(_ elements: [[UInt8]]) { state = Monitor(Set(elements)) }
+
+    func call(_ method: String, _ arguments: [[UInt8]], _ context: CallContext) throws(ManagerError) -> [UInt8] {
+        try state.withLock { elements throws(ManagerError) -> [UInt8] in
+            switch method {
+            case "add":
+                return try Served.encode(elements.insert(try Served.argument(arguments, 0, method)).inserted)
+            case "discard":
+                return try Served.encode(elements.remove(try Served.argument(arguments, 0, method)) != nil)
+            case "contains":
+                return try Served.encode(elements.contains(try Served.argument(arguments, 0, method)))
             case "count":
                 return try Served.encode(elements.count)
             case "all":
-                return try Served.encode(elements)
+                return try Served.encode(Array(elements))
             case "clear":
                 elements.removeAll()
                 return Served.none
+            case "pop":
+                return try Served.encode(elements.popFirst())
+            case "update":
+                elements.formUnion(arguments)
+                return Served.none
+            case "differenceUpdate":
+                elements.subtract(arguments)
+                return Served.none
+            case "intersectionUpdate":
+                elements.formIntersection(arguments)
+                return Served.none
+            case "symmetricDifferenceUpdate":
+                elements.formSymmetricDifference(Set(arguments))
+                return Served.none
+            case "isSubset":
+                return try Served.encode(elements.isSubset(of: arguments))
+            case "isSuperset":
+                return try Served.encode(elements.isSuperset(of: arguments))
+            case "isDisjoint":
+                return try Served.encode(elements.isDisjoint(with: arguments))
             default:
-                throw Served.noSuchMethod(method, fixedLength ? "array" : "list")
+                throw Served.noSuchMethod(method, "set")
             }
         }
     }
