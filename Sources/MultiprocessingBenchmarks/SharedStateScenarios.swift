@@ -44,6 +44,20 @@ import Multiprocessing
     guard value.value == count / 2 * 2 else { throw BenchmarkFailure(description: "lost increments") }
 }
 
+/// A forked child writes `count` Ints into a `RawSharedArray` (no lock), and
+/// this process reads them all back.
+@Sendable func rawArrayWrites(_ count: Int) throws {
+    let array = try RawSharedArray(repeating: 0, count: count)
+    let writer = ChildProcess {
+        for i in 0..<count { array[i] = i }
+    }
+    try writer.start()
+    try writer.join()
+    var sum = 0
+    for i in 0..<count { sum &+= array[i] }
+    guard sum == count * (count - 1) / 2 else { throw BenchmarkFailure(description: "lost writes") }
+}
+
 let hundredMiB = 100 << 20
 let hundredMiBSource = [UInt8](repeating: 0x5A, count: 100 << 20)
 
@@ -73,6 +87,7 @@ let sharedStateScenarios: [Scenario] = [
     Scenario(name: "queue.int", unit: "messages", count: 200_000, quickCount: 2000, baseline: .python("queue.int"), run: queueInts),
     Scenario(name: "queue.bytes.1MiB", unit: "bytes", count: 300, quickCount: 10, operationsPerIteration: 1 << 20, baseline: .python("queue.bytes"), run: queueBytes),
     Scenario(name: "value.locked", unit: "increments", count: 1_000_000, quickCount: 2000, baseline: .python("value.locked"), run: lockedIncrements),
+    Scenario(name: "array.raw", unit: "elements (written in a child, read here)", count: 4_000_000, quickCount: 20_000, baseline: .python("array.raw"), run: rawArrayWrites),
 ]
 
 /// Run last: it keeps 100 MiB alive in this process, which would make every

@@ -131,6 +131,23 @@ def locked_value(count):
     assert value.value == count // 2 * 2
 
 
+def write_raw(array, count):
+    for i in range(count):
+        array[i] = i
+
+
+def raw_array(count):
+    ctx = mp.get_context("fork")
+    array = ctx.RawArray("q", count)
+    writer = ctx.Process(target=write_raw, args=(array, count))
+    writer.start()
+    writer.join()
+    total = 0
+    for i in range(count):
+        total += array[i]
+    assert total == count * (count - 1) // 2
+
+
 def square(x):
     return x * x
 
@@ -187,6 +204,7 @@ SCENARIOS = {
     "queue.int": queue_ints,
     "queue.bytes": queue_bytes,
     "value.locked": locked_value,
+    "array.raw": raw_array,
     "pipe.pingpong": pipe_pingpong,
     "pipe.bytes": pipe_bytes,
     "process.fork": process_start_join("fork"),

@@ -34,6 +34,18 @@ struct Increment: ProcessJob {
     }
 }
 
+/// Writes its slice of a raw array and sets a raw value once done, no lock.
+struct WriteSlice: ProcessJob {
+    var array: RawSharedArray<Int>
+    var done: RawSharedValue<Int32>
+    var slice: Range<Int>
+    func run() -> Bool {
+        for i in slice { array[i] = i * i }
+        done.value = 1
+        return true
+    }
+}
+
 struct HoldLockAndDie: ProcessJob {
     var lock: Lock
     var ready: Event
@@ -119,6 +131,45 @@ struct SharedStateTests {
         #expect(try array.toArray() == [5, 8000, 7])
         array[2] = 9
         #expect(array[2] == 9)
+    }
+
+    @Test("raw arrays and values, without a lock: each child writes its own slice, by every start method", arguments: jobStartMethods)
+    func rawSlices(method: StartMethod) throws {
+        let array = try RawSharedArray(repeating: -1, count: 10_000)
+        let flags = try (0..<2).map { _ in try RawSharedValue<Int32>(0) }
+        let children = try (0..<2).map { index in
+            try ChildProcess(job: WriteSlice(array: array, done: flags[index], slice: (index * 5000)..<((index + 1) * 5000)), startMethod: method)
+        }
+        for child in children { try child.start() }
+        for child in children { #expect(try child.join() == 0) }
+        #expect(array.toArray() == (0..<10_000).map { $0 * $0 })
+        #expect(flags.map(\.value) == [1, 1])
+        array.withUnsafeMutableBufferPointer { $0[0] = 42 }
+        #expect(array[0] == 42)
+        let value = try RawSharedValue(3.5)
+        value.withUnsafeMutablePointer { $0.pointee *= 2 }
+        #expect(value.value == 7)
+    }
+
+    @Test("a raw array of a negative count, or decoded at the wrong size, is a typed error; one of none works")
+    func rawBadInput() throws {
+        #expect(throws: SharedMemoryError.invalidSize(-1)) { try RawSharedArray(repeating: 0, count: -1) }
+        let empty = try RawSharedArray<Int>([])
+        #expect(empty.count == 0 && empty.toArray().isEmpty)
+        // The memory of 4 Ints read as 5, or a value's as a wider type.
+        let four = try RawSharedArray([1, 2, 3, 4])
+        let attachments = DescriptorAttachments()
+        var bytes = try ValueCodec.encode(four, attachments: attachments)
+        defer { attachments.closeUntaken() }
+        let (old, new) = (try ValueCodec.encode(4), try ValueCodec.encode(5))
+        if let at = bytes.indices.last(where: { Array(bytes[$0...].prefix(old.count)) == old }) {
+            bytes.replaceSubrange(at..<(at + old.count), with: new)
+        }
+        let copy = DescriptorAttachments(try attachments.descriptors.map { try Syscall.duplicate($0) })
+        defer { copy.closeUntaken() }
+        #expect { try ValueCodec.decode(RawSharedArray<Int>.self, from: bytes, attachments: copy) } throws: { error in
+            "\(error)".contains("invalid shared memory size 32")
+        }
     }
 
     @Test("a process killed holding a lock does not stall the others")
