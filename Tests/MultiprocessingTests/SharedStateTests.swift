@@ -34,6 +34,20 @@ struct Increment: ProcessJob {
     }
 }
 
+/// Creates a named segment, then waits to be killed (or exits at once).
+struct CreateNamed: ProcessJob {
+    var name: String
+    var track = true
+    var waits = true
+    func run() throws -> Bool {
+        let memory = try SharedMemory(name: name, size: 4096, track: track)
+        memory.bytes[0] = 7
+        if waits { sleep(60) }
+        if !track { _exit(0) }  // no deinit, no close: the name stays
+        return true
+    }
+}
+
 /// Writes its slice of a raw array and sets a raw value once done, no lock.
 struct WriteSlice: ProcessJob {
     var array: RawSharedArray<Int>
@@ -131,6 +145,51 @@ struct SharedStateTests {
         #expect(try array.toArray() == [5, 8000, 7])
         array[2] = 9
         #expect(array[2] == 9)
+    }
+
+    @Test("a named segment whose creator is SIGKILLed is unlinked once its program is gone, by every start method", arguments: jobStartMethods)
+    func creatorKilled(method: StartMethod) throws {
+        let name = "swift-mp-killed-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        // A fork child shares this process's tracker (its program lives on):
+        // it is forked by a closure child that ends, so its program is gone.
+        let creator: ChildProcess
+        if method == .fork {
+            creator = ChildProcess {
+                let inner = try ChildProcess(job: CreateNamed(name: name), startMethod: .fork)
+                try inner.start()
+                while sharedMemoryEntries(name).isEmpty { usleep(1000) }
+                try inner.kill()
+                _ = try inner.join()
+                _exit(0)  // the tracker this child started is the program's
+            }
+        } else {
+            creator = try ChildProcess(job: CreateNamed(name: name), startMethod: method)
+        }
+        try creator.start()
+        #expect(eventually(within: .seconds(20)) { !sharedMemoryEntries(name).isEmpty || creator.exitCode != nil })
+        if method != .fork { try creator.kill() }
+        _ = try creator.join()
+        #expect(eventually(within: .seconds(10)) { sharedMemoryEntries(name).isEmpty }, "\(sharedMemoryEntries(name))")
+    }
+
+    @Test("a segment made with track: false outlives its program until unlinked; nothing is unlinked twice")
+    func untracked() throws {
+        let name = "swift-mp-untracked-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let creator = try ChildProcess(job: CreateNamed(name: name, track: false, waits: false), startMethod: .spawn)
+        try creator.start()
+        #expect(try creator.join() == 0)
+        let kept = try SharedMemory.attach(name: name)
+        #expect(kept.bytes[0] == 7)
+        try kept.unlink()
+        #expect(sharedMemoryEntries(name).isEmpty)
+        // Made again under the same name by this process and closed: the
+        // tracker was told it is gone, and a third program can take the name.
+        let again = try SharedMemory(name: name, size: 64)
+        again.close()
+        #expect(sharedMemoryEntries(name).isEmpty)
+        let third = try SharedMemory(name: name, size: 64, track: false)
+        defer { try? third.unlink() }
+        #expect(sharedMemoryEntries(name).count == 1)
     }
 
     @Test("raw arrays and values, without a lock: each child writes its own slice, by every start method", arguments: jobStartMethods)

@@ -252,6 +252,13 @@ int cmp_shm_open(const char *name, int create_exclusive);
 /// `shm_unlink(name)`.
 int cmp_shm_unlink(const char *name);
 
+/// Starts the shared-memory tracker (shm_tracker.c): a process that unlinks
+/// the names it is told of once every holder of the returned descriptor (this
+/// process and its forked children) is gone. -1 and errno on failure.
+int cmp_shm_tracker_start(void);
+/// Tells the tracker on `socket` "+/name" (created) or "-/name" (unlinked).
+int cmp_shm_tracker_send(int socket, const char *message);
+
 /// `mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`; NULL and
 /// errno on failure.
 void *cmp_map_shared(int fd, size_t size);

@@ -10,7 +10,9 @@ import SystemPackage
 /// process lets go — nothing can leak. With a name, it is POSIX shared memory
 /// (`/dev/shm/NAME`) that unrelated processes can ``attach(name:)`` to; the
 /// process that created it unlinks it at ``close()``, at ``unlink()``, or when
-/// it exits.
+/// it exits — and if it is killed, a tracker process unlinks it once the
+/// program (the creator and the children it forked) is gone, unless it was
+/// created with `track: false`.
 public final class SharedMemory: @unchecked Sendable {  // the mapping is fixed; its bytes are shared by design
     /// The size in bytes.
     public let size: Int
@@ -32,18 +34,30 @@ public final class SharedMemory: @unchecked Sendable {  // the mapping is fixed;
 
     /// Creates named shared memory of `size` bytes, zeroed.
     ///
+    /// - Parameter track: whether the name is unlinked when this process
+    ///   closes the memory or exits, or — if it is killed — by the tracker
+    ///   once the program is gone (Python's `track=True`). False: the
+    ///   segment outlives the program until someone calls ``unlink()``.
     /// - Throws: ``SharedMemoryError/alreadyExists(_:)`` if the name is taken.
-    public convenience init(name: String, size: Int) throws {
+    public convenience init(name: String, size: Int, track: Bool = true) throws {
         guard size > 0 else { throw SharedMemoryError.invalidSize(size) }
         let path = try Self.posixName(name)
-        let fd = try Self.open(path, name: name, create: true)
+        // Told first: from here on, a kill leaves nothing behind.
+        if track { NamedSegments.shared.add(path) }
+        let fd: FileDescriptor
         do {
-            try self.init(descriptor: fd, size: size, name: name, owner: getpid(), resize: true)
+            fd = try Self.open(path, name: name, create: true)
         } catch {
+            if track { NamedSegments.shared.remove(path) }
+            throw error
+        }
+        do {
+            try self.init(descriptor: fd, size: size, name: name, owner: track ? getpid() : nil, resize: true)
+        } catch {
+            NamedSegments.shared.remove(path)
             _ = cmp_shm_unlink(path)
             throw error
         }
-        NamedSegments.shared.add(path)
     }
 
     /// Attaches to named shared memory another process created.
@@ -133,18 +147,36 @@ public enum SharedMemoryError: Error, Sendable, Equatable, CustomStringConvertib
     }
 }
 
-/// Names this process created and has not unlinked: unlinked at exit.
+/// Names this process created and has not unlinked: unlinked at exit, and
+/// told to the program's tracker (`shm_tracker.c`), which unlinks them if
+/// the program is killed.
 internal final class NamedSegments: Sendable {
     static let shared = NamedSegments()
-    private let names = Locked<(pid: pid_t, names: Set<String>, installed: Bool)>((0, [], false))
+
+    struct State {
+        var pid: pid_t = 0
+        var names: Set<String> = []
+        var installed = false
+        /// This program's end of the tracker's socket, and what it is (a
+        /// forked child inherits it; one that closed its descriptors holds
+        /// another file under that number).
+        var tracker: (socket: FileDescriptor, identity: (device: UInt, inode: UInt))?
+    }
+
+    private let names = Locked(State())
 
     /// Its lock, for ``ForkGuard``.
-    var forkLock: Locked<(pid: pid_t, names: Set<String>, installed: Bool)> { names }
+    var forkLock: Locked<State> { names }
 
     func add(_ path: String) {
         let install = names.withLock { state -> Bool in
-            if state.pid != getpid() { state = (getpid(), [], false) }
+            if state.pid != getpid() {
+                state.pid = getpid()
+                state.names = []
+                state.installed = false
+            }
             state.names.insert(path)
+            tell("+" + path, &state)
             defer { state.installed = true }
             return !state.installed
         }
@@ -155,13 +187,39 @@ internal final class NamedSegments: Sendable {
 
     func remove(_ path: String) {
         names.withLock { state in
-            if state.pid == getpid() { state.names.remove(path) }
+            guard state.pid == getpid() else { return }
+            state.names.remove(path)
+            tell("-" + path, &state)
+        }
+    }
+
+    /// Tells the tracker `message`, starting one if this process has none
+    /// (the tracker's trouble costs only its backstop: at exit the names are
+    /// unlinked anyway).
+    private func tell(_ message: String, _ state: inout State) {
+        if let tracker = state.tracker, Syscall.identity(of: tracker.socket).map({ $0 == tracker.identity }) != true {
+            state.tracker = nil  // closed here, its number reused
+        }
+        // Only a new name needs a tracker; one that is going needs none.
+        if state.tracker == nil && message.hasPrefix("+") {
+            let socket = cmp_shm_tracker_start()
+            guard socket >= 0, let identity = Syscall.identity(of: FileDescriptor(rawValue: socket)) else { return }
+            state.tracker = (FileDescriptor(rawValue: socket), identity)
+        }
+        if let tracker = state.tracker, cmp_shm_tracker_send(tracker.socket.rawValue, message) != 0 {
+            // The tracker is gone (killed): the next name starts another.
+            Syscall.close(tracker.socket)
+            state.tracker = nil
         }
     }
 
     private func unlinkAll() {
         let paths = names.withLock { state -> Set<String> in
-            state.pid == getpid() ? state.names : []
+            guard state.pid == getpid() else { return [] }
+            defer { state.names = [] }
+            // The tracker lets go of each first: nothing is unlinked twice.
+            for path in state.names { tell("-" + path, &state) }
+            return state.names
         }
         for path in paths { _ = cmp_shm_unlink(path) }
     }
