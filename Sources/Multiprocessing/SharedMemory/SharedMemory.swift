@@ -135,6 +135,8 @@ public enum SharedMemoryError: Error, Sendable, Equatable, CustomStringConvertib
     case notFound(String)
     /// A value or array would not fit the memory it was given.
     case outOfRange(index: Int, count: Int)
+    /// An item of a ``ShareableList`` longer than the room of the item it replaces.
+    case itemTooLarge(index: Int, room: Int)
 
     public var description: String {
         switch self {
@@ -143,6 +145,7 @@ public enum SharedMemoryError: Error, Sendable, Equatable, CustomStringConvertib
         case let .alreadyExists(name): "shared memory '\(name)' already exists"
         case let .notFound(name): "no shared memory named '\(name)'"
         case let .outOfRange(index, count): "index \(index) out of range 0..<\(count)"
+        case let .itemTooLarge(index, room): "the item does not fit the \(room) bytes of item \(index)"
         }
     }
 }
