@@ -8,6 +8,7 @@ and prints the ratio.
 import argparse
 import json
 import multiprocessing as mp
+import multiprocessing.managers
 import os
 import sys
 import time
@@ -196,7 +197,48 @@ def manager_dict(count):
         assert len(shared) == count
 
 
+def append_items(shared, count):
+    for i in range(count):
+        shared.append(i)
+
+
+def manager_list(count):
+    ctx = mp.get_context("fork")
+    with ctx.Manager() as manager:
+        shared = manager.list()
+        child = ctx.Process(target=append_items, args=(shared, count))
+        child.start()
+        child.join()
+        assert len(shared) == count
+
+
+def add_items(shared, count):
+    for i in range(count):
+        shared.add(i)
+
+
+class SetManager(mp.managers.SyncManager):
+    pass
+
+
+# Python 3.14's manager has set(); before it, the same proxy by registration.
+if not hasattr(mp.managers.SyncManager, "set"):
+    SetManager.register("set", set, exposed=("add", "__contains__", "__len__"))
+
+
+def manager_set(count):
+    ctx = mp.get_context("fork")
+    with SetManager(ctx=ctx) as manager:
+        shared = manager.set()
+        child = ctx.Process(target=add_items, args=(shared, count))
+        child.start()
+        child.join()
+        assert len(shared) == count
+
+
 SCENARIOS = {
+    "manager.list": manager_list,
+    "manager.set": manager_set,
     "manager.dict": manager_dict,
     "pool.map": pool_map,
     "pool.apply": pool_apply,
