@@ -229,6 +229,13 @@ public final class Manager: Sendable {
         ManagedBarrier(reference: try make("barrier", [try managerArgument(parties)]))
     }
 
+    /// Serves `object`, a value of any `Codable` type of yours, whose
+    /// methods any process calls with closures run in the server (see
+    /// ``ManagedInstance``).
+    public func share<Object: Codable & Sendable>(_ object: Object) throws(ManagerError) -> ManagedInstance<Object> {
+        ManagedInstance(reference: try make("instance", [try managerArgument(object)]))
+    }
+
     /// Serves `object`, a type of your own (Python's `BaseManager.register`).
     public func serve<Object: ManagedObject>(_ object: Object) throws(ManagerError) -> ManagedObjectProxy<Object> {
         let typeName = _mangledTypeName(Object.self) ?? String(reflecting: Object.self)

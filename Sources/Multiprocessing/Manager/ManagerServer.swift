@@ -285,6 +285,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             let parties = try integer(kind)
             guard parties >= 1 else { throw .invalidArgument("a barrier needs at least 1 party, not \(parties)") }
             return ServedBarrier(parties: parties)
+        case "instance":
+            return ServedInstance(encoded: try Served.argument(arguments, 0, kind), key: authenticationKey)
         case "object":
             let typeName = try Served.decode(String.self, Served.argument(arguments, 0, kind))
             guard let type = _typeByName(typeName) as? any ManagedObject.Type else {
