@@ -77,9 +77,9 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
     }
 
     /// Calls `method` of object `object` on the server and returns the encoded result.
-    func call(_ object: UInt64, _ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil) throws(ManagerError) -> [UInt8] {
+    func call(_ object: UInt64, _ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, caller: UInt64? = nil) throws(ManagerError) -> [UInt8] {
         let seconds = timeout.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
-        let request = ManagerRequest.fromHere(object: object, method: method, arguments: arguments, timeout: seconds)
+        let request = ManagerRequest.fromHere(object: object, method: method, arguments: arguments, timeout: seconds, thread: caller)
         let connection = try take()
         let reply: ManagerReply
         do {
@@ -96,6 +96,35 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
         case let .value(bytes): return bytes
         case let .failure(error): throw error
         }
+    }
+
+    /// A name for one async caller (a task's call, or a lock it holds): a
+    /// random token the server tells from threads (``ManagerRequest/asyncCallerBit``).
+    static func asyncCaller() -> UInt64 {
+        UInt64.random(in: 0...UInt64.max) | ManagerRequest.asyncCallerBit
+    }
+
+    /// ``call(_:_:_:timeout:caller:)`` without blocking the awaiting task's
+    /// thread: it runs on a thread of its own. If the task is cancelled, the
+    /// server is told (on another connection): a call still waiting there
+    /// ends with ``ManagerError/cancelled`` and takes nothing; one that had
+    /// already ended returns as it ended.
+    func callAsync(_ object: UInt64, _ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, caller: UInt64? = nil) async throws(ManagerError) -> [UInt8] {
+        if Task.isCancelled { throw .cancelled }
+        let caller = caller ?? Self.asyncCaller()
+        let result: Result<[UInt8], ManagerError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                _ = SystemThread.start { [self] in
+                    continuation.resume(returning: Result { () throws(ManagerError) in try call(object, method, arguments, timeout: timeout, caller: caller) })
+                }
+            }
+        } onCancel: { [self] in
+            // Not here: this runs on the cancelling thread, which must not wait.
+            _ = SystemThread.start { [self] in
+                _ = try? call(0, ManagerRequest.cancel, [ReferenceHold.argument(caller)])
+            }
+        }
+        return try result.get()
     }
 
     /// Calls and decodes the result as `T`.
@@ -168,6 +197,21 @@ public struct ManagedReference: Codable, Sendable {
     func call<T: Decodable>(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, as type: T.Type) throws(ManagerError) -> T {
         try hold.holdHere()
         return try client.call(id, method, arguments, timeout: timeout, as: T.self)
+    }
+
+    func call(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, caller: UInt64) throws(ManagerError) -> [UInt8] {
+        try hold.holdHere()
+        return try client.call(id, method, arguments, timeout: timeout, caller: caller)
+    }
+
+    /// An async call (see ``ManagerClient/callAsync(_:_:_:timeout:caller:)``).
+    func callAsync(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, caller: UInt64? = nil) async throws(ManagerError) -> [UInt8] {
+        try hold.holdHere()
+        return try await client.callAsync(id, method, arguments, timeout: timeout, caller: caller)
+    }
+
+    func callAsync<T: Decodable>(_ method: String, _ arguments: [[UInt8]] = [], timeout: Duration? = nil, caller: UInt64? = nil, as type: T.Type) async throws(ManagerError) -> T {
+        try managerResult(T.self, try await callAsync(method, arguments, timeout: timeout, caller: caller))
     }
 }
 

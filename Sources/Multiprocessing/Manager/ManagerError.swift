@@ -24,6 +24,9 @@ public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConve
     case brokenBarrier
     /// A served ``ManagedObject`` threw: the error's type and description.
     case objectFailed(errorType: String, description: String)
+    /// The task awaiting the call was cancelled while it waited: the call
+    /// took nothing (an async proxy call).
+    case cancelled
 
     public var description: String {
         switch self {
@@ -37,6 +40,7 @@ public enum ManagerError: Error, Sendable, Equatable, Codable, CustomStringConve
         case .notOwner: "the lock is not held by this thread"
         case .brokenBarrier: "the barrier is broken"
         case let .objectFailed(errorType, description): "the managed object threw \(errorType): \(description)"
+        case .cancelled: "the call was cancelled"
         }
     }
 }
@@ -68,10 +72,18 @@ internal struct ManagerRequest: Sendable {
     static let decref = "decref"
     static let transit = "transit"
     static let adopt = "adopt"
+    /// Cancels the waiting call of the async caller named by a token
+    /// (raw UInt64): it ends with ``ManagerError/cancelled`` and takes nothing.
+    static let cancel = "cancel"
 
-    /// A request from the calling thread.
-    static func fromHere(object: UInt64, method: String, arguments: [[UInt8]] = [], timeout: Double? = nil) -> ManagerRequest {
-        ManagerRequest(object: object, method: method, arguments: arguments, process: Syscall.currentProcessID, thread: UInt64(UInt(bitPattern: Int(bitPattern: pthread_self()))), timeout: timeout)
+    /// The top bit of a `thread` that names an async call rather than a thread.
+    static let asyncCallerBit: UInt64 = 1 << 63
+
+    /// A request from the calling thread, or from the async caller `thread`
+    /// names (a token with ``asyncCallerBit``).
+    static func fromHere(object: UInt64, method: String, arguments: [[UInt8]] = [], timeout: Double? = nil, thread: UInt64? = nil) -> ManagerRequest {
+        ManagerRequest(object: object, method: method, arguments: arguments, process: Syscall.currentProcessID,
+                       thread: thread ?? UInt64(UInt(bitPattern: Int(bitPattern: pthread_self()))) & ~asyncCallerBit, timeout: timeout)
     }
 
     func encoded() -> [UInt8] {

@@ -61,6 +61,8 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         /// object and the process that encoded it.
         var transits: [UInt64: (object: UInt64, holder: String)] = [:]
         var nextToken: UInt64 = 1
+        /// Async callers ("pid:token") whose waiting call was cancelled, and when.
+        var cancellations: [String: ContinuousClock.Instant] = [:]
 
         /// Adds `count` to `holder`'s holds on `object`; frees the object when nobody holds it.
         mutating func adjust(_ object: UInt64, by count: Int, for holder: String) {
@@ -191,7 +193,18 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
 
     /// Answers one request for an object, or for the manager (object 0).
     func handle(_ request: ManagerRequest, callerGone: @escaping @Sendable () -> Bool) throws(ManagerError) -> [UInt8] {
-        let context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) }, callerGone: callerGone)
+        var context = CallContext(process: request.process, thread: request.thread, deadline: request.timeout.map { .now + .nanoseconds(Int64(max(0, $0) * 1e9)) }, callerGone: callerGone)
+        if request.thread & ManagerRequest.asyncCallerBit != 0 {
+            // An async caller can cancel its call from another connection.
+            let owner = context.owner
+            context.cancelled = { [state] in state.withLock { $0.cancellations[owner] != nil } }
+            defer { state.withLock { _ = $0.cancellations.removeValue(forKey: owner) } }
+            return try handle(request, context)
+        }
+        return try handle(request, context)
+    }
+
+    private func handle(_ request: ManagerRequest, _ context: CallContext) throws(ManagerError) -> [UInt8] {
         guard request.object != 0 else { return try handleManager(request) }
         guard let object = state.withLock({ $0.objects[request.object] }) else { throw .unknownObject(request.object) }
         return try object.call(request.method, request.arguments, context)
@@ -253,6 +266,16 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
                     state.transits[token] = nil
                     state.adjust(id, by: -1, for: transit.holder)
                 }
+            }
+            return Served.none
+        case ManagerRequest.cancel:
+            let owner = "\(caller):\(try raw(0))"
+            state.withLock { state in
+                // A cancellation that came after its call ended names no
+                // later call (tokens are not reused); forgotten after a minute.
+                let now = ContinuousClock.now
+                state.cancellations = state.cancellations.filter { now - $0.value < .seconds(60) }
+                state.cancellations[owner] = now
             }
             return Served.none
         case "objects":

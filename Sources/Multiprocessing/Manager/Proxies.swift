@@ -343,7 +343,9 @@ public struct ManagedLock: Codable, Sendable, ManagedProxy {
     /// Lets the lock go. - Throws: ``ManagerError/notOwner`` if this thread does not hold it.
     public func release() throws(ManagerError) { _ = try reference.call("release") }
 
-    /// Runs `body` with the lock held.
+    /// Runs `body` with the lock held (held by this thread). In async code
+    /// the async form, held by the call, is chosen instead.
+    @_disfavoredOverload
     public func withLock<Result>(_ body: () throws -> Result) throws -> Result {
         try acquire()
         defer { try? release() }

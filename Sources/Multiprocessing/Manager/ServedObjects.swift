@@ -12,6 +12,10 @@ internal struct CallContext {
     /// that nobody would receive.
     var callerGone: @Sendable () -> Bool = { false }
 
+    /// Whether the caller cancelled the call (an async caller's task was
+    /// cancelled): a call that waits looks now and then, and gives up.
+    var cancelled: @Sendable () -> Bool = { false }
+
     /// `pid:tid` of the calling thread: who owns a lock.
     var owner: String { "\(process):\(thread)" }
 }
@@ -22,17 +26,21 @@ extension Monitor {
     /// an answer nobody reads).
     func wait<Result>(for context: CallContext, until deadline: ContinuousClock.Instant?, _ ready: (inout Value) -> Result?) throws(ManagerError) -> Result? {
         var gone = false
+        var cancelled = false
         while true {
             let slice = ContinuousClock.now + .milliseconds(100)
             let end = deadline.map { min($0, slice) } ?? slice
             let result = wait(until: end) { value -> Result? in
-                // The caller may have died since it asked (its request waited
-                // in the ring, or here): look before taking what it wanted.
+                // The caller may have died (or cancelled) since it asked (its
+                // request waited in the ring, or here): look before taking
+                // what it wanted.
                 if !gone && context.callerGone() { gone = true }
-                return gone ? nil : ready(&value)
+                if !cancelled && context.cancelled() { cancelled = true }
+                return gone || cancelled ? nil : ready(&value)
             }
             if let result { return result }
             if gone || context.callerGone() { throw .managerUnreachable("the caller is gone") }
+            if cancelled || context.cancelled() { throw .cancelled }
             if let deadline, ContinuousClock.now >= deadline { return nil }
         }
     }
@@ -509,10 +517,17 @@ internal final class ServedBarrier: ServedObject, @unchecked Sendable {  // stat
                 return (index, state.generation)
             }
             if index == parties - 1 { return try Served.encode(index) }
-            let outcome = state.wait(until: context.deadline) { state -> Bool? in
-                if state.generation != generation { return true }
-                if state.broken { return false }
-                return nil
+            let outcome: Bool?
+            do {
+                outcome = try state.wait(for: context, until: context.deadline) { state -> Bool? in
+                    if state.generation != generation { return true }
+                    if state.broken { return false }
+                    return nil
+                }
+            } catch {
+                // A waiter that leaves (gone, cancelled) breaks it, as a timeout does.
+                state.update { if $0.generation == generation { $0.broken = true } }
+                throw error
             }
             if outcome == true { return try Served.encode(index) }
             state.update { $0.broken = true }
