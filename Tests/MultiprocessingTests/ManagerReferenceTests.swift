@@ -158,3 +158,35 @@ struct ManagerReferenceTests {
         #expect(try ValueCodec.decode(Int.self, from: try call("objects", [])) == 0)
     }
 }
+
+/// Reads the inner lists of a managed dictionary and appends to each.
+struct NestedAppender: ProcessJob {
+    var outer: ManagedDictionary<String, ManagedList<Int>>
+    func run() throws -> Int {
+        var appended = 0
+        for key in try outer.keys() {
+            guard let inner = try outer.get(key) else { continue }
+            try inner.append(key.count)
+            appended += 1
+        }
+        return appended
+    }
+}
+
+@Suite("Nested proxies")
+struct NestedProxyTests {
+    @Test("a managed dictionary of managed lists round-trips through a pool worker, by every start method", arguments: jobStartMethods)
+    func throughWorker(startMethod: StartMethod) throws {
+        try withManager { manager in
+            let outer = try manager.dictionary([String: ManagedList<Int>]())
+            let inners = try ["a", "bb", "ccc"].map { key in (key, try manager.list([Int]())) }
+            for (key, inner) in inners { try outer.set(inner, for: key) }
+            try withProcessPool(processes: 1, startMethod: startMethod) { (pool: ProcessPool) throws in
+                #expect(try pool.apply(NestedAppender(outer: outer)) == 3)
+            }
+            for (key, inner) in inners { #expect(try inner.snapshot() == [key.count]) }
+            // Read back here, they are the same objects.
+            #expect(try outer.get("bb")?.snapshot() == [2])
+        }
+    }
+}
