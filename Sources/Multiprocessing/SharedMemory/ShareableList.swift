@@ -47,6 +47,9 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
     public let memory: SharedMemory
     /// The number of items.
     public let count: Int
+    /// Each item's room and offset, fixed when the list was made: read once
+    /// (and checked, for a list made elsewhere), never again from the memory.
+    private let slots: [(room: Int, offset: Int)]
 
     // Layout: "SMPSLIST", the count (8 bytes), then per item 16 bytes — its
     // kind (1), 3 unused, its length (4), its room (4), its offset (4) —
@@ -65,17 +68,20 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
         let size = items.reduce(tableEnd) { $0 + $1.room }
         memory = try name.map { try SharedMemory(name: $0, size: size, track: track) } ?? SharedMemory(size: size)
         count = items.count
+        var slots: [(room: Int, offset: Int)] = []
         let bytes = memory.bytes
         bytes.copyBytes(from: Self.magic)
-        store(UInt64(items.count), at: 8, width: 8)
+        Self.store(UInt64(items.count), in: bytes, at: 8, width: 8)
         var offset = tableEnd
         for (index, item) in items.enumerated() {
             let slot = Self.headerSize + index * Self.slotSize
-            store(UInt64(item.room), at: slot + 8, width: 4)
-            store(UInt64(offset), at: slot + 12, width: 4)
-            write(item, slot: slot)
+            Self.store(UInt64(item.room), in: bytes, at: slot + 8, width: 4)
+            Self.store(UInt64(offset), in: bytes, at: slot + 12, width: 4)
+            slots.append((item.room, offset))
             offset += item.room
         }
+        self.slots = slots
+        for (index, item) in items.enumerated() { write(item, at: index) }
     }
 
     /// The list another process made under `name`.
@@ -95,30 +101,33 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
         guard count >= 0, count <= (memory.size - Self.headerSize) / Self.slotSize else { throw SharedMemoryError.invalidSize(memory.size) }
         self.count = count
         // Every slot's room must lie inside the memory.
+        var slots: [(room: Int, offset: Int)] = []
         for index in 0..<count {
             let slot = Self.headerSize + index * Self.slotSize
             let (room, offset) = (Int(Self.load(bytes, at: slot + 8, width: 4)), Int(Self.load(bytes, at: slot + 12, width: 4)))
             guard offset >= Self.headerSize + count * Self.slotSize, room >= 8, offset + room <= memory.size else {
                 throw SharedMemoryError.invalidSize(memory.size)
             }
+            slots.append((room, offset))
         }
+        self.slots = slots
     }
 
     private static func load(_ bytes: UnsafeMutableRawBufferPointer, at offset: Int, width: Int) -> UInt64 {
         (0..<width).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64(bytes[offset + $1]) }
     }
 
-    private func store(_ value: UInt64, at offset: Int, width: Int) {
-        for byte in 0..<width { memory.bytes[offset + byte] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(byte))) }
+    private static func store(_ value: UInt64, in bytes: UnsafeMutableRawBufferPointer, at offset: Int, width: Int) {
+        for byte in 0..<width { bytes[offset + byte] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(byte))) }
     }
 
     private func slot(_ index: Int) -> Int { Self.headerSize + index * Self.slotSize }
 
-    private func write(_ item: Item, slot: Int) {
+    private func write(_ item: Item, at index: Int) {
         let payload = item.payload
-        let offset = Int(Self.load(memory.bytes, at: slot + 12, width: 4))
+        let (slot, offset) = (self.slot(index), slots[index].offset)
         memory.bytes[slot] = item.kind
-        store(UInt64(payload.count), at: slot + 4, width: 4)
+        Self.store(UInt64(payload.count), in: memory.bytes, at: slot + 4, width: 4)
         UnsafeMutableRawBufferPointer(rebasing: memory.bytes[offset..<(offset + payload.count)]).copyBytes(from: payload)
     }
 
@@ -129,8 +138,10 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
         precondition(index >= 0 && index < count, "index \(index) out of range 0..<\(count)")
         let slot = slot(index)
         let bytes = memory.bytes
-        let length = min(Int(Self.load(bytes, at: slot + 4, width: 4)), Int(Self.load(bytes, at: slot + 8, width: 4)))
-        let offset = Int(Self.load(bytes, at: slot + 12, width: 4))
+        // The length is read again (another process may have replaced the
+        // item), but never past the item's room.
+        let length = min(Int(Self.load(bytes, at: slot + 4, width: 4)), slots[index].room)
+        let offset = slots[index].offset
         let payload = Array(bytes[offset..<(offset + length)])
         func word() -> UInt64 { payload.count == 8 ? payload.reversed().reduce(0) { $0 << 8 | UInt64($1) } : 0 }
         switch bytes[slot] {
@@ -151,10 +162,9 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
     ///   item that does not fit.
     public func set(_ item: Item, at index: Int) throws(SharedMemoryError) {
         guard index >= 0 && index < count else { throw .outOfRange(index: index, count: count) }
-        let slot = slot(index)
-        let room = Int(Self.load(memory.bytes, at: slot + 8, width: 4))
+        let room = slots[index].room
         guard item.payload.count <= room else { throw .itemTooLarge(index: index, room: room) }
-        write(item, slot: slot)
+        write(item, at: index)
     }
 
     /// A copy of every item, in order (not taken atomically).
