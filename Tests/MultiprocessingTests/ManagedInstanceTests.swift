@@ -18,6 +18,11 @@ struct Inventory: Codable, Sendable, Equatable {
 
 struct OutOfStock: Error, Codable {}
 
+/// A shared value that holds a proxy of the same manager.
+struct Shelf: Codable, Sendable {
+    var items: ManagedList<String>
+}
+
 /// Takes `item` from a shared inventory until none is left; says how many it took.
 struct Taker: ProcessJob {
     var inventory: ManagedInstance<Inventory>
@@ -68,6 +73,20 @@ struct ManagedInstanceTests {
             let wanted = "fig"
             #expect(throws: ManagerError.self) { try inventory.call { $0.take(wanted) } }
             #expect(try inventory.value().log == ["fig"])
+        }
+    }
+
+    @Test("a shared value holding a proxy: used in the server, then freed there without the server waiting on itself")
+    func holdingAProxy() throws {
+        try withManager { manager in
+            let base = try manager.servedObjectCount()
+            let shelf = try manager.share(Shelf(items: try manager.list(["jam"])))
+            #expect(try manager.servedObjectCount() == base + 2)
+            // Decoded in the server, the inner proxy calls the server from there.
+            #expect(try shelf.call { try $0.items.count() } == 1)
+            try shelf.releaseReference()
+            // Freeing the shelf lets go of the list it held: both are gone.
+            #expect(eventually(within: .seconds(10)) { (try? manager.servedObjectCount()) == base })
         }
     }
 

@@ -34,6 +34,14 @@ struct Increment: ProcessJob {
     }
 }
 
+/// Whether the segment `name` exists and its creator wrote its first byte
+/// (it writes once its `SharedMemory` is made, and so tracked).
+func isWritten(_ name: String) -> Bool {
+    guard let memory = try? SharedMemory.attach(name: name) else { return false }
+    // Kept until read: its bytes are unmapped when it goes.
+    return withExtendedLifetime(memory) { memory.bytes[0] == 7 }
+}
+
 /// Creates a named segment, then waits to be killed (or exits at once).
 struct CreateNamed: ProcessJob {
     var name: String
@@ -157,7 +165,7 @@ struct SharedStateTests {
             creator = ChildProcess {
                 let inner = try ChildProcess(job: CreateNamed(name: name), startMethod: .fork)
                 try inner.start()
-                while sharedMemoryEntries(name).isEmpty { usleep(1000) }
+                while !isWritten(name) { usleep(1000) }
                 try inner.kill()
                 _ = try inner.join()
                 _exit(0)  // the tracker this child started is the program's
@@ -166,7 +174,7 @@ struct SharedStateTests {
             creator = try ChildProcess(job: CreateNamed(name: name), startMethod: method)
         }
         try creator.start()
-        #expect(eventually(within: .seconds(20)) { !sharedMemoryEntries(name).isEmpty || creator.exitCode != nil })
+        #expect(eventually(within: .seconds(20)) { isWritten(name) || creator.exitCode != nil })
         if method != .fork { try creator.kill() }
         _ = try creator.join()
         #expect(eventually(within: .seconds(10)) { sharedMemoryEntries(name).isEmpty }, "\(sharedMemoryEntries(name))")
@@ -190,6 +198,14 @@ struct SharedStateTests {
         let third = try SharedMemory(name: name, size: 64, track: false)
         defer { try? third.unlink() }
         #expect(sharedMemoryEntries(name).count == 1)
+
+        // A create that fails because the name is taken leaves the owner's
+        // tracking alone: the owner still unlinks it at close.
+        let owned = "swift-mp-owned-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let owner = try SharedMemory(name: owned, size: 64)
+        #expect(throws: SharedMemoryError.alreadyExists(owned)) { try SharedMemory(name: owned, size: 64) }
+        owner.close()
+        #expect(sharedMemoryEntries(owned).isEmpty)
     }
 
     @Test("raw arrays and values, without a lock: each child writes its own slice, by every start method", arguments: jobStartMethods)
@@ -213,6 +229,7 @@ struct SharedStateTests {
     @Test("a raw array of a negative count, or decoded at the wrong size, is a typed error; one of none works")
     func rawBadInput() throws {
         #expect(throws: SharedMemoryError.invalidSize(-1)) { try RawSharedArray(repeating: 0, count: -1) }
+        #expect(throws: SharedMemoryError.invalidSize(Int.max / 4)) { try RawSharedArray(repeating: 0, count: Int.max / 4) }
         let empty = try RawSharedArray<Int>([])
         #expect(empty.count == 0 && empty.toArray().isEmpty)
         // The memory of 4 Ints read as 5, or a value's as a wider type.

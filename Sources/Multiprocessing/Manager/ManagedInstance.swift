@@ -154,7 +154,8 @@ internal final class ServedInstance: ServedObject, @unchecked Sendable {  // `st
     private let key: SymmetricKey
     /// Resolved call types and code (the same few calls come again and again).
     private var types: [String: any SentInstanceWork.Type] = [:]
-    private var code: [SentCode: UnsafeRawPointer] = [:]
+    /// By code and call type: a signature holds for the pair it signed.
+    private var code: [String: [SentCode: UnsafeRawPointer]] = [:]
 
     init(encoded: [UInt8], key: [UInt8]) {
         storage = InstanceStorage(encoded: encoded)
@@ -179,11 +180,11 @@ internal final class ServedInstance: ServedObject, @unchecked Sendable {  // `st
                 work = resolved
             }
             let address: UnsafeRawPointer
-            if let known = code[sent] {
+            if let known = code[typeName]?[sent] {
                 address = known
             } else {
                 do { address = try sent.resolve(typeName: typeName, key: key) } catch { throw .badRequest("\(error)") }
-                code[sent] = address
+                code[typeName, default: [:]][sent] = address
             }
             return try work.run(address, on: &storage, capture: capture)
         }

@@ -58,9 +58,14 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         /// references (holds in transit included). An object nobody holds is freed.
         var holds: [UInt64: [String: Int]] = [:]
         /// Holds in transit (a proxy encoded, not yet decoded): by token, the
-        /// object and the process that encoded it.
-        var transits: [UInt64: (object: UInt64, holder: String)] = [:]
+        /// object, the process that encoded it and, once that process is
+        /// gone, when the hold ends if nobody decoded the proxy by then. Each
+        /// is a hold of its own, by ``transitHolder(_:)``.
+        var transits: [UInt64: (object: UInt64, encoder: String, expires: ContinuousClock.Instant?)] = [:]
         var nextToken: UInt64 = 1
+        /// Objects freed under the lock, let go after it: a freed object's
+        /// deinit may call this server (a proxy inside a shared value).
+        var freed: [any ServedObject] = []
         /// Async callers ("pid:token") whose waiting call was cancelled, and when.
         var cancellations: [String: ContinuousClock.Instant] = [:]
 
@@ -71,17 +76,38 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             holders[holder] = now > 0 ? now : nil
             if holders.isEmpty {
                 holds[object] = nil
-                objects[object] = nil
+                if let gone = objects.removeValue(forKey: object) { freed.append(gone) }
             } else {
                 holds[object] = holders
             }
         }
 
-        /// `holder` is gone: its holds and its holds in transit end.
+        static func transitHolder(_ token: UInt64) -> String { "transit \(token)" }
+
+        /// How long a hold in transit outlives the process that encoded it:
+        /// a child's output holding a proxy is decoded after the child is gone.
+        static let transitGrace = Duration.seconds(60)
+
+        /// `holder` is gone: its holds end; its holds in transit end after
+        /// ``transitGrace`` unless decoded first.
         mutating func dropHolds(of holder: String) {
-            transits = transits.filter { $0.value.holder != holder }
+            let expires = ContinuousClock.now + Self.transitGrace
+            for (token, transit) in transits where transit.encoder == holder && transit.expires == nil {
+                transits[token]?.expires = expires
+            }
             for object in holds.keys where holds[object]?[holder] != nil {
                 adjust(object, by: -holds[object]![holder]!, for: holder)
+            }
+        }
+
+        /// Ends the holds in transit whose time is over.
+        mutating func sweepTransits() {
+            let now = ContinuousClock.now
+            for (token, transit) in transits {
+                if let expires = transit.expires, expires <= now {
+                    transits[token] = nil
+                    adjust(transit.object, by: -1, for: Self.transitHolder(token))
+                }
             }
         }
     }
@@ -91,6 +117,22 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
     private let listener: Listener?
     private let authenticationKey: [UInt8]
     private let state = Locked(State())
+
+    /// Runs `body` on the state with its lock held; the objects it freed are
+    /// let go after the lock.
+    private func withHolds<Result>(_ body: (inout State) throws(ManagerError) -> Result) throws(ManagerError) -> Result {
+        var freed: [any ServedObject] = []
+        let result = try state.withLock { state throws(ManagerError) -> Result in
+            defer {
+                freed = state.freed
+                state.freed = []
+            }
+            return try body(&state)
+        }
+        freed.removeAll()  // their deinits run here, the lock free
+        return result
+    }
+
     /// Where clients served and refused are told, if anywhere.
     private let reporter: Locked<Connection>?
 
@@ -186,7 +228,10 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         if last {
             objects.forEach { $0.release(ownersOf: client) }
             // Its proxies are gone with it: what only it held is freed.
-            state.withLock { $0.dropHolds(of: client) }
+            try? withHolds { state throws(ManagerError) in
+                state.dropHolds(of: client)
+                state.sweepTransits()
+            }
             report(.clientLeft(process: client))
         }
     }
@@ -233,7 +278,7 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
             return try Served.encode(id)
         case ManagerRequest.incref:
             let id = try raw(0)
-            try state.withLock { state throws(ManagerError) in
+            try withHolds { state throws(ManagerError) in
                 guard state.objects[id] != nil else { throw .unknownObject(id) }
                 state.adjust(id, by: 1, for: caller)
             }
@@ -241,30 +286,32 @@ internal final class ManagerServer: @unchecked Sendable {  // mutable state is b
         case ManagerRequest.decref:
             let id = try raw(0)
             // A process lets go only of what it holds.
-            state.withLock { state in
+            try withHolds { state throws(ManagerError) in
                 if state.holds[id]?[caller] != nil { state.adjust(id, by: -1, for: caller) }
+                state.sweepTransits()
             }
             return Served.none
         case ManagerRequest.transit:
             let id = try raw(0)
-            let token = try state.withLock { state throws(ManagerError) -> UInt64 in
+            let token = try withHolds { state throws(ManagerError) -> UInt64 in
                 guard state.objects[id] != nil else { throw .unknownObject(id) }
-                state.adjust(id, by: 1, for: caller)
-                defer { state.nextToken += 1 }
-                state.transits[state.nextToken] = (id, caller)
-                return state.nextToken
+                let token = state.nextToken
+                state.nextToken += 1
+                state.adjust(id, by: 1, for: State.transitHolder(token))
+                state.transits[token] = (id, caller, nil)
+                return token
             }
             return try Served.encode(token)
         case ManagerRequest.adopt:
             let (id, token) = (try raw(0), try raw(1))
-            try state.withLock { state throws(ManagerError) in
+            try withHolds { state throws(ManagerError) in
                 guard state.objects[id] != nil else { throw .unknownObject(id) }
                 // Its hold in transit becomes the caller's; decoded twice (or
                 // never sent), the caller holds on its own.
                 state.adjust(id, by: 1, for: caller)
                 if let transit = state.transits[token], transit.object == id {
                     state.transits[token] = nil
-                    state.adjust(id, by: -1, for: transit.holder)
+                    state.adjust(id, by: -1, for: State.transitHolder(token))
                 }
             }
             return Served.none

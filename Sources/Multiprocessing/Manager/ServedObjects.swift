@@ -35,8 +35,14 @@ extension Monitor {
                 // request waited in the ring, or here): look before taking
                 // what it wanted.
                 if !gone && context.callerGone() { gone = true }
+                if gone { return nil }
+                // What is ready is taken even if the caller cancelled since:
+                // its answer is still read (a cancelled call that had
+                // already been answered returns as it ended), and a
+                // condition's notification is not lost.
+                if let result = ready(&value) { return result }
                 if !cancelled && context.cancelled() { cancelled = true }
-                return gone || cancelled ? nil : ready(&value)
+                return nil
             }
             if let result { return result }
             if gone || context.callerGone() { throw .managerUnreachable("the caller is gone") }

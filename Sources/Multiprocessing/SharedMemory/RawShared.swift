@@ -48,7 +48,12 @@ public final class RawSharedArray<Element: BitwiseCopyable>: @unchecked Sendable
     /// The number of elements.
     public let count: Int
 
-    private static func bytes(_ count: Int) -> Int { max(1, count * MemoryLayout<Element>.stride) }
+    /// The bytes of `count` elements; nil if that many cannot be.
+    private static func bytes(_ count: Int) -> Int? {
+        guard count >= 0 else { return nil }
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: MemoryLayout<Element>.stride)
+        return overflow ? nil : max(1, bytes)
+    }
 
     private var elements: UnsafeMutableBufferPointer<Element> {
         UnsafeMutableBufferPointer(start: memory.baseAddress.assumingMemoryBound(to: Element.self), count: count)
@@ -56,9 +61,9 @@ public final class RawSharedArray<Element: BitwiseCopyable>: @unchecked Sendable
 
     /// Shared memory for `count` elements.
     private init(count: Int) throws {
-        guard count >= 0 else { throw SharedMemoryError.invalidSize(count) }
+        guard let bytes = Self.bytes(count) else { throw SharedMemoryError.invalidSize(count) }
         self.count = count
-        memory = try SharedMemory(size: Self.bytes(count))
+        memory = try SharedMemory(size: bytes)
     }
 
     /// A shared array of `count` copies of `value`.
@@ -102,9 +107,9 @@ public final class RawSharedArray<Element: BitwiseCopyable>: @unchecked Sendable
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
         count = try container.decode(Int.self, forKey: .count)
-        guard count >= 0 else { throw SharedMemoryError.invalidSize(count) }
+        guard let bytes = Self.bytes(count) else { throw SharedMemoryError.invalidSize(count) }
         memory = try container.decode(SharedMemory.self, forKey: .memory)
-        guard memory.size == Self.bytes(count) else { throw SharedMemoryError.invalidSize(memory.size) }
+        guard memory.size == bytes else { throw SharedMemoryError.invalidSize(memory.size) }
     }
 
     public func encode(to encoder: any Encoder) throws {

@@ -66,6 +66,8 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
     public init(_ items: [Item], name: String? = nil, track: Bool = true) throws {
         let tableEnd = Self.headerSize + items.count * Self.slotSize
         let size = items.reduce(tableEnd) { $0 + $1.room }
+        // Offsets and rooms are 4 bytes.
+        guard size <= Int(UInt32.max) else { throw SharedMemoryError.invalidSize(size) }
         memory = try name.map { try SharedMemory(name: $0, size: size, track: track) } ?? SharedMemory(size: size)
         count = items.count
         var slots: [(room: Int, offset: Int)] = []

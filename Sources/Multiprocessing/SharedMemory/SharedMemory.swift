@@ -42,15 +42,10 @@ public final class SharedMemory: @unchecked Sendable {  // the mapping is fixed;
     public convenience init(name: String, size: Int, track: Bool = true) throws {
         guard size > 0 else { throw SharedMemoryError.invalidSize(size) }
         let path = try Self.posixName(name)
-        // Told first: from here on, a kill leaves nothing behind.
+        let fd = try Self.open(path, name: name, create: true)
+        // Tracked once made (a name another process made is not ours to
+        // untrack): from here on, a kill leaves nothing behind.
         if track { NamedSegments.shared.add(path) }
-        let fd: FileDescriptor
-        do {
-            fd = try Self.open(path, name: name, create: true)
-        } catch {
-            if track { NamedSegments.shared.remove(path) }
-            throw error
-        }
         do {
             try self.init(descriptor: fd, size: size, name: name, owner: track ? getpid() : nil, resize: true)
         } catch {
