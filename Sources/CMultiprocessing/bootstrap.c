@@ -22,6 +22,8 @@ extern void swift_multiprocessing_mpi_workers(void) __attribute__((weak));
    bootstrap variable set) is never an MPI rank, even though it inherits
    the rank's environment. */
 __attribute__((constructor)) static void cmp_bootstrap(void) {
+    // The shared-memory tracker, executed anew (shm_tracker.c): never main.
+    if (getenv("SWIFT_MULTIPROCESSING_SHM_TRACKER") != NULL) cmp_shm_tracker_main();
     const char *marker = getenv(CMP_BOOTSTRAP_ENV);
     if (marker == NULL) {
         if (getenv("OMPI_COMM_WORLD_SIZE") != NULL && swift_multiprocessing_mpi_workers != NULL &&

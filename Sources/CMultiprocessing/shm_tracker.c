@@ -6,13 +6,21 @@
 // whole); its forked children inherit it. The tracker holds the other end;
 // when the last holder is gone it reads end of file and unlinks what is left.
 //
-// The tracker is forked from a multi-threaded process, so it runs only what
-// is safe after fork: raw system calls, no malloc, no locks, no stdio.
+// The tracker is cloned from a multi-threaded process and at once executes
+// this program's image anew (`/proc/self/exe`), so that it holds none of the
+// program's memory; the library's constructor (bootstrap.c) sees the
+// variable below and runs `cmp_shm_tracker_main`. Until the exec, and in
+// place if the exec fails, it runs only what is safe after fork: raw system
+// calls, no malloc, no locks, no stdio.
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -54,6 +62,19 @@ static void unlink_tracked(void) {
     }
 }
 
+// Closes every descriptor but `keep` (close_range, or one by one before Linux 5.9).
+static void close_all_but(int keep) {
+    int ranged = 1;
+    if (keep > 0 && syscall(SYS_close_range, 0U, (unsigned)keep - 1, 0U) != 0) ranged = 0;
+    if (syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0U) != 0) ranged = 0;
+    if (ranged) return;
+    struct rlimit limit;
+    long top = syscall(SYS_getrlimit, RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 1048576 ? (long)limit.rlim_cur : 65536;
+    for (long fd = 0; fd < top; fd++) {
+        if (fd != keep) syscall(SYS_close, (int)fd);
+    }
+}
+
 static void serve(int socket) __attribute__((noreturn));
 static void serve(int socket) {
     // Immune to the terminal's signals (Ctrl-C reaches the whole process
@@ -64,9 +85,9 @@ static void serve(int socket) {
     ignore.sa_handler = SIG_IGN;
     int ignored[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2};
     for (unsigned i = 0; i < sizeof ignored / sizeof ignored[0]; i++) sigaction(ignored[i], &ignore, NULL);
-    // Nothing else of the program's stays open here.
-    if (socket > 0) syscall(SYS_close_range, 0U, (unsigned)socket - 1, 0U);
-    syscall(SYS_close_range, (unsigned)socket + 1, ~0U, 0U);
+    // Nothing else of the program's stays open here (a pipe's write end
+    // kept would keep its reader waiting).
+    close_all_but(socket);
     char message[NAME_MAX_BYTES + 2];
     while (1) {
         ssize_t count = recv(socket, message, sizeof message - 1, 0);
@@ -83,9 +104,55 @@ static void serve(int socket) {
     __builtin_unreachable();
 }
 
-int cmp_shm_tracker_start(void) {
+#define TRACKER_ENV "SWIFT_MULTIPROCESSING_SHM_TRACKER"
+#define TRACKER_GROUP_ENV "SWIFT_MULTIPROCESSING_SHM_TRACKER_GROUP"
+enum { TRACKER_FD = 3 };
+
+// The exec'd tracker (bootstrap.c calls it first thing when TRACKER_ENV is
+// set): leaves a memory control group of the library's own (which is killed
+// whole when its worker ends), then serves.
+void cmp_shm_tracker_main(void) {
+    const char *group = getenv(TRACKER_GROUP_ENV);
+    if (group != NULL && group[0] == '/') {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/cgroup.procs", group);
+        FILE *procs = fopen(path, "w");
+        if (procs != NULL) {
+            fprintf(procs, "%d\n", (int)getpid());
+            fclose(procs);
+        }
+    }
+    serve(TRACKER_FD);
+}
+
+// Exec'd image's argument and environment: made before the clone (the
+// children may not allocate).
+static char *const tracker_argv[] = {"swift-multiprocessing-shm-tracker", NULL};
+
+int cmp_shm_tracker_start(const char *leave_group) {
     int ends[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, ends) != 0) return -1;
+    // The environment: this one's, and the tracker's variables.
+    static char marker[] = TRACKER_ENV "=3";
+    static char group_variable[4200];
+    size_t count = 0;
+    for (char **entry = environ; entry != NULL && *entry != NULL; entry++) count++;
+    char **environment = calloc(count + 3, sizeof(char *));
+    if (environment == NULL) {
+        close(ends[0]);
+        close(ends[1]);
+        return -1;
+    }
+    size_t used = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(environ[i], TRACKER_ENV, strlen(TRACKER_ENV)) != 0) environment[used++] = environ[i];
+    }
+    environment[used++] = marker;
+    if (leave_group != NULL && strlen(leave_group) < 4096) {
+        snprintf(group_variable, sizeof group_variable, "%s=%s", TRACKER_GROUP_ENV, leave_group);
+        environment[used++] = group_variable;
+    }
+    environment[used] = NULL;
     // A raw clone: no fork handlers run, and the children run only the code above.
     long middle = syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
     if (middle < 0) {
@@ -100,9 +167,21 @@ int cmp_shm_tracker_start(void) {
         // is nobody's child here, and never a zombie of the program.
         syscall(SYS_close, ends[0]);
         long tracker = syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
-        if (tracker == 0) serve(ends[1]);
+        if (tracker == 0) {
+            // The socket as descriptor 3, kept across exec.
+            int socket = ends[1];
+            if (socket != TRACKER_FD) {
+                if (syscall(SYS_dup2, socket, TRACKER_FD) < 0) syscall(SYS_exit_group, 1);
+                socket = TRACKER_FD;
+            } else {
+                syscall(SYS_fcntl, socket, F_SETFD, 0);
+            }
+            syscall(SYS_execve, "/proc/self/exe", tracker_argv, environment);
+            serve(socket);  // no exec: serve from this copy
+        }
         syscall(SYS_exit_group, tracker < 0 ? 1 : 0);
     }
+    free(environment);
     close(ends[1]);
     int status = 0;
     while (waitpid((pid_t)middle, &status, 0) < 0 && errno == EINTR) {}

@@ -34,6 +34,20 @@ struct Increment: ProcessJob {
     }
 }
 
+/// The shared-memory trackers running (executed anew, they carry the name).
+func trackerProcesses() -> [(pid: Int32, parent: Int32)] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { entry -> (Int32, Int32)? in
+        guard let pid = Int32(entry),
+              let command = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline"),
+              String(decoding: command, as: UTF8.self).hasPrefix("swift-multiprocessing-shm-tracker"),
+              let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") }),
+              let parent = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) else { return nil }
+        return (pid, parent)
+    }
+}
+
 /// Whether the segment `name` exists and its creator wrote its first byte
 /// (it writes once its `SharedMemory` is made, and so tracked).
 func isWritten(_ name: String) -> Bool {
@@ -121,6 +135,9 @@ struct SharedStateTests {
         let name = "swift-mp-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let memory = try SharedMemory(name: name, size: 64)
         #expect(sharedMemoryEntries(name).count == 1)
+        // Its tracker runs as an image of its own (not a copy of this
+        // process's memory), ours: its socket's peer is this process.
+        #expect(trackerProcesses().contains { $0.parent == 1 || $0.parent != getpid() })
         memory.bytes.copyBytes(from: [1, 2, 3, 4])
         #expect(throws: SharedMemoryError.alreadyExists(name)) { try SharedMemory(name: name, size: 64) }
         let child = try ChildProcess(job: ReadNamed(name: name), startMethod: .spawn)

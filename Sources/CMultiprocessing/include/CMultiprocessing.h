@@ -255,7 +255,11 @@ int cmp_shm_unlink(const char *name);
 /// Starts the shared-memory tracker (shm_tracker.c): a process that unlinks
 /// the names it is told of once every holder of the returned descriptor (this
 /// process and its forked children) is gone. -1 and errno on failure.
-int cmp_shm_tracker_start(void);
+/// `leave_group`: a memory control group directory the tracker moves itself
+/// into (out of a limited worker's group), or NULL.
+int cmp_shm_tracker_start(const char *leave_group);
+/// The tracker's entry in an image executed anew for it (bootstrap.c).
+void cmp_shm_tracker_main(void) __attribute__((noreturn));
 /// Tells the tracker on `socket` "+/name" (created) or "-/name" (unlinked).
 int cmp_shm_tracker_send(int socket, const char *message);
 

@@ -276,6 +276,15 @@ internal final class MemoryGroup: Sendable {
     static let base: (path: String, version: Version)? = findBase()
 
     private static let prefix = "swift-multiprocessing-"
+
+    /// Where this process's shared-memory tracker goes: out of a group the
+    /// library made for this process (removed, its members killed, when the
+    /// worker ends), into the one it was made in; nil when not in such a group.
+    static var trackerGroup: String? {
+        guard let base, let slash = base.path.lastIndex(of: "/"),
+              base.path[base.path.index(after: slash)...].hasPrefix(prefix) else { return nil }
+        return String(base.path[..<slash])
+    }
     private static let serial = Locked(0)
     /// Whether this process has removed the groups its dead predecessors left.
     private static let swept = Locked(false)

@@ -200,7 +200,7 @@ internal final class NamedSegments: Sendable {
         }
         // Only a new name needs a tracker; one that is going needs none.
         if state.tracker == nil && message.hasPrefix("+") {
-            let socket = cmp_shm_tracker_start()
+            let socket = cmp_shm_tracker_start(MemoryGroup.trackerGroup)
             guard socket >= 0, let identity = Syscall.identity(of: FileDescriptor(rawValue: socket)) else { return }
             state.tracker = (FileDescriptor(rawValue: socket), identity)
         }
