@@ -114,13 +114,15 @@ internal final class ManagerClient: @unchecked Sendable {  // mutable state is b
         let caller = caller ?? Self.asyncCaller()
         let result: Result<[UInt8], ManagerError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                _ = SystemThread.start { [self] in
+                let started = SystemThread.tryStart { [self] in
                     continuation.resume(returning: Result { () throws(ManagerError) in try call(object, method, arguments, timeout: timeout, caller: caller) })
                 }
+                if started == nil { continuation.resume(returning: .failure(.managerUnreachable("no thread could be started for the call"))) }
             }
         } onCancel: { [self] in
-            // Not here: this runs on the cancelling thread, which must not wait.
-            _ = SystemThread.start { [self] in
+            // Not here: this runs on the cancelling thread, which must not
+            // wait. (No thread to send it on: the call runs to its end.)
+            _ = SystemThread.tryStart { [self] in
                 _ = try? call(0, ManagerRequest.cancel, [ReferenceHold.argument(caller)])
             }
         }

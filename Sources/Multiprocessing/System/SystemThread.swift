@@ -10,6 +10,24 @@ package enum SystemThread {
 
     /// Starts a detached thread running `body`; returns its `pthread_t`.
     /// The corresponding C function is `pthread_create`.
+    /// ``start(_:)``, or nil (and `body` never runs) if no thread can be
+    /// made now (`EAGAIN`: the process's or the system's limit).
+    package static func tryStart(_ body: @escaping () -> Void) -> pthread_t? {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        guard rc == 0 else {
+            Unmanaged<Box>.fromOpaque(box).release()
+            return nil
+        }
+        pthread_detach(thread)
+        return thread
+    }
+
     package static func start(_ body: @escaping () -> Void) -> pthread_t {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
