@@ -8,10 +8,9 @@ package enum SystemThread {
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    /// Starts a detached thread running `body`; returns its `pthread_t`.
-    /// The corresponding C function is `pthread_create`.
-    /// ``start(_:)``, or nil (and `body` never runs) if no thread can be
-    /// made now (`EAGAIN`: the process's or the system's limit).
+    /// Starts a detached thread running `body`; returns its `pthread_t`, or
+    /// nil (and `body` never runs) if no thread can be made now (`EAGAIN`:
+    /// the process's or the system's limit). The C function is `pthread_create`.
     package static func tryStart(_ body: @escaping () -> Void) -> pthread_t? {
         let box = Unmanaged.passRetained(Box(body)).toOpaque()
         var thread = pthread_t()
@@ -28,16 +27,9 @@ package enum SystemThread {
         return thread
     }
 
+    /// ``tryStart(_:)`` where a thread must start: stops the process if none can.
     package static func start(_ body: @escaping () -> Void) -> pthread_t {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { argument in
-            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        guard let thread = tryStart(body) else { preconditionFailure("pthread_create failed") }
         return thread
     }
 }
