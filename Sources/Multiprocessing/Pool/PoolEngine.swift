@@ -744,14 +744,13 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         if let captured, let head { head.call.record(captured, of: head.unit) }
         var crash: CrashReport?
         if code < 0 {
-            // A trap's message is the runtime's last words; no other death has them.
-            let trapped = [SIGILL, SIGTRAP, SIGABRT].contains(-code)
-            var (message, backtrace) = (worker.errorRelay?.runtimeMessage, worker.errorRelay?.runtimeBacktrace ?? [])
-            if worker.captures.standardError != nil, let captured { (message, backtrace) = captured.runtimeMessage() }
-            if !trapped { (message, backtrace) = (nil, []) }
-            crash = head.map { $0.call.crashReport(unit: $0.unit, message: message) } ?? CrashReport(message: message)
-            if !backtrace.isEmpty { crash?.backtrace = backtrace }
-            crash?.output = captured
+            // The runtime's last words: in the captured stream, or read by the relay.
+            let lastWords = worker.captures.standardError != nil ? captured?.runtimeMessage()
+                : worker.errorRelay.map { ($0.runtimeMessage, $0.runtimeBacktrace) }
+            var report = head.map { $0.call.crashReport(unit: $0.unit, message: nil) } ?? CrashReport()
+            if let lastWords { report.take(lastWords, signal: -code) }
+            report.output = captured
+            crash = report
         }
         let oomKilled = worker.memoryGroup?.oomKilled ?? false
         worker.memoryGroup?.remove()

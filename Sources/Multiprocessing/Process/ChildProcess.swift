@@ -448,12 +448,7 @@ open class ChildProcess: @unchecked Sendable {  // all mutable state is in `stat
         }()
         if code < 0 {
             var crash = CrashReport(work: work, output: captured)
-            // A trap's message is the runtime's last words; no other death has them.
-            if let captured, [SIGILL, SIGTRAP, SIGABRT].contains(-code) {
-                let (message, backtrace) = captured.runtimeMessage()
-                crash.message = message
-                if !backtrace.isEmpty { crash.backtrace = backtrace }
-            }
+            if let captured { crash.take(captured.runtimeMessage(), signal: -code) }
             return .failure(.crashed(signal: -code, report: crash))
         }
         if let reported { return reported }

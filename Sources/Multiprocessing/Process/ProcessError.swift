@@ -205,6 +205,15 @@ public struct CrashReport: Sendable, Equatable, Codable {
         self.output = output
     }
 
+    /// Takes the runtime's message and the stack after it — `lastWords`, read
+    /// from the process's standard error — if `signal` is a trap's: no other
+    /// death has them.
+    mutating func take(_ lastWords: (message: String?, backtrace: [String]), signal: Int32) {
+        guard [SIGILL, SIGTRAP, SIGABRT].contains(signal) else { return }
+        message = lastWords.message
+        if !lastWords.backtrace.isEmpty { backtrace = lastWords.backtrace }
+    }
+
     func describe(signal: Int32) -> String {
         var text = "the child was killed by \(Signal.name(signal))"
         if let cause = Signal.explanation(signal) { text += " (\(cause))" }

@@ -39,8 +39,8 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
             }
         }
 
-        /// The room it takes: 8 bytes, or its length rounded up to 8.
-        fileprivate var room: Int { max(8, (payload.count + 7) / 8 * 8) }
+        /// The room `payload` takes: 8 bytes, or its length rounded up to 8.
+        fileprivate static func room(_ payload: [UInt8]) -> Int { max(8, (payload.count + 7) / 8 * 8) }
     }
 
     /// The memory the list lives in.
@@ -65,7 +65,8 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
     ///   name taken…).
     public init(_ items: [Item], name: String? = nil, track: Bool = true) throws {
         let tableEnd = Self.headerSize + items.count * Self.slotSize
-        let size = items.reduce(tableEnd) { $0 + $1.room }
+        let payloads = items.map(\.payload)
+        let size = payloads.reduce(tableEnd) { $0 + Item.room($1) }
         // Offsets and rooms are 4 bytes.
         guard size <= Int(UInt32.max) else { throw SharedMemoryError.invalidSize(size) }
         memory = try name.map { try SharedMemory(name: $0, size: size, track: track) } ?? SharedMemory(size: size)
@@ -75,15 +76,16 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
         bytes.copyBytes(from: Self.magic)
         Self.store(UInt64(items.count), in: bytes, at: 8, width: 8)
         var offset = tableEnd
-        for (index, item) in items.enumerated() {
+        for (index, payload) in payloads.enumerated() {
             let slot = Self.headerSize + index * Self.slotSize
-            Self.store(UInt64(item.room), in: bytes, at: slot + 8, width: 4)
+            let room = Item.room(payload)
+            Self.store(UInt64(room), in: bytes, at: slot + 8, width: 4)
             Self.store(UInt64(offset), in: bytes, at: slot + 12, width: 4)
-            slots.append((item.room, offset))
-            offset += item.room
+            slots.append((room, offset))
+            offset += room
         }
         self.slots = slots
-        for (index, item) in items.enumerated() { write(item, at: index) }
+        for (index, item) in items.enumerated() { write(item.kind, payloads[index], at: index) }
     }
 
     /// The list another process made under `name`.
@@ -125,10 +127,9 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
 
     private func slot(_ index: Int) -> Int { Self.headerSize + index * Self.slotSize }
 
-    private func write(_ item: Item, at index: Int) {
-        let payload = item.payload
+    private func write(_ kind: UInt8, _ payload: [UInt8], at index: Int) {
         let (slot, offset) = (self.slot(index), slots[index].offset)
-        memory.bytes[slot] = item.kind
+        memory.bytes[slot] = kind
         Self.store(UInt64(payload.count), in: memory.bytes, at: slot + 4, width: 4)
         UnsafeMutableRawBufferPointer(rebasing: memory.bytes[offset..<(offset + payload.count)]).copyBytes(from: payload)
     }
@@ -164,9 +165,9 @@ public final class ShareableList: @unchecked Sendable, Codable {  // shared and 
     ///   item that does not fit.
     public func set(_ item: Item, at index: Int) throws(SharedMemoryError) {
         guard index >= 0 && index < count else { throw .outOfRange(index: index, count: count) }
-        let room = slots[index].room
-        guard item.payload.count <= room else { throw .itemTooLarge(index: index, room: room) }
-        write(item, at: index)
+        let (payload, room) = (item.payload, slots[index].room)
+        guard payload.count <= room else { throw .itemTooLarge(index: index, room: room) }
+        write(item.kind, payload, at: index)
     }
 
     /// A copy of every item, in order (not taken atomically).
