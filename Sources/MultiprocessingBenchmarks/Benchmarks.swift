@@ -1,6 +1,7 @@
 import ArgumentParser
 import CBenchmarkFloor
-import Foundation
+import FoundationEssentials
+import Glibc
 import Multiprocessing
 
 /// Runs each scenario with swift-multiprocessing and, in the same run, with
@@ -165,7 +166,7 @@ struct Benchmarks: ParsableCommand {
     private func machineDescription() -> String {
         let model = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8))?
             .split(separator: "\n").first { $0.hasPrefix("model name") }?
-            .split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "unknown CPU"
+            .split(separator: ":").last?.drop { $0 == " " || $0 == "\t" } ?? "unknown CPU"
         return "\(model), \(cpuCount()) CPUs (\(usableCPUCount()) usable), Linux \(ProcessInfo.processInfo.operatingSystemVersionString)"
     }
 }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Multiprocessing
 #if MPI
 import MultiprocessingMPI
@@ -82,31 +83,24 @@ enum MPIBenchmarks {
 
     /// Runs `command` as 3 ranks (on two hosts if given) and decodes its last line.
     private static func run(_ command: [String], hosts: NamespaceHosts?) throws -> Figures {
-        let process = Foundation.Process()
-        var environment = ProcessInfo.processInfo.environment
-        environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        environment["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+        var environment = [
+            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1",
+        ]
         let interfaces = hosts.map { "\($0.subnet).0/24" } ?? "lo"
         environment["OMPI_MCA_btl_tcp_if_include"] = interfaces
         environment["OMPI_MCA_oob_tcp_if_include"] = interfaces
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        let arguments: [String]
         if let hosts {
             environment["NETNS_PREFIX"] = hosts.prefix
             environment["NETNS_SUBNET"] = hosts.subnet
-            process.arguments = ["bash", hosts.scripts + "/two-hosts.sh", "run", "--", "mpirun", "--hostfile", hosts.hostfile, "-np", "3",
-                                 "--mca", "plm_rsh_agent", hosts.scripts + "/rsh-agent.sh", "--bind-to", "none"] + command
+            arguments = ["bash", hosts.scripts + "/two-hosts.sh", "run", "--", "mpirun", "--hostfile", hosts.hostfile, "-np", "3",
+                         "--mca", "plm_rsh_agent", hosts.scripts + "/rsh-agent.sh", "--bind-to", "none"] + command
         } else {
-            process.arguments = ["timeout", "600", "mpirun", "-n", "3"] + command
+            arguments = ["timeout", "600", "mpirun", "-n", "3"] + command
         }
-        process.environment = environment
-        let output = Foundation.Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0, let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last else {
-            throw BenchmarkFailure(description: "\(command.prefix(3).joined(separator: " ")) under mpirun exited with \(process.terminationStatus)")
+        let (status, data) = try ExternalProgram.run(arguments, setting: environment)
+        guard status == 0, let line = String(decoding: data, as: UTF8.self).split(separator: "\n").last else {
+            throw BenchmarkFailure(description: "\(command.prefix(3).joined(separator: " ")) under mpirun exited with \(status)")
         }
         return try JSONDecoder().decode(Figures.self, from: Data(line.utf8))
     }
@@ -122,10 +116,11 @@ struct NamespaceHosts {
 
     static func up() -> NamespaceHosts? {
         let root = FileManager.default.currentDirectoryPath
-        let scripts = [URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path, root]
+        let packageRoot = #filePath.split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
+        let scripts = [packageRoot, root]
             .map { $0 + "/scripts/mpi-hosts" }.first { FileManager.default.fileExists(atPath: $0 + "/two-hosts.sh") }
         guard getuid() == 0, let scripts else { return nil }
-        let hosts = NamespaceHosts(scripts: scripts, hostfile: NSTemporaryDirectory() + "mpb-hostfile-\(getpid())")
+        let hosts = NamespaceHosts(scripts: scripts, hostfile: "/tmp/mpb-hostfile-\(getpid())")
         try? "\(hosts.subnet).1 slots=1\n\(hosts.subnet).2 slots=2\n".write(toFile: hosts.hostfile, atomically: true, encoding: .utf8)
         guard hosts.script("up") else {
             hosts.down()
@@ -140,16 +135,8 @@ struct NamespaceHosts {
     }
 
     private func script(_ command: String) -> Bool {
-        let process = Foundation.Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["bash", scripts + "/two-hosts.sh", command]
-        var environment = ProcessInfo.processInfo.environment
-        environment["NETNS_PREFIX"] = prefix
-        environment["NETNS_SUBNET"] = subnet
-        process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return false }
-        process.waitUntilExit()
-        return process.terminationStatus == 0
+        let result = try? ExternalProgram.run(["bash", scripts + "/two-hosts.sh", command],
+                                              setting: ["NETNS_PREFIX": prefix, "NETNS_SUBNET": subnet], capturingOutput: false)
+        return result?.status == 0
     }
 }

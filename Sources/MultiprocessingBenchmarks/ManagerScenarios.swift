@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Multiprocessing
 
 /// A child process sets `count` entries of a manager's dictionary, one

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// How far this process's peak resident memory rises during a repetition:
 /// the peak (`VmHWM`) is reset to the current size by writing 5 to

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Multiprocessing
 
 /// x ↦ x², the trivial task.

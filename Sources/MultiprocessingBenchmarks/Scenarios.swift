@@ -1,5 +1,5 @@
 import CBenchmarkFloor
-import Foundation
+import FoundationEssentials
 import Multiprocessing
 
 /// A job that does nothing: what process start-up costs.

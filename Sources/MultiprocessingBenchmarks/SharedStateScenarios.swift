@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Multiprocessing
 
 /// `count` Ints from a forked producer to this process through a `Queue`.

@@ -1,5 +1,5 @@
 import CBenchmarkFloor
-import Foundation
+import FoundationEssentials
 import Multiprocessing
 
 /// Ping-pong of an `Int` with a forked child that echoes it back.
