@@ -88,3 +88,77 @@ int cbf_pin_all_threads(int cpu) {
 #include <malloc.h>
 
 void cbf_trim_heap(void) { malloc_trim(0); }
+
+/* The floor under queue.int: a single-producer, single-consumer ring of
+   8-byte slots in shared memory, a forked producer, a reader here; a side
+   that finds the ring full or empty yields. No lock, no futex, no message
+   framing: what moving numbers between processes costs at the least. */
+#include <sys/mman.h>
+
+enum { CBF_RING_SLOTS = 4096 };
+
+struct cbf_ring {
+    _Alignas(64) uint64_t head; /* written by the producer */
+    _Alignas(64) uint64_t tail; /* written by the consumer */
+    _Alignas(64) uint64_t slots[CBF_RING_SLOTS];
+};
+
+int cbf_shm_ring_ints(int count) {
+    struct cbf_ring *ring = mmap(NULL, sizeof *ring, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED) return -1;
+    pid_t pid = fork();
+    if (pid == -1) return -1;
+    if (pid == 0) {
+        for (uint64_t i = 0; i < (uint64_t)count; i++) {
+            uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
+            while (head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) == CBF_RING_SLOTS) sched_yield();
+            ring->slots[head % CBF_RING_SLOTS] = i;
+            __atomic_store_n(&ring->head, head + 1, __ATOMIC_RELEASE);
+        }
+        _exit(0);
+    }
+    int result = 0;
+    for (uint64_t i = 0; i < (uint64_t)count; i++) {
+        uint64_t tail = __atomic_load_n(&ring->tail, __ATOMIC_RELAXED);
+        while (__atomic_load_n(&ring->head, __ATOMIC_ACQUIRE) == tail) sched_yield();
+        if (ring->slots[tail % CBF_RING_SLOTS] != i) result = -1;
+        __atomic_store_n(&ring->tail, tail + 1, __ATOMIC_RELEASE);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) == -1 && errno == EINTR) {}
+    munmap(ring, sizeof *ring);
+    return result;
+}
+
+/* The floor under process.spawn: `count` times start this executable anew
+   (posix_spawn of /proc/self/exe) and wait for it. The new image exits in
+   the constructor below, after the dynamic loader and every library's
+   initializers ran, before `main`: what starting this program costs before
+   it does anything. */
+#include <spawn.h>
+
+#define CBF_EXIT_AT_ONCE "MULTIPROCESSING_BENCHMARK_EXIT_AT_ONCE"
+
+extern char **environ;
+
+__attribute__((constructor)) static void cbf_exit_if_asked(void) {
+    if (getenv(CBF_EXIT_AT_ONCE) != NULL) _exit(0);
+}
+
+int cbf_spawn_self_exit(int count) {
+    if (setenv(CBF_EXIT_AT_ONCE, "1", 1) != 0) return -1;
+    char *argv[] = {"multiprocessing-benchmarks", NULL};
+    int result = 0;
+    for (int i = 0; i < count && result == 0; i++) {
+        pid_t pid;
+        int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ);
+        if (rc != 0) { errno = rc; result = -1; break; }
+        int status;
+        while (waitpid(pid, &status, 0) == -1) {
+            if (errno != EINTR) { result = -1; break; }
+        }
+        if (result == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) result = -1;
+    }
+    unsetenv(CBF_EXIT_AT_ONCE);
+    return result;
+}

@@ -34,6 +34,10 @@ struct Benchmarks: ParsableCommand {
     @Option(help: .hidden)
     var mpiTasks: Int = 100_000
 
+    /// In a fresh process of the pool.first-result rows: make a pool, print the seconds to its first result.
+    @Option(help: .hidden)
+    var firstResult: String?
+
     struct Row: Codable {
         init(scenario: String, unit: String, ours: Samples, baselineName: String?, baseline: Samples?, ratio: Double?, pinned: Bool) {
             (self.scenario, self.unit, self.ours, self.baselineName, self.baseline, self.ratio, self.pinned) = (scenario, unit, ours, baselineName, baseline, ratio, pinned)
@@ -53,6 +57,10 @@ struct Benchmarks: ParsableCommand {
 
     func run() throws {
         let repeats = quick ? 2 : max(1, self.repeats)
+        if let firstResult {
+            print(try measureFirstResult(firstResult == "fork" ? .fork : .forkserver))
+            return
+        }
         if mpiRank0 {
             // Rank 0 of an MPI row's job (see MPIBenchmarks).
             try MPIBenchmarks.measureOnRank0(tasks: mpiTasks, repeats: repeats)
@@ -75,7 +83,8 @@ struct Benchmarks: ParsableCommand {
             if scenario.pinned { cbf_pin_all_threads(0) }
             defer { if scenario.pinned { cbf_pin_all_threads(-1) } }
             let memory = PeakMemory()
-            let seconds = try measure(scenario.run, count: count, repeats: repeats, memory: scenario.measuresPeakMemory ? memory : nil)
+            let seconds = try scenario.timed.map { try measureTimed($0, count: count, repeats: repeats) }
+                ?? measure(scenario.run, count: count, repeats: repeats, memory: scenario.measuresPeakMemory ? memory : nil)
             let operations = count * scenario.operationsPerIteration
             let ours = Samples(operations: operations, seconds: seconds)
             var baseline: Samples?
@@ -141,9 +150,15 @@ struct Benchmarks: ParsableCommand {
             try run(count)
             let elapsed = ContinuousClock.now - start
             memory?.end()
-            seconds.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            seconds.append(secondsOf(elapsed))
         }
         return seconds
+    }
+
+    /// The seconds a self-timed scenario counted in each repetition, after a warm-up.
+    private func measureTimed(_ run: (Int) throws -> Double, count: Int, repeats: Int) throws -> [Double] {
+        _ = try run(max(1, count / 10))
+        return try (0..<repeats).map { _ in try run(count) }
     }
 
     private func printHeader() {

@@ -1,3 +1,4 @@
+import CBenchmarkFloor
 import FoundationEssentials
 import Multiprocessing
 
@@ -85,6 +86,9 @@ let hundredMiBSource = [UInt8](repeating: 0x5A, count: 100 << 20)
 
 let sharedStateScenarios: [Scenario] = [
     Scenario(name: "queue.int", unit: "messages", count: 200_000, quickCount: 2000, baseline: .python("queue.int"), run: queueInts),
+    Scenario(name: "queue.int.floor", unit: "messages", count: 200_000, quickCount: 2000, baseline: .swift("shm ring (C, one producer)") { count in
+        guard cbf_shm_ring_ints(Int32(count)) == 0 else { throw BenchmarkFailure(description: "ring failed") }
+    }, run: queueInts),
     Scenario(name: "queue.bytes.1MiB", unit: "bytes", count: 300, quickCount: 10, operationsPerIteration: 1 << 20, baseline: .python("queue.bytes"), run: queueBytes),
     Scenario(name: "value.locked", unit: "increments", count: 1_000_000, quickCount: 2000, baseline: .python("value.locked"), run: lockedIncrements),
     Scenario(name: "array.raw", unit: "elements (written in a child, read here)", count: 4_000_000, quickCount: 20_000, baseline: .python("array.raw"), run: rawArrayWrites),

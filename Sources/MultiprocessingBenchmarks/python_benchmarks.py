@@ -10,6 +10,7 @@ import json
 import multiprocessing as mp
 import multiprocessing.managers
 import os
+import subprocess
 import sys
 import time
 
@@ -236,7 +237,31 @@ def manager_set(count):
         assert len(shared) == count
 
 
+def first_result_in(method):
+    """Seconds from making a pool of two (of this start method) to its first
+    apply's result, in this process: run in a fresh one (see first_result)."""
+    start = time.perf_counter()
+    with mp.get_context(method).Pool(2) as pool:
+        assert pool.apply(square, (3,)) == 9
+        return time.perf_counter() - start
+
+
+def first_result(method):
+    """A fresh interpreter per iteration makes a pool and takes one result;
+    the time counted is measured inside it (its own start-up is not)."""
+    def run(count):
+        total = 0.0
+        for _ in range(count):
+            out = subprocess.run([sys.executable, __file__, "--first-result", method],
+                                 check=True, capture_output=True, text=True).stdout
+            total += float(out)
+        return total
+    return run
+
+
 SCENARIOS = {
+    "pool.first-result.forkserver": first_result("forkserver"),
+    "pool.first-result.fork": first_result("fork"),
     "manager.list": manager_list,
     "manager.set": manager_set,
     "manager.dict": manager_dict,
@@ -258,11 +283,15 @@ SCENARIOS = {
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--repeats", type=int, required=True)
+    parser.add_argument("--first-result", choices=["fork", "forkserver"], help="(in a fresh interpreter of first_result)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--repeats", type=int)
     parser.add_argument("--pin", action="store_true", help="run on CPU 0 only, children too")
     args = parser.parse_args()
+    if args.first_result:
+        print(first_result_in(args.first_result))
+        return
     if args.pin:
         os.sched_setaffinity(0, {0})
     run = SCENARIOS[args.scenario]
@@ -275,8 +304,8 @@ def main():
             clear.write("5")
         rss = status_bytes("VmRSS:")
         start = time.perf_counter()
-        run(args.count)
-        seconds.append(time.perf_counter() - start)
+        measured = run(args.count)  # some scenarios time themselves
+        seconds.append(measured if measured is not None else time.perf_counter() - start)
         peak_growth = max(peak_growth, status_bytes("VmHWM:") - rss)
     json.dump({"seconds": seconds, "peak_growth": peak_growth}, sys.stdout)
 
