@@ -50,4 +50,11 @@ void cmp_lock_tracking_forked_child(void);
    library or Swift runtime kept their own definitions, or under TSan). */
 int cmp_lock_tracking_active(void);
 
+/* The C library's mutex functions, past the tracking: for the library's
+   process-shared locks (shared.c). */
+int cmp_untracked_mutex_trylock(pthread_mutex_t *mutex);
+int cmp_untracked_mutex_lock(pthread_mutex_t *mutex);
+int cmp_untracked_mutex_clocklock(pthread_mutex_t *mutex, clockid_t clock, const struct timespec *deadline);
+int cmp_untracked_mutex_unlock(pthread_mutex_t *mutex);
+
 #endif

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "CMultiprocessing.h"
+#include "lock_tracking.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -79,7 +80,7 @@ int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
     for (unsigned spent = 0; spent < budget; spent += delay) {
         int word = __atomic_load_n(&lock->mutex.__data.__lock, __ATOMIC_RELAXED);
         if (word == 0 || (word & FUTEX_OWNER_DIED)) {
-            rc = pthread_mutex_trylock(&lock->mutex);
+            rc = cmp_untracked_mutex_trylock(&lock->mutex);
             if (rc == 0) return 0;
             if (rc == EOWNERDEAD) {
                 pthread_mutex_consistent(&lock->mutex);
@@ -91,10 +92,10 @@ int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
         if (delay < 256) delay *= 2;
     }
     if (timeout_ns < 0) {
-        rc = pthread_mutex_lock(&lock->mutex);
+        rc = cmp_untracked_mutex_lock(&lock->mutex);
     } else {
         struct timespec deadline = cmp_deadline_after(timeout_ns);
-        rc = pthread_mutex_clocklock(&lock->mutex, CLOCK_MONOTONIC, &deadline);
+        rc = cmp_untracked_mutex_clocklock(&lock->mutex, CLOCK_MONOTONIC, &deadline);
     }
     if (rc == EOWNERDEAD) {
         /* The caller holds it now; mark it usable again and say so. */
@@ -103,7 +104,7 @@ int cmp_lock_acquire(cmp_lock_t *lock, long long timeout_ns) {
     return rc;
 }
 
-int cmp_lock_release(cmp_lock_t *lock) { return pthread_mutex_unlock(&lock->mutex); }
+int cmp_lock_release(cmp_lock_t *lock) { return cmp_untracked_mutex_unlock(&lock->mutex); }
 
 int cmp_semaphore_init(cmp_semaphore_t *semaphore, unsigned value, int maximum) {
     semaphore->maximum = maximum;

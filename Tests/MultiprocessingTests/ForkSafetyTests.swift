@@ -216,6 +216,46 @@ struct ForkSafetyTests {
         }
     }
 
+    @Test("forks while other threads put and get on a queue (its shared lock is not counted): every child uses that queue and finishes, nothing lost")
+    func forkDuringQueueTraffic() throws {
+        let traffic = try Queue<Int>(maxSize: 64)
+        let results = try Queue<Int>()
+        let stop = Atomic<Bool>(false)
+        let running = Atomic<Int>(2)
+        let moved = Atomic<Int>(0)
+        Thread {
+            var next = 0
+            while !stop.load(ordering: .relaxed) {
+                if (try? traffic.put(next, timeout: .milliseconds(10))) != nil { next += 1 }
+            }
+            running.subtract(1, ordering: .releasing)
+        }.start()
+        Thread {
+            while !stop.load(ordering: .relaxed) {
+                if (try? traffic.get(timeout: .milliseconds(10))) != nil { moved.add(1, ordering: .relaxed) }
+            }
+            running.subtract(1, ordering: .releasing)
+        }.start()
+        defer {
+            stop.store(true, ordering: .relaxed)
+            while running.load(ordering: .acquiring) > 0 { sched_yield() }
+        }
+        for index in 0..<20 {
+            // The parent's threads may hold the traffic queue's lock at the fork:
+            // the child's put waits for them to let it go, in the parent.
+            let process = ChildProcess {
+                try traffic.put(-1, timeout: .seconds(5))
+                try results.put(index)
+            }
+            try process.start()
+            let code = try process.join(timeout: .seconds(10))
+            if code == nil { try process.kill(); _ = try process.join() }
+            #expect(code == 0)
+        }
+        #expect(Set((0..<20).map { _ in try? results.get(timeout: .seconds(1)) }) == Set(0..<20))
+        #expect(moved.load(ordering: .relaxed) > 0)
+    }
+
     @Test("a fork while another thread holds a library lock: the fork waits for it, and the child finishes")
     func forkDuringLibraryLock() throws {
         let held = DispatchSemaphore(value: 0)

@@ -83,6 +83,8 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
     private var thread = pthread_t()
 
     init(_ configuration: Configuration) throws {
+        // The forkserver's image loads while the pool gets ready to ask it for workers.
+        if configuration.startMethod == .forkserver { ForkServerClient.shared.prepare() }
         self.configuration = configuration
         var random = SystemRandomNumberGenerator()
         self.codeKey = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }

@@ -88,20 +88,33 @@ internal final class ForkServerClient: Sendable {
 
     private init() {}
 
+    /// Starts this process's forkserver now if none runs, so that its image
+    /// loads (milliseconds) while the caller prepares what it will ask of it:
+    /// a pool calls this first. Errors are left for ``start(_:payload:attachments:report:)``.
+    func prepare() {
+        server.withLock { server in _ = try? Self.ensureRunning(&server) }
+    }
+
+    /// A server of this process that has not ended: the one there, or a new one.
+    private static func ensureRunning(_ server: inout Server?) throws -> Server {
+        if let stale = server, stale.ownerPID != getpid() {
+            discard(stale)
+            server = try launch()
+        } else if server == nil {
+            server = try launch()
+        } else if try Syscall.waitPidfd(server!.pidfd, block: false) != nil {
+            discard(server!)
+            server = try launch()
+        }
+        return server!
+    }
+
     /// Asks the forkserver for a child running the job; returns its handle.
     func start(_ request: BootRequest, payload: [UInt8], attachments: [FileDescriptor], report: FileDescriptor) throws -> ForkServerChild {
         try server.withLock { server in
             var lastError: any Error = ProcessError.forkServerDied
             for _ in 0..<2 {
-                if let stale = server, stale.ownerPID != getpid() {
-                    Self.discard(stale)
-                    server = try Self.launch()
-                } else if server == nil {
-                    server = try Self.launch()
-                } else if try Syscall.waitPidfd(server!.pidfd, block: false) != nil {
-                    Self.discard(server!)
-                    server = try Self.launch()
-                }
+                _ = try Self.ensureRunning(&server)
                 do {
                     return try Self.request(server!, request, payload: payload, descriptors: [report] + attachments)
                 } catch {

@@ -16,7 +16,7 @@ internal enum Spawner {
             }
         }
         environment.append("\(CMP_BOOTSTRAP_ENV)=\(CMP_BOOTSTRAP_FD)")
-        return try Launcher.shared.perform {
+        return try Launcher.shared.perform(forksSwift: false) {
             try Syscall.forkExec(path: path, arguments: [path], environment: environment, descriptors: [channel] + attachments)
         }
     }

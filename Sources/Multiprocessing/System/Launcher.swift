@@ -34,13 +34,19 @@ internal final class Launcher: Sendable {
 
     /// Runs `body` on the launcher thread and returns its result; inline when
     /// called from that thread (or its copy in a forked child).
-    func perform<T>(_ body: @escaping () throws -> T) throws -> T {
+    ///
+    /// - Parameter forksSwift: whether `body` forks a child that runs Swift
+    ///   (so the library's child paths are warmed first: ``ForkWarmUp``). A
+    ///   fork that only executes an image (`cmp_fork_exec`: async-signal-safe
+    ///   C until `execve`) needs no warm-up, and a program whose children all
+    ///   come from a forkserver never pays for it.
+    func perform<T>(forksSwift: Bool = true, _ body: @escaping () throws -> T) throws -> T {
         // On the launcher thread itself, or on its copy in a forked child.
         let inline = state.withLock { state in
             state.ownerPID != 0 && pthread_equal(state.thread, pthread_self()) != 0
         }
         if inline { return try body() }
-        ForkWarmUp.runOnce()
+        if forksSwift { ForkWarmUp.runOnce() }
 
         do {
             let done = WordEvent()
