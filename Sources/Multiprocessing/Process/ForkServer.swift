@@ -13,6 +13,7 @@ internal enum ForkServer {
     /// The server's loop; it ends when the control socket closes.
     static func serve(control: FileDescriptor) -> Never {
         var children: [(pidfd: FileDescriptor, status: FileDescriptor)] = []
+        var warmed = false
         while true {
             let fds = [control] + children.map { $0.pidfd }
             guard let events = try? Syscall.poll(fds, timeout: -1) else { cmp_exit_now(3) }
@@ -31,7 +32,31 @@ internal enum ForkServer {
                     // The client is gone (or spoke nonsense): nobody is left to serve.
                     cmp_exit_now(0)
                 }
+                if !warmed {
+                    warmChildPaths()
+                    warmed = true
+                }
             }
+        }
+    }
+
+    /// Runs once, after the first child is forked (so that it does not wait),
+    /// the library's own steps of a child's life: a job found by name,
+    /// decoded, run and its output encoded; a report; a pool worker's
+    /// messages. A child forked from a freshly started image otherwise makes
+    /// the Swift runtime's metadata and conformance records for each of them
+    /// itself (a conformance lookup scans every record of every image);
+    /// every later child finds them made.
+    private static func warmChildPaths() {
+        let payload = (try? ValueCodec.encode(ForkServerWarmUpJob())) ?? []
+        _ = ChildReport.encode(JobRunner.run(typeName: JobRunner.typeName(of: ForkServerWarmUpJob.self), payload: payload))
+        _ = ChildReport.encode(.failure(.cancelled))
+        if let request = try? UnitRequest(kind: .functionChunk, id: 1, typeName: "T", payload: [1], inputs: [2]).wire() {
+            _ = try? UnitRequest.decode(request.head + request.body)
+        }
+        for outcome in [UnitOutcome.values([1], offset: 0), .failed(.cancelled)] {
+            let (tag, body) = outcome.wire()
+            _ = try? UnitReply.decode(UnitReply.head(id: 1, tag: tag) + body)
         }
     }
 
@@ -69,6 +94,11 @@ internal enum ForkServer {
         try Frame.write(reply, to: control)
         return (pidfd, status)
     }
+}
+
+/// The job a forkserver runs on itself to warm its children's paths.
+internal struct ForkServerWarmUpJob: ProcessJob {
+    func run() -> Int { 0 }
 }
 
 /// This process's connection to its forkserver, started on first use and
