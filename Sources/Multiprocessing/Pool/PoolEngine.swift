@@ -321,6 +321,7 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         func watch(_ descriptor: FileDescriptor) {
             pollfds.append(pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0))
         }
+        var workerFreed = false
         while true {
             var plan = state.withLock { makePlan(&$0) }
             deliverFailures(plan.failures)
@@ -352,7 +353,14 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
                     watch(relay.source)
                 }
             }
+            // A worker that just answered and has nothing more to do often
+            // gets its next unit within microseconds, from a caller applying
+            // one task after another (handed over without this thread): still
+            // awake, this thread hears the answer without a wake-up across
+            // CPUs, which costs more than the whole exchange on this kind of VM.
+            if workerFreed && plan.timeout != 0 { spinUntilReady(&pollfds, for: .microseconds(50)) }
             guard (try? Syscall.poll(&pollfds, timeout: plan.timeout)) != nil else { continue }
+            workerFreed = false
             if pollfds[0].revents != 0 { drainWake() }
             // Output first: a worker writes what it prints before it answers or dies.
             let relaysStart = 1 + 2 * plan.watched.count
@@ -362,7 +370,11 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
             for (index, worker) in plan.watched.enumerated() {
                 let exited = pollfds[1 + 2 * index].revents != 0
                 let readable = pollfds[2 + 2 * index].revents != 0 && !worker.connectionEnded
-                if readable || exited { receiveReplies(from: worker) }
+                if readable || exited {
+                    receiveReplies(from: worker)
+                    // Idle now: a caller may hand it the next unit itself.
+                    if !exited && state.withLock({ _ in worker.outstanding.isEmpty }) { workerFreed = true }
+                }
                 if exited { reap(worker) }
             }
         }
@@ -372,6 +384,16 @@ internal final class PoolEngine: UnitScheduler, @unchecked Sendable {  // mutabl
         // messages (a pool worker then waited for ever on a bad frame).
         state.update { $0.phase = .finished }
         observations.finish()
+    }
+
+    /// Polls `pollfds` without blocking, yielding between tries, until one is
+    /// ready or `duration` has passed.
+    private func spinUntilReady(_ pollfds: inout [pollfd], for duration: Duration) {
+        let deadline = ContinuousClock.now + duration
+        while ContinuousClock.now < deadline {
+            if ((try? Syscall.poll(&pollfds, timeout: 0)) ?? 1) != 0 { return }
+            sched_yield()
+        }
     }
 
     /// Runs `body` with the lock held (for the workers' fields).

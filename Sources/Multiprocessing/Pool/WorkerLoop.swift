@@ -157,6 +157,10 @@ internal enum WorkerLoop {
         let (readyTag, readyBody) = UnitOutcome.values([], offset: 0).wire()
         guard (try? connection.sendBytes(head: UnitReply.head(id: 0, tag: readyTag), body: readyBody)) != nil else { return }
         while true {
+            // The next request of a caller that applies one task after
+            // another comes within microseconds: a worker still awake takes
+            // it without the wake-up across CPUs that costs more than the task.
+            connection.spinUntilReadable(for: .microseconds(50))
             guard let bytes = try? connection.receiveBytes(),
                   let request = try? UnitRequest.decode(bytes),
                   request.kind != .stop
