@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -118,62 +119,102 @@ pid_t cmp_fork(int death_signal) {
     return pid;
 }
 
-/* Only async-signal-safe calls between fork and execve. */
+/* What the executing child of cmp_fork_exec is given, and what it says back
+   (it shares the parent's memory until it executes or exits). */
+struct cmp_exec_request {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const int *fds;
+    int nfds;
+    int death_signal;
+    pid_t parent;
+    int error; /* written by the child if it cannot execute */
+};
+
+/* The child: it runs on a stack of its own in the parent's memory, while the
+   thread that started it waits (CLONE_VFORK), so it makes raw system calls
+   only and writes nothing of the parent's but `error`. Other threads of the
+   parent run on meanwhile: it takes no lock and allocates nothing. */
+/* The kernel's own layout of a signal action (not the C library's). */
+struct cmp_kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+/* Not instrumented by sanitizers: it runs on a borrowed stack, in memory it
+   shares with the parent, and ends without returning. */
+__attribute__((no_sanitize("address", "thread", "undefined")))
+static int exec_child(void *argument) {
+    struct cmp_exec_request *request = argument;
+    int err = 0;
+    /* The parent's signal handlers must never run here, in its memory: every
+       caught signal goes back to its default before the mask (all blocked by
+       the parent around the clone) is lifted. */
+    for (int sig = 1; sig < 65; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        struct cmp_kernel_sigaction current;
+        if (syscall(SYS_rt_sigaction, sig, NULL, &current, sizeof current.mask) != 0) continue;
+        if (current.handler == SIG_DFL || current.handler == SIG_IGN) continue;
+        struct cmp_kernel_sigaction fallback = {SIG_DFL, 0, NULL, 0};
+        syscall(SYS_rt_sigaction, sig, &fallback, NULL, sizeof fallback.mask);
+    }
+    uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof none);
+    if (request->death_signal != 0) {
+        syscall(SYS_prctl, PR_SET_PDEATHSIG, (unsigned long)request->death_signal, 0, 0, 0);
+        if (syscall(SYS_getppid) != request->parent) syscall(SYS_exit_group, 127);
+    }
+    /* Lift the descriptors above every target slot first, so that moving
+       them down cannot overwrite one that is still to be moved. */
+    int lifted[64];
+    int nfds = request->nfds;
+    if (nfds > 64) { err = EINVAL; goto fail; }
+    for (int i = 0; i < nfds; i++) {
+        lifted[i] = (int)syscall(SYS_fcntl, request->fds[i], F_DUPFD_CLOEXEC, 3 + nfds);
+        if (lifted[i] < 0) { err = errno; goto fail; }
+    }
+    for (int i = 0; i < nfds; i++) {
+        if (syscall(SYS_dup2, lifted[i], 3 + i) < 0) { err = errno; goto fail; }
+    }
+    /* Whatever else is open (a descriptor somebody opened without
+       O_CLOEXEC) closes on exec: the child inherits only what it is given. */
+    syscall(SYS_close_range, (unsigned)(3 + nfds), ~0U, CLOSE_RANGE_CLOEXEC);
+    syscall(SYS_execve, request->path, request->argv, request->envp);
+    err = errno;
+fail:
+    request->error = err ? err : EINVAL;
+    syscall(SYS_exit_group, 127);
+    return 127;
+}
+
+/* Starts `path` in a new process: clone(CLONE_VM | CLONE_VFORK), as
+   posix_spawn does, so that the parent's page tables are not copied (a fork
+   of a large parent costs milliseconds) and this thread resumes once the
+   child has executed the image or failed to. */
 pid_t cmp_fork_exec(const char *path, char *const argv[], char *const envp[],
                     const int *fds, int nfds, int death_signal) {
-    int report[2];
-    if (pipe2(report, O_CLOEXEC) == -1) return -1;
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    size_t stack_size = 64 * 1024;
+    char *stack = mmap(NULL, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED) return -1;
+    struct cmp_exec_request request = {path, argv, envp, fds, nfds, death_signal, getpid(), 0};
+    sigset_t all, saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &saved);
+    pid_t pid = clone(exec_child, stack + stack_size, CLONE_VM | CLONE_VFORK | SIGCHLD, &request);
+    int clone_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    munmap(stack, stack_size);
     if (pid == -1) {
-        int saved = errno;
-        close(report[0]);
-        close(report[1]);
-        errno = saved;
+        errno = clone_errno;
         return -1;
     }
-    if (pid == 0) {
-        int err = 0;
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        if (death_signal != 0) {
-            prctl(PR_SET_PDEATHSIG, (unsigned long)death_signal, 0, 0, 0);
-            if (getppid() != parent) _exit(127);
-        }
-        /* Lift the descriptors above every target slot first, so that moving
-           them down cannot overwrite one that is still to be moved. */
-        int lifted[64];
-        if (nfds > 64) { err = EINVAL; goto fail; }
-        int floor = 3 + nfds;
-        if (floor <= report[1]) floor = report[1] + 1;
-        for (int i = 0; i < nfds; i++) {
-            lifted[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, floor);
-            if (lifted[i] == -1) { err = errno; goto fail; }
-        }
-        for (int i = 0; i < nfds; i++) {
-            if (dup2(lifted[i], 3 + i) == -1) { err = errno; goto fail; }
-        }
-        /* Whatever else is open (a descriptor somebody opened without
-           O_CLOEXEC) closes on exec: the child inherits only what it is given. */
-        syscall(SYS_close_range, (unsigned)(3 + nfds), ~0U, CLOSE_RANGE_CLOEXEC);
-        execve(path, argv, envp);
-        err = errno;
-    fail:
-        while (write(report[1], &err, sizeof err) == -1 && errno == EINTR) {}
-        _exit(127);
-    }
-    close(report[1]);
-    int child_errno = 0;
-    ssize_t n;
-    do {
-        n = read(report[0], &child_errno, sizeof child_errno);
-    } while (n == -1 && errno == EINTR);
-    close(report[0]);
-    if (n == (ssize_t)sizeof child_errno) {
+    if (request.error != 0) {
         int status;
         while (waitpid(pid, &status, 0) == -1 && errno == EINTR) {}
-        errno = child_errno;
+        errno = request.error;
         return -1;
     }
     return pid;
