@@ -577,3 +577,8 @@ int cmp_install_sandbox(int deny_processes, int deny_network, int kill_on_violat
     return (int)synced;
 #endif
 }
+
+void cmp_keep_freed_memory(int bytes) {
+    mallopt(M_TRIM_THRESHOLD, bytes);
+    mallopt(M_MMAP_THRESHOLD, bytes / 2);
+}

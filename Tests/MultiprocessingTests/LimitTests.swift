@@ -95,6 +95,25 @@ func leftMemoryGroups() -> [String] {
 }
 
 /// One test at a time: a test counts the memory control groups of this process.
+/// Touches 8 MiB, frees it, and says by how much the worker's resident
+/// memory fell when it was freed.
+struct FreedMemoryProbe: ProcessJob {
+    func run() throws -> Int {
+        func resident() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
+        }
+        var before = 0
+        do {
+            let block = [UInt8](repeating: 1, count: 8 << 20)
+            before = resident()
+            guard block[block.count - 1] == 1 else { return -1 }
+        }
+        return before - resident()
+    }
+}
+
 @Suite("Worker limits and the restart budget", .serialized)
 struct LimitTests {
     static let mib = 1 << 20
@@ -158,6 +177,16 @@ struct LimitTests {
         try withProcessPool(processes: 1, limits: WorkerLimits(coreDumps: true)) { (pool: ProcessPool) throws in
             #expect(try pool.apply(CoreLimit()) == UInt64(inherited.rlim_cur))
             #expect(try pool.apply(OpenUntilRefused()) > 40)
+        }
+    }
+
+    @Test("a worker keeps memory it freed for its next units, unless memory is limited or recycled (where it would count)")
+    func freedMemoryKept() throws {
+        try withProcessPool(processes: 1) { (pool: ProcessPool) throws in
+            #expect(try pool.apply(FreedMemoryProbe()) < 2 << 20)
+        }
+        try withProcessPool(processes: 1, limits: WorkerLimits(recycleAbove: 1 << 30)) { (pool: ProcessPool) throws in
+            #expect(try pool.apply(FreedMemoryProbe()) > 6 << 20)
         }
     }
 

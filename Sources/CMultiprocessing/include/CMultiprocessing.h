@@ -452,4 +452,8 @@ struct pollfd;
 /// what it returns, with errno.
 int cmp_safe_poll(struct pollfd *fds, unsigned long count, int timeout_ms);
 
+/* mallopt: keep up to `bytes` of freed memory (M_TRIM_THRESHOLD), and serve
+   requests below half of it from the heap (M_MMAP_THRESHOLD). */
+void cmp_keep_freed_memory(int bytes);
+
 #endif

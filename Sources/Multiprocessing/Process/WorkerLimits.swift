@@ -184,6 +184,10 @@ internal struct WorkerSetup: Codable, Sendable {
     var standardError: PassedDescriptor? = nil
     /// Which of them capture each unit's output (``CapturedOutput/streams(of:)``).
     var capturedStreams: UInt8 = 0
+    /// Whether the worker's malloc keeps memory it freed for reuse (see
+    /// ``Syscall/keepFreedMemory(upTo:)``): only with no memory limit and no
+    /// recycling by memory, which freed memory kept would count against.
+    var keepsFreedMemory = false
 
     /// What a worker under `limits` and `environment` sets up, and the
     /// memory control group it joins (made here; the caller removes it).
@@ -191,6 +195,7 @@ internal struct WorkerSetup: Codable, Sendable {
                      handlesStopRequests: Bool = false) throws -> (WorkerSetup, MemoryGroup?) {
         var setup = WorkerSetup(openFiles: limits.openFiles, coreDumps: limits.coreDumps, environment: environment,
                                 handlesStopRequests: handlesStopRequests, sandbox: limits.sandbox)
+        setup.keepsFreedMemory = limits.memory == nil && limits.recycleAbove == nil
         guard let memory = limits.memory, let enforcement else { return (setup, nil) }
         if enforcement == .dataSegment {
             setup.dataLimit = memory

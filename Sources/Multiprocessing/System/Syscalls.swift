@@ -78,6 +78,14 @@ internal enum Syscall {
         cmp_default_fault_signals()
     }
 
+    /// Has malloc keep up to `bytes` of freed memory for reuse rather than
+    /// give it back at once, and serve requests below half of it from that
+    /// heap (`mallopt`'s `M_TRIM_THRESHOLD`, `M_MMAP_THRESHOLD`): memory given
+    /// back is faulted in page by page when taken again.
+    static func keepFreedMemory(upTo bytes: Int) {
+        cmp_keep_freed_memory(Int32(clamping: bytes))
+    }
+
     /// `dup2(fd, target)`, then closes `fd`.
     static func redirect(_ fd: FileDescriptor, onto target: Int32) throws(Errno) {
         guard fd.rawValue != target else { return }
