@@ -93,6 +93,10 @@ let readings = (0..<100_000).map { Reading(sensor: $0, value: Double($0) / 7, la
 let wireScenarios: [Scenario] = [
     Scenario(name: "pipe.pingpong", unit: "round trips", count: 20000, quickCount: 200, baseline: .python("pipe.pingpong"), pinned: true, run: connectionPingPong),
     Scenario(name: "pipe.pingpong.floor", unit: "round trips", count: 20000, quickCount: 200, baseline: .swift("raw pipes", rawPipePingPong), pinned: true, run: connectionPingPong),
+    // Unpinned: the two processes on different CPUs, as a pool's caller and
+    // its worker mostly are; each message wakes the other side across CPUs.
+    // The floor under a round trip to a worker that sleeps between tasks.
+    Scenario(name: "pipe.pingpong.cross-cpu", unit: "round trips", count: 20000, quickCount: 200, baseline: .swift("raw pipes", rawPipePingPong), run: connectionPingPong),
     Scenario(name: "pipe.bytes.1MiB", unit: "bytes", count: 1000, quickCount: 20, operationsPerIteration: 1 << 20, baseline: .python("pipe.bytes"), run: connectionBulk),
     Scenario(name: "codec.int-array", unit: "bytes (1M Int, encode+decode)", count: 50, quickCount: 2, operationsPerIteration: 8_000_000, baseline: .swift("memcpy ×2", memcpyIntArray), run: codecIntArray),
     Scenario(name: "codec.structs", unit: "structs (encode+decode)", count: 5, quickCount: 1, operationsPerIteration: 100_000, baseline: .swift("JSONEncoder/Decoder", jsonStructs), run: codecStructs),
