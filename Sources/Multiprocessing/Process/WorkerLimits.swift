@@ -65,6 +65,10 @@ public struct WorkerLimits: Sendable, Hashable, Codable {
     /// more units and is replaced once those already sent to it are done
     /// (a unit sent ahead still runs in it). nil: never; see also
     /// `maxTasksPerChild`. Not a limit: nothing fails.
+    ///
+    /// With this or ``memory`` set, a worker gives memory it frees back to
+    /// the system at once; with neither, it keeps up to 32 MiB of it for its
+    /// next units (its resident size stays that much higher).
     public var recycleAbove: Int?
     /// A seccomp sandbox for each worker (see ``WorkerSandbox``); nil: none.
     public var sandbox: WorkerSandbox?
