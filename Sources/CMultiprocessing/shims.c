@@ -132,10 +132,6 @@ struct cmp_exec_request {
     int error; /* written by the child if it cannot execute */
 };
 
-/* The child: it runs on a stack of its own in the parent's memory, while the
-   thread that started it waits (CLONE_VFORK), so it makes raw system calls
-   only and writes nothing of the parent's but `error`. Other threads of the
-   parent run on meanwhile: it takes no lock and allocates nothing. */
 /* The kernel's own layout of a signal action (not the C library's). */
 struct cmp_kernel_sigaction {
     void (*handler)(int);
@@ -144,8 +140,11 @@ struct cmp_kernel_sigaction {
     uint64_t mask;
 };
 
-/* Not instrumented by sanitizers: it runs on a borrowed stack, in memory it
-   shares with the parent, and ends without returning. */
+/* The child: it runs on a stack of its own in the parent's memory, while the
+   thread that started it waits (CLONE_VFORK), so it makes raw system calls
+   only and writes nothing of the parent's but `error`. Other threads of the
+   parent run on meanwhile: it takes no lock and allocates nothing. Not
+   instrumented by sanitizers: the stack is borrowed and it never returns. */
 __attribute__((no_sanitize("address", "thread", "undefined")))
 static int exec_child(void *argument) {
     struct cmp_exec_request *request = argument;
