@@ -1,11 +1,38 @@
 import CMultiprocessing
 import Foundation
+import SystemPackage
 import Testing
 
 @testable import Multiprocessing
 
 @Suite("Processes and start methods")
 struct ProcessTests {
+    @Test("executing an image: its descriptors become 3, 4, …; an image that cannot run fails with the child's errno")
+    func forkExec() throws {
+        let (readEnd, writeEnd) = try Syscall.pipe()
+        defer { Syscall.close(readEnd) }
+        let pid = try Syscall.forkExec(path: "/bin/sh", arguments: ["sh", "-c", "echo passed >&3; exit 7"], environment: [],
+                                       descriptors: [writeEnd])
+        Syscall.close(writeEnd)
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        #expect(status >> 8 == 7)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = try buffer.withUnsafeMutableBytes { try Syscall.read(readEnd, into: $0) }
+        #expect(String(decoding: buffer[..<count], as: UTF8.self) == "passed\n")
+
+        #expect(throws: Errno.noSuchFileOrDirectory) {
+            try Syscall.forkExec(path: "/nonexistent/image", arguments: ["image"], environment: [], descriptors: [])
+        }
+        #expect(throws: Errno.permissionDenied) {
+            try Syscall.forkExec(path: "/tmp", arguments: ["tmp"], environment: [], descriptors: [])
+        }
+        // A descriptor that is not open cannot be passed on.
+        #expect(throws: Errno.badFileDescriptor) {
+            try Syscall.forkExec(path: "/bin/true", arguments: ["true"], environment: [], descriptors: [FileDescriptor(rawValue: 987_654)])
+        }
+    }
+
     @Test("pid is nil before start and a live pid after; join gives exit code 0", arguments: jobStartMethods)
     func lifecycle(method: StartMethod) throws {
         let process = try ChildProcess(job: Square(value: 7), startMethod: method)
