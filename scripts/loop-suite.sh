@@ -14,6 +14,11 @@ binary=${LOOP_BINARY:-.build/debug/swift-multiprocessingPackageTests.xctest}
 logs=loop-logs
 mkdir -p "$logs"
 pass=0 fail=0 hung=0
+# A process and every process under it.
+descendants() {
+  echo "$1"
+  for child in $(pgrep -P "$1"); do descendants "$child"; done
+}
 for i in $(seq 1 "$runs"); do
   log="$logs/run_$i.log"
   "$binary" --testing-library swift-testing > "$log" 2>&1 &
@@ -24,11 +29,13 @@ for i in $(seq 1 "$runs"); do
   done
   if kill -0 "$pid" 2>/dev/null; then
     hung=$((hung + 1))
-    for p in "$pid" $(pgrep -P "$pid"); do
+    # Every descendant, not only the children: an exit test's pool workers
+    # are the test process's grandchildren.
+    for p in $(descendants "$pid"); do
       # The library parks threads with SIGSYS while it forks: let it pass.
       gdb -p "$p" -batch -ex 'handle SIGSYS nostop noprint pass' -ex 'thread apply all bt 16' > "$logs/hang_${i}_$p.txt" 2>&1
     done
-    pkill -9 -P "$pid"; kill -9 "$pid" 2>/dev/null
+    kill -9 $(descendants "$pid") 2>/dev/null
     echo "run $i: HUNG (stacks in $logs/hang_${i}_*.txt)"
   elif wait "$pid"; then
     pass=$((pass + 1))
