@@ -146,12 +146,20 @@ __attribute__((constructor)) static void cbf_exit_if_asked(void) {
 }
 
 int cbf_spawn_self_exit(int count) {
-    if (setenv(CBF_EXIT_AT_ONCE, "1", 1) != 0) return -1;
+    /* This environment and the marker, for the children only (no setenv in
+       a process whose other threads may read the environment). */
+    size_t entries = 0;
+    while (environ[entries] != NULL) entries++;
+    char **envp = malloc((entries + 2) * sizeof *envp);
+    if (envp == NULL) return -1;
+    for (size_t i = 0; i < entries; i++) envp[i] = environ[i];
+    envp[entries] = CBF_EXIT_AT_ONCE "=1";
+    envp[entries + 1] = NULL;
     char *argv[] = {"multiprocessing-benchmarks", NULL};
     int result = 0;
     for (int i = 0; i < count && result == 0; i++) {
         pid_t pid;
-        int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ);
+        int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, envp);
         if (rc != 0) { errno = rc; result = -1; break; }
         int status;
         while (waitpid(pid, &status, 0) == -1) {
@@ -159,6 +167,6 @@ int cbf_spawn_self_exit(int count) {
         }
         if (result == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) result = -1;
     }
-    unsetenv(CBF_EXIT_AT_ONCE);
+    free(envp);
     return result;
 }
