@@ -51,13 +51,7 @@ internal enum ForkServer {
         let payload = (try? ValueCodec.encode(ForkServerWarmUpJob())) ?? []
         _ = ChildReport.encode(JobRunner.run(typeName: JobRunner.typeName(of: ForkServerWarmUpJob.self), payload: payload))
         _ = ChildReport.encode(.failure(.cancelled))
-        if let request = try? UnitRequest(kind: .functionChunk, id: 1, typeName: "T", payload: [1], inputs: [2]).wire() {
-            _ = try? UnitRequest.decode(request.head + request.body)
-        }
-        for outcome in [UnitOutcome.values([1], offset: 0), .failed(.cancelled)] {
-            let (tag, body) = outcome.wire()
-            _ = try? UnitReply.decode(UnitReply.head(id: 1, tag: tag) + body)
-        }
+        ForkWarmUp.poolMessages()
     }
 
     private static func serveRequest(_ control: FileDescriptor) throws -> (pidfd: FileDescriptor, status: FileDescriptor) {

@@ -40,13 +40,7 @@ internal enum ForkWarmUp {
             }
             try? Authentication.client(here, key: key)
             while !served.load(ordering: .acquiring) { sched_yield() }
-            // Pool messages, both ways.
-            let request = try UnitRequest(kind: .functionChunk, id: 1, typeName: "T", payload: [1], inputs: [2]).wire()
-            _ = try UnitRequest.decode(request.head + request.body)
-            for outcome in [UnitOutcome.values([1], offset: 0), .mixed([.value([1]), .failed(.cancelled)]), .failed(.cancelled)] {
-                let (tag, body) = outcome.wire()
-                _ = try UnitReply.decode(UnitReply.head(id: 1, tag: tag) + body)
-            }
+            poolMessages()
             _ = ChunkRunner.run([1]) { (x: Int) -> Int in x }.wire()
             // Manager messages, both ways.
             _ = try ManagerRequest(decoding: ManagerRequest.fromHere(object: 1, method: "m", arguments: [[1]], timeout: 1).encoded())
@@ -61,6 +55,17 @@ internal enum ForkWarmUp {
             ring.close()
         } catch {
             // A warm-up that fails only leaves some metadata to be made later.
+        }
+    }
+
+    /// Pool messages, both ways (also run by the forkserver for its children).
+    static func poolMessages() {
+        if let request = try? UnitRequest(kind: .functionChunk, id: 1, typeName: "T", payload: [1], inputs: [2]).wire() {
+            _ = try? UnitRequest.decode(request.head + request.body)
+        }
+        for outcome in [UnitOutcome.values([1], offset: 0), .mixed([.value([1]), .failed(.cancelled)]), .failed(.cancelled)] {
+            let (tag, body) = outcome.wire()
+            _ = try? UnitReply.decode(UnitReply.head(id: 1, tag: tag) + body)
         }
     }
 }
